@@ -1,0 +1,1 @@
+//! paymux-channels (see README.md).

@@ -1,0 +1,1 @@
+//! paymux-ledger (see README.md).

@@ -1,0 +1,2 @@
+//! paymux-loadtest (see README.md).
+fn main() {}

@@ -1,0 +1,1 @@
+//! paymux-qrcode (see README.md).

@@ -1,0 +1,1 @@
+//! paymux-reconcile (see README.md).
