@@ -227,7 +227,7 @@ mod tests {
             format!(
                 "PAYMUX-HMAC-SHA256 key_id=k1,key_id=k2,timestamp=1,nonce=abcdefghijklmnop,signature={sig}"
             ),
-            format!("PAYMUX-HMAC-SHA256 key_id=k1,timestamp=1,nonce=abcdefghijklmnop"),
+            "PAYMUX-HMAC-SHA256 key_id=k1,timestamp=1,nonce=abcdefghijklmnop".to_string(),
             format!(
                 "PAYMUX-HMAC-SHA256 key_id=k1,timestamp=1,nonce=abcdefghijklmnop,signature={sig},extra=1"
             ),
