@@ -1,0 +1,336 @@
+//! The write batcher (group commit).
+//!
+//! Request handlers hand their writes to [`WriteBatcher::submit`] and wait. Worker tasks take up to
+//! `batch_items_max` queued commands (waiting at most `batch_linger_us` for more), execute them in ONE
+//! transaction with multi-row statements, COMMIT, and only then answer each waiter. Several workers
+//! (PostgreSQL) keep transactions in flight while the next batch gathers; SQLite, a single writer, uses
+//! one. The queue is bounded: when it is full, submitters wait (back-pressure), they are never dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paymux_model::{PaymentId, PaymentStatus};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::db::{Db, now_us};
+use crate::payments::model::PaymentRow;
+use crate::payments::repo::{self, TransitionKey};
+
+/// A write command.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Insert a payment unless one with the same `(merchant_id, merchant_order_no)` exists.
+    CreatePayment(Box<PaymentRow>),
+    /// Compare-and-set a payment's status (from the allowed sources of `to`).
+    Transition {
+        payment_id: PaymentId,
+        to: PaymentStatus,
+        closed_reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The payment was inserted.
+    Created(Box<PaymentRow>),
+    /// A payment with the same order number and the same request already existed.
+    Existing(Box<PaymentRow>),
+    /// A payment with the same order number but a different request exists.
+    Conflict(Box<PaymentRow>),
+    /// Whether this command won the compare-and-set.
+    Transitioned(bool),
+    /// Nothing was written; the same command may be submitted again.
+    Retry,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("the write batcher has stopped")]
+    Stopped,
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome, BatchError>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherConfig {
+    pub items_max: usize,
+    pub linger: Duration,
+    pub workers: usize,
+    pub queue_capacity: usize,
+}
+
+pub struct WriteBatcher {
+    tx: mpsc::Sender<Job>,
+    stop: watch::Sender<bool>,
+    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl WriteBatcher {
+    pub fn start(db: Db, config: BatcherConfig) -> WriteBatcher {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (stop, stop_rx) = watch::channel(false);
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = match db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(_) => config.workers.max(1),
+        };
+        let handles = (0..workers)
+            .map(|_| tokio::spawn(worker(db.clone(), config, rx.clone(), stop_rx.clone())))
+            .collect();
+        WriteBatcher {
+            tx,
+            stop,
+            workers: std::sync::Mutex::new(handles),
+        }
+    }
+
+    /// Queues a write and waits until its batch has committed.
+    pub async fn submit(&self, op: WriteOp) -> Result<WriteOutcome, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| BatchError::Stopped)?;
+        answer.await.map_err(|_| BatchError::Stopped)?
+    }
+
+    /// Stops taking new batches once the queue is empty, and waits for the workers to finish.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let handles: Vec<_> = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn worker(
+    db: Db,
+    config: BatcherConfig,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let first = if *stop.borrow() {
+                rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    job = rx.recv() => job,
+                    _ = stop.changed() => rx.try_recv().ok(),
+                }
+            };
+            let Some(first) = first else { return };
+            let mut jobs = Vec::with_capacity(config.items_max.min(1024));
+            jobs.push(first);
+            let deadline = tokio::time::Instant::now() + config.linger;
+            while jobs.len() < config.items_max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if config.linger.is_zero() || *stop.borrow() {
+                            break;
+                        }
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(job)) => jobs.push(job),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            jobs
+        };
+        run_batch(&db, jobs).await;
+    }
+}
+
+async fn run_batch(db: &Db, jobs: Vec<Job>) {
+    let started = Instant::now();
+    let n = jobs.len();
+    let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+    let result = match db {
+        Db::Postgres(pool) => {
+            async {
+                let mut tx = pool.begin().await?;
+                let out = execute_pg(&mut tx, ops).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(out)
+            }
+            .await
+        }
+        Db::Sqlite(pool) => {
+            async {
+                let mut tx = pool.begin().await?;
+                let out = execute_sqlite(&mut tx, ops).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(out)
+            }
+            .await
+        }
+    };
+    metrics::histogram!("paymux_batch_items").record(n as f64);
+    metrics::histogram!("paymux_batch_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            debug_assert_eq!(outcomes.len(), replies.len());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            metrics::counter!("paymux_batch_failures_total").increment(1);
+            tracing::error!(error = %err, items = n, "write batch failed; nothing of it was committed");
+            let err = BatchError::Database(err.to_string());
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// The batch, split by kind of statement, with each command's place remembered.
+struct Plan {
+    creates: Vec<(usize, Box<PaymentRow>)>,
+    transitions: HashMap<TransitionKey, Vec<(usize, Uuid)>>,
+}
+
+fn plan(ops: Vec<WriteOp>) -> Plan {
+    let mut p = Plan {
+        creates: Vec::new(),
+        transitions: HashMap::new(),
+    };
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
+            WriteOp::CreatePayment(row) => p.creates.push((i, row)),
+            WriteOp::Transition {
+                payment_id,
+                to,
+                closed_reason,
+            } => p
+                .transitions
+                .entry(TransitionKey { to, closed_reason })
+                .or_default()
+                .push((i, payment_id.into())),
+        }
+    }
+    p
+}
+
+/// Within a batch the first create of an order number is the candidate; later ones are answered
+/// against whatever ends up stored.
+fn split_creates(creates: &[(usize, Box<PaymentRow>)]) -> (Vec<&PaymentRow>, Vec<(Uuid, String)>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut candidates = Vec::new();
+    let mut keys = Vec::new();
+    for (_, row) in creates {
+        let key = (row.merchant_id, row.merchant_order_no.clone());
+        if seen.insert(key.clone()) {
+            candidates.push(row.as_ref());
+            keys.push(key);
+        }
+    }
+    (candidates, keys)
+}
+
+fn answer_creates(
+    creates: Vec<(usize, Box<PaymentRow>)>,
+    inserted: &[Uuid],
+    stored: &HashMap<(Uuid, String), PaymentRow>,
+    out: &mut [Option<WriteOutcome>],
+) {
+    let inserted: std::collections::HashSet<&Uuid> = inserted.iter().collect();
+    for (i, row) in creates {
+        let key = (row.merchant_id, row.merchant_order_no.clone());
+        out[i] = Some(if inserted.contains(&row.id) {
+            WriteOutcome::Created(row)
+        } else {
+            match stored.get(&key) {
+                Some(existing) if existing.request_hash == row.request_hash => {
+                    WriteOutcome::Existing(Box::new(existing.clone()))
+                }
+                Some(existing) => WriteOutcome::Conflict(Box::new(existing.clone())),
+                // Not inserted yet not found: a concurrent writer rolled back between the two
+                // statements. Nothing was written for this command; the caller may retry.
+                None => WriteOutcome::Retry,
+            }
+        });
+    }
+}
+
+macro_rules! execute_body {
+    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path) => {{
+        let n = $ops.len();
+        let mut out: Vec<Option<WriteOutcome>> = (0..n).map(|_| None).collect();
+        let Plan {
+            creates,
+            transitions,
+        } = plan($ops);
+        if !creates.is_empty() {
+            let (candidates, keys) = split_creates(&creates);
+            let inserted = $insert(&mut *$conn, &candidates).await?;
+            // Losers of the uniqueness race (in this batch or against earlier ones) are answered
+            // against the stored row, which this transaction sees.
+            let stored = if inserted.len() < creates.len() {
+                repo::index_by_order_no($find(&mut *$conn, &keys).await?)
+            } else {
+                HashMap::new()
+            };
+            answer_creates(creates, &inserted, &stored, &mut out);
+        }
+        let now = now_us();
+        for (key, items) in transitions {
+            let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
+            let moved: std::collections::HashSet<Uuid> = $transition(&mut *$conn, &key, &ids, now)
+                .await?
+                .into_iter()
+                .collect();
+            // Two commands for the same payment in one batch: only the first can win.
+            let mut won = std::collections::HashSet::new();
+            for (i, id) in items {
+                out[i] = Some(WriteOutcome::Transitioned(
+                    moved.contains(&id) && won.insert(id),
+                ));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every command answered"))
+            .collect())
+    }};
+}
+
+async fn execute_pg(
+    conn: &mut sqlx::PgConnection,
+    ops: Vec<WriteOp>,
+) -> sqlx::Result<Vec<WriteOutcome>> {
+    execute_body!(
+        conn,
+        ops,
+        repo::insert_new_pg,
+        repo::find_by_order_nos_pg,
+        repo::transition_pg
+    )
+}
+
+async fn execute_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    ops: Vec<WriteOp>,
+) -> sqlx::Result<Vec<WriteOutcome>> {
+    execute_body!(
+        conn,
+        ops,
+        repo::insert_new_sqlite,
+        repo::find_by_order_nos_sqlite,
+        repo::transition_sqlite
+    )
+}

@@ -1,0 +1,116 @@
+//! The `paymux` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use paymux_model::MerchantId;
+
+use crate::config::Config;
+use crate::merchants;
+use crate::startup::{Application, open_database, secret_box};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paymux",
+    version,
+    about = "paymux: one payment API for every wallet and channel"
+)]
+pub struct Cli {
+    /// TOML configuration file (keys as in the README; `PAYMUX_*` environment variables override it).
+    #[arg(long, global = true, env = "PAYMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (migrates the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage merchants.
+    #[command(subcommand)]
+    Merchant(MerchantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MerchantCommand {
+    /// Create a merchant and print its credentials as JSON (the secret is shown only now).
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke the merchant's keys and print a new key as JSON.
+    RotateKey {
+        #[arg(long)]
+        merchant_id: MerchantId,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    crate::telemetry::init_logging(&config.log_format);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = open_database(&config).await?;
+            println!("database migrated ({})", db.backend());
+            db.close().await;
+            Ok(())
+        }
+        Command::Merchant(MerchantCommand::Create { name }) => {
+            let db = open_database(&config).await?;
+            let creds = merchants::create_merchant(&db, &secret_box(&config)?, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&creds)?);
+            db.close().await;
+            Ok(())
+        }
+        Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {
+            let db = open_database(&config).await?;
+            let creds = merchants::rotate_key(&db, &secret_box(&config)?, merchant_id).await?;
+            println!("{}", serde_json::to_string_pretty(&creds)?);
+            db.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let base = app.base_url();
+    if let Some(demo) = &app.demo_merchant {
+        println!("Created the demo merchant (its secret is shown only this once):");
+        println!("  merchant_id = {}", demo.merchant_id);
+        println!("  key_id      = {}", demo.key_id);
+        println!("  key_secret  = {}", demo.key_secret);
+    }
+    println!(
+        "paymux is listening ({} database)",
+        app.state().db.backend()
+    );
+    println!("  API:      {base}/v1");
+    println!("  OpenAPI:  {base}/openapi.json");
+    println!("  Metrics:  {base}/metrics");
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests and draining the write batcher");
+}

@@ -1,0 +1,206 @@
+//! Configuration: defaults written down here, overridden by a TOML file and then by `PAYMUX_*`
+//! environment variables. Every key is documented in the README.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A secret string that never prints.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// The externally visible base URL (used in links, QR payloads and notify URLs).
+    pub public_base_url: Option<String>,
+    /// Directory for the embedded database, generated keys and sandbox books.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`. Default: `sqlite://<data_dir>/paymux.sqlite`.
+    pub database_url: Option<Secret>,
+    /// Maximum database connections in the pool.
+    pub database_max_connections: u32,
+    /// `redis://…`: enables Redis for nonces (and later rate limits and caches). Unset: in-process.
+    pub redis_url: Option<Secret>,
+    /// 32-byte master key (base64 or 64 hex digits) that encrypts merchant secrets at rest.
+    /// Unset: a key generated once into `<data_dir>/master.key`.
+    pub master_key: Option<Secret>,
+    /// Create and print a demo merchant on first start, when the database has no merchant.
+    pub demo_merchant: bool,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Default payment lifetime when a request does not say.
+    pub payment_expires_in_seconds_default: u32,
+    /// Write batcher: most commands per database transaction.
+    pub batch_items_max: usize,
+    /// Write batcher: how long a batch waits for more commands before it commits.
+    pub batch_linger_us: u64,
+    /// Write batcher: transactions in flight at once (SQLite always uses 1).
+    pub batch_workers: usize,
+    /// Write batcher: queued commands beyond which callers wait (back-pressure).
+    pub batch_queue_capacity: usize,
+    /// How often the sweeper closes expired payments.
+    pub sweeper_interval_ms: u64,
+    /// Most payments the sweeper closes per round.
+    pub sweeper_batch_max: u32,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            public_base_url: None,
+            data_dir: PathBuf::from("paymux-data"),
+            database_url: None,
+            database_max_connections: 16,
+            redis_url: None,
+            master_key: None,
+            demo_merchant: true,
+            body_limit_bytes: 64 * 1024,
+            payment_expires_in_seconds_default: 15 * 60,
+            batch_items_max: 512,
+            batch_linger_us: 2000,
+            batch_workers: 4,
+            batch_queue_capacity: 65536,
+            sweeper_interval_ms: 1000,
+            sweeper_batch_max: 1000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// The configuration keys, as read from `PAYMUX_<KEY>` environment variables. Other `PAYMUX_*`
+/// variables (test and benchmark settings) are not configuration.
+const KEYS: &[&str] = &[
+    "listen",
+    "public_base_url",
+    "data_dir",
+    "database_url",
+    "database_max_connections",
+    "redis_url",
+    "master_key",
+    "demo_merchant",
+    "body_limit_bytes",
+    "payment_expires_in_seconds_default",
+    "batch_items_max",
+    "batch_linger_us",
+    "batch_workers",
+    "batch_queue_capacity",
+    "sweeper_interval_ms",
+    "sweeper_batch_max",
+    "log_format",
+];
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `PAYMUX_*` environment variables
+    /// (`PAYMUX_DATABASE_URL`, `PAYMUX_REDIS_URL`, `PAYMUX_LISTEN`, …).
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("PAYMUX_")
+                    .filter(|key| KEYS.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))),
+            )
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!("sqlite://{}/paymux.sqlite", self.data_dir.display()),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        let url = self.database_url();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_base_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://paymux-data/paymux.sqlite");
+        assert!(!c.is_postgres());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config {
+            master_key: Some(Secret::new("s3cr3t")),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn file_and_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "paymux.toml",
+                "listen = \"127.0.0.1:9999\"\nbatch_items_max = 7\n",
+            )?;
+            jail.set_env("PAYMUX_BATCH_ITEMS_MAX", "9");
+            jail.set_env("PAYMUX_DATABASE_URL", "postgres://u@h/db");
+            jail.set_env(
+                "PAYMUX_TEST_DATABASE_URL",
+                "ignored: not a configuration key",
+            );
+            let c = Config::load(Some(std::path::Path::new("paymux.toml"))).map_err(|e| *e)?;
+            assert_eq!(c.listen.port(), 9999);
+            assert_eq!(c.batch_items_max, 9);
+            assert!(c.is_postgres());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("paymux.toml", "lisen = \"127.0.0.1:9999\"\n")?;
+            assert!(Config::load(Some(std::path::Path::new("paymux.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

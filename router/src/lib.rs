@@ -1,0 +1,39 @@
+//! The paymux server and its command line.
+//!
+//! - [`startup`]: [`startup::Application`] builds everything from a [`config::Config`], binds its own
+//!   listener (port 0 works) and serves until stopped; the HTTP routes are assembled there.
+//! - [`config`]: defaults, TOML file and `PAYMUX_*` environment variables.
+//! - [`db`]: SQLite or PostgreSQL behind one enum; migrations.
+//! - [`auth`]: merchant request signatures and replay protection; [`merchants`]: merchants and keys.
+//! - [`batcher`]: the write batcher — every hot-path write goes through it, one transaction per batch.
+//! - [`payments`]: the payments API, model and SQL; [`sweeper`]: closes expired payments.
+//! - [`error`]: the one error type at the edge (`application/problem+json`).
+//! - [`telemetry`]: logs, request ids, Prometheus metrics; [`openapi`]: the OpenAPI document.
+//! - [`cli`]: the `paymux` command line.
+
+pub mod auth;
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod merchants;
+pub mod openapi;
+pub mod payments;
+pub mod startup;
+pub mod sweeper;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<config::Config>,
+    pub db: db::Db,
+    pub batcher: Arc<batcher::WriteBatcher>,
+    pub keys: Arc<auth::KeyStore>,
+    pub nonces: auth::NonceStore,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}

@@ -1,0 +1,177 @@
+//! Merchants and their API keys. Key secrets are stored encrypted (AES-256-GCM under the master key,
+//! bound to their key id) and are shown once, when created.
+
+use anyhow::Context;
+use paymux_model::MerchantId;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::crypto::{SecretBox, random_hex};
+use crate::db::{Db, now_us};
+
+/// Credentials as shown to the merchant once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Credentials {
+    pub merchant_id: MerchantId,
+    pub name: String,
+    pub key_id: String,
+    pub key_secret: String,
+}
+
+/// A key as the authenticator needs it.
+#[derive(Clone)]
+pub struct ActiveKey {
+    pub merchant_id: MerchantId,
+    pub secret: Vec<u8>,
+}
+
+fn new_key_id() -> String {
+    format!("pk_{}", random_hex(12))
+}
+
+fn new_key_secret() -> String {
+    format!("sk_{}", random_hex(32))
+}
+
+pub async fn create_merchant(
+    db: &Db,
+    secrets: &SecretBox,
+    name: &str,
+) -> anyhow::Result<Credentials> {
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().count() <= 128,
+        "merchant name must be 1–128 characters"
+    );
+    let merchant_id = MerchantId::new();
+    let key_id = new_key_id();
+    let key_secret = new_key_secret();
+    let (nonce, ciphertext) = secrets.seal(key_secret.as_bytes(), key_id.as_bytes())?;
+    let now = now_us();
+    let id: Uuid = merchant_id.into();
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            sqlx::query("INSERT INTO merchants (id, name, status, created_at_us) VALUES ($1, $2, 'active', $3)")
+                .bind(id)
+                .bind(name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO merchant_keys (key_id, merchant_id, secret_nonce, secret_ciphertext, status, created_at_us) \
+                 VALUES ($1, $2, $3, $4, 'active', $5)",
+            )
+            .bind(&key_id)
+            .bind(id)
+            .bind(&nonce)
+            .bind(&ciphertext)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }};
+    }
+    match db {
+        Db::Sqlite(pool) => run!(pool),
+        Db::Postgres(pool) => run!(pool),
+    }
+    Ok(Credentials {
+        merchant_id,
+        name: name.to_string(),
+        key_id,
+        key_secret,
+    })
+}
+
+/// Revokes the merchant's active keys and issues a new one, atomically.
+pub async fn rotate_key(
+    db: &Db,
+    secrets: &SecretBox,
+    merchant_id: MerchantId,
+) -> anyhow::Result<Credentials> {
+    let key_id = new_key_id();
+    let key_secret = new_key_secret();
+    let (nonce, ciphertext) = secrets.seal(key_secret.as_bytes(), key_id.as_bytes())?;
+    let now = now_us();
+    let id: Uuid = merchant_id.into();
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            let name: Option<String> = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let name = name.with_context(|| format!("no merchant {merchant_id}"))?;
+            sqlx::query("UPDATE merchant_keys SET status = 'revoked', revoked_at_us = $1 WHERE merchant_id = $2 AND status = 'active'")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO merchant_keys (key_id, merchant_id, secret_nonce, secret_ciphertext, status, created_at_us) \
+                 VALUES ($1, $2, $3, $4, 'active', $5)",
+            )
+            .bind(&key_id)
+            .bind(id)
+            .bind(&nonce)
+            .bind(&ciphertext)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            name
+        }};
+    }
+    let name = match db {
+        Db::Sqlite(pool) => run!(pool),
+        Db::Postgres(pool) => run!(pool),
+    };
+    Ok(Credentials {
+        merchant_id,
+        name,
+        key_id,
+        key_secret,
+    })
+}
+
+/// The active key with this id, decrypted; `None` when unknown or revoked.
+pub async fn find_active_key(
+    db: &Db,
+    secrets: &SecretBox,
+    key_id: &str,
+) -> anyhow::Result<Option<ActiveKey>> {
+    const SQL: &str = "SELECT k.merchant_id, k.secret_nonce, k.secret_ciphertext FROM merchant_keys k \
+                       JOIN merchants m ON m.id = k.merchant_id \
+                       WHERE k.key_id = $1 AND k.status = 'active' AND m.status = 'active'";
+    let row: Option<(Uuid, Vec<u8>, Vec<u8>)> = match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(SQL)
+                .bind(key_id)
+                .fetch_optional(pool)
+                .await?
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(SQL)
+                .bind(key_id)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    let Some((merchant_id, nonce, ciphertext)) = row else {
+        return Ok(None);
+    };
+    let secret = secrets.open(&nonce, &ciphertext, key_id.as_bytes())?;
+    Ok(Some(ActiveKey {
+        merchant_id: MerchantId::from_uuid(merchant_id),
+        secret,
+    }))
+}
+
+pub async fn count(db: &Db) -> anyhow::Result<i64> {
+    const SQL: &str = "SELECT COUNT(*) FROM merchants";
+    Ok(match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        Db::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+    })
+}

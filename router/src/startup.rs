@@ -1,0 +1,233 @@
+//! Building and running the server: [`Application::build`] wires configuration, database, caches,
+//! the write batcher and background tasks, and binds the listener; [`Application::run_until_stopped`]
+//! serves until the shutdown future resolves, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use paymux_model::ErrorCode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::auth::{KeyStore, NonceStore};
+use crate::batcher::{BatcherConfig, WriteBatcher};
+use crate::config::Config;
+use crate::crypto::{SecretBox, load_or_create_key_file, parse_master_key};
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::merchants::{self, Credentials};
+use crate::{AppState, payments, sweeper, telemetry};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+    /// Credentials of the demo merchant when this start created it.
+    pub demo_merchant: Option<Credentials>,
+}
+
+/// Opens the database named by the configuration and applies migrations.
+pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
+    if !config.is_postgres() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+    }
+    let db = Db::connect(&config.database_url(), config.database_max_connections).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// The master key from configuration, or from the generated key file in the data directory.
+pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
+    let key = match &config.master_key {
+        Some(k) => parse_master_key(k.expose()).context("master_key")?,
+        None => load_or_create_key_file(&config.data_dir.join("master.key"))?,
+    };
+    Ok(SecretBox::new(&key))
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let config = Arc::new(config);
+        let db = open_database(&config).await?;
+        let secrets = Arc::new(secret_box(&config)?);
+        let nonces = match &config.redis_url {
+            Some(url) => {
+                let client = redis::Client::open(url.expose()).context("parse redis_url")?;
+                let conn = redis::aio::ConnectionManager::new(client)
+                    .await
+                    .context("connect to Redis")?;
+                NonceStore::Redis(conn)
+            }
+            None => NonceStore::local(),
+        };
+        let demo_merchant = if config.demo_merchant && merchants::count(&db).await? == 0 {
+            Some(merchants::create_merchant(&db, &secrets, "Demo Merchant").await?)
+        } else {
+            None
+        };
+        let batcher = Arc::new(WriteBatcher::start(
+            db.clone(),
+            BatcherConfig {
+                items_max: config.batch_items_max.max(1),
+                linger: Duration::from_micros(config.batch_linger_us),
+                workers: config.batch_workers,
+                queue_capacity: config.batch_queue_capacity,
+            },
+        ));
+        let state = AppState {
+            config: config.clone(),
+            db: db.clone(),
+            batcher,
+            keys: Arc::new(KeyStore::new(db.clone(), secrets)),
+            nonces,
+            metrics: telemetry::metrics_handle(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let background = vec![tokio::spawn(sweeper::run(
+            db,
+            Duration::from_millis(config.sweeper_interval_ms.max(10)),
+            config.sweeper_batch_max.max(1),
+            stop_rx,
+        ))];
+        Ok(Application {
+            listener,
+            addr,
+            router: router(state.clone()),
+            state,
+            stop,
+            background,
+            demo_merchant,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL clients use (the configured public URL, or the bound address).
+    pub fn base_url(&self) -> String {
+        self.state.config.public_base_url(self.addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, finishes in-flight requests, drains the
+    /// write batcher and stops background tasks.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serve")?;
+        let _ = self.stop.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.state.batcher.shutdown().await;
+        self.state.db.close().await;
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = payments::api::router().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::authenticate,
+    ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn(record_http_metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed") })
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.db.ping().await {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "database": state.db.backend()})),
+        )
+            .into_response()
+    } else {
+        ApiError::new(ErrorCode::Unavailable, "database unreachable").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::ApiDoc::openapi())
+}
+
+async fn record_http_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("paymux_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("paymux_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on a random port, a fresh database per test (SQLite, or
+//! PostgreSQL + Redis when `PAYMUX_TEST_DATABASE_URL` / `PAYMUX_TEST_REDIS_URL` are set), over HTTP.
+
+mod auth;
+mod cli;
+mod helpers;
+mod ops;
+mod payments;
