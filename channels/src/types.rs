@@ -96,22 +96,13 @@ pub struct Trade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum PayOutcome {
-    Succeeded {
-        trade: Trade,
-    },
+    Succeeded { trade: Trade },
     /// The channel declined; the money did not move.
-    Failed {
-        code: String,
-        message: String,
-    },
+    Failed { code: String, message: String },
     /// The payer must confirm (password); poll with `query`.
-    UserPaying {
-        channel_trade_no: Option<String>,
-    },
+    UserPaying { channel_trade_no: Option<String> },
     /// The outcome is not known (timeout, 5xx, system error): query, then reverse.
-    Unknown {
-        reason: String,
-    },
+    Unknown { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,18 +269,10 @@ pub trait Channel: Send + Sync + 'static {
 
     async fn refund(&self, req: &RefundRequest) -> RefundOutcome;
 
-    async fn query_refund(
-        &self,
-        out_trade_no: &str,
-        out_refund_no: &str,
-    ) -> Result<RefundInfo, ChannelError>;
+    async fn query_refund(&self, out_trade_no: &str, out_refund_no: &str) -> Result<RefundInfo, ChannelError>;
 
     /// Verifies and decodes a notification from its raw HTTP headers and body.
-    fn verify_notification(
-        &self,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<Notification, ChannelError>;
+    fn verify_notification(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Notification, ChannelError>;
 
     /// The answer the channel expects: `ok = true` acknowledges, `false` asks it to retry.
     fn notification_reply(&self, ok: bool) -> NotificationReply;
