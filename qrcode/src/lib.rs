@@ -3,5 +3,10 @@
 //! - [`emv`]: EMVCo merchant-presented QR payloads — a typed model, an encoder that appends the
 //!   CRC-16/CCITT-FALSE, a strict or lenient decoder whose errors name the field, and the builder of
 //!   our own static / fixed-amount merchant code.
+//! - [`paycode`]: which wallet issued a customer payment code (付款码), from a rule table held as data
+//!   (built in, or loaded from TOML/JSON), telling malformed codes from unknown ones.
+//! - [`useragent`]: which app opened a static code's page, from its User-Agent, also a data table.
 
 pub mod emv;
+pub mod paycode;
+pub mod useragent;
