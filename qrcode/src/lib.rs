@@ -5,8 +5,11 @@
 //!   our own static / fixed-amount merchant code.
 //! - [`paycode`]: which wallet issued a customer payment code (付款码), from a rule table held as data
 //!   (built in, or loaded from TOML/JSON), telling malformed codes from unknown ones.
+//! - [`render`]: QR images as SVG and PNG, and the printable code plate (merchant, store, QR,
+//!   fixed amount, accepted wallets) as SVG and PNG.
 //! - [`useragent`]: which app opened a static code's page, from its User-Agent, also a data table.
 
 pub mod emv;
 pub mod paycode;
+pub mod render;
 pub mod useragent;
