@@ -7,9 +7,12 @@
 //!   (built in, or loaded from TOML/JSON), telling malformed codes from unknown ones.
 //! - [`render`]: QR images as SVG and PNG, and the printable code plate (merchant, store, QR,
 //!   fixed amount, accepted wallets) as SVG and PNG.
+//! - [`tlv`]: EMV BER-TLV decoding for contactless and consumer-presented (CPM) data, and the
+//!   extraction of PAN / track 2 into types that print only the last four digits.
 //! - [`useragent`]: which app opened a static code's page, from its User-Agent, also a data table.
 
 pub mod emv;
 pub mod paycode;
 pub mod render;
+pub mod tlv;
 pub mod useragent;
