@@ -1,4 +1,4 @@
-//! QR codes and payment codes for paymux.
+//! QR codes and payment codes for paymux (details and the rule tables in README.md).
 //!
 //! - [`emv`]: EMVCo merchant-presented QR payloads — a typed model, an encoder that appends the
 //!   CRC-16/CCITT-FALSE, a strict or lenient decoder whose errors name the field, and the builder of

@@ -113,3 +113,30 @@ fn zbarimg_reads_back_the_plates() {
         assert!(svg.contains(&plate.merchant_name));
     }
 }
+
+#[test]
+fn svg_outputs_are_well_formed_documents() {
+    let (_, payload) = payloads().remove(1);
+    let plate = Plate {
+        merchant_name: "老王牛肉面馆 & Co <1>".into(),
+        store_name: Some("徐汇区漕溪北路店".into()),
+        payload: payload.clone(),
+        wallets: vec![WalletBrand::Wechat, WalletBrand::Alipay],
+        amount: Some(Money::cny(990)),
+    };
+    for (name, svg) in [
+        ("plate.svg", render::plate_svg(&plate).expect("fits")),
+        ("qr.svg", render::svg(&payload).expect("fits")),
+    ] {
+        // Every opened element is closed, text is escaped.
+        assert_eq!(
+            svg.matches("<svg").count(),
+            svg.matches("</svg>").count(),
+            "{name}"
+        );
+        assert!(!svg.contains("& "), "{name}");
+        if let Some(out) = std::env::var_os("PAYMUX_PLATE_OUT") {
+            std::fs::write(Path::new(&out).join(name), &svg).expect("keep svg");
+        }
+    }
+}
