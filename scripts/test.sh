@@ -35,6 +35,7 @@ pg_bindir() {
 if [ -z "$(pg_bindir)" ]; then need_pkg /usr/lib/postgresql/15/bin/initdb postgresql; fi
 need_pkg redis-server redis-server
 need_pkg zbarimg zbar-tools
+need_pkg /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc fonts-wqy-zenhei
 for extra in ${PAYMUX_TEST_EXTRA_PACKAGES:-}; do need_pkg "$extra" "$extra"; done
 
 WORK=$(mktemp -d /tmp/paymux-test.XXXXXX)

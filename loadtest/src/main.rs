@@ -126,6 +126,9 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(args.concurrency));
     let sent = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    // When the last measured request finished (µs after start): the achieved rate is measured over
+    // the time the server actually took, not the time the generator took to offer the load.
+    let last_finish_us = Arc::new(AtomicU64::new(0));
 
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let start = Instant::now();
@@ -166,6 +169,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep_until(intended).await;
         let permit = slots.clone().acquire_owned();
+        let last_finish_us = last_finish_us.clone();
         let (client, url, key, stats, done) = (
             client.clone(),
             url.clone(),
@@ -221,6 +225,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
             if intended < measure_from {
                 return;
             }
+            last_finish_us.fetch_max((finished - start).as_micros() as u64, Ordering::Relaxed);
             let mut s = stats.lock().await;
             match outcome {
                 Ok(()) => {
@@ -237,7 +242,10 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         let _ = t.await;
     }
     progress.abort();
-    let elapsed_s = args.duration as f64;
+    let measured_us = last_finish_us
+        .load(Ordering::Relaxed)
+        .saturating_sub(args.warmup * 1_000_000);
+    let elapsed_s = (measured_us as f64 / 1e6).max(args.duration as f64);
     let s = stats.lock().await;
     let ms = |q: f64| s.latency_us.value_at_quantile(q) as f64 / 1000.0;
     let errors: u64 = s.errors.values().sum();
@@ -251,6 +259,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         "errors": errors,
         "errors_by_code": s.errors,
         "achieved_rate_per_s": s.ok as f64 / elapsed_s,
+        "measured_s": elapsed_s,
         "latency_ms": {
             "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p99_9": ms(0.999),
             "max": s.latency_us.max() as f64 / 1000.0,
