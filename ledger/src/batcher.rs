@@ -1,0 +1,3 @@
+//! batcher
+pub struct Ledger;
+pub struct LedgerConfig;
