@@ -32,6 +32,17 @@ pub enum Command {
     /// Manage merchants.
     #[command(subcommand)]
     Merchant(MerchantCommand),
+    /// The ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check the books: every entry balanced, Σ debits = Σ credits, stored balances = Σ postings, no
+    /// pending entry left past its timeout, every succeeded payment posted exactly once. Exits 1 on a
+    /// breach.
+    Audit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +75,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let creds = merchants::create_merchant(&db, &secret_box(&config)?, &name).await?;
             println!("{}", serde_json::to_string_pretty(&creds)?);
             db.close().await;
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::Audit) => {
+            let db = open_database(&config).await?;
+            let report = crate::ledger_audit::audit(&db).await?;
+            println!("{report}");
+            db.close().await;
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {

@@ -56,14 +56,28 @@ impl Db {
                 let mut m = sqlx::migrate!("./migrations/sqlite");
                 m.set_ignore_missing(true);
                 m.run(pool).await.context("migrate SQLite")?;
+                paymux_ledger::migrate_sqlite(pool)
+                    .await
+                    .context("migrate the ledger (SQLite)")?;
             }
             Db::Postgres(pool) => {
                 let mut m = sqlx::migrate!("./migrations/postgres");
                 m.set_ignore_missing(true);
                 m.run(pool).await.context("migrate PostgreSQL")?;
+                paymux_ledger::migrate_postgres(pool)
+                    .await
+                    .context("migrate the ledger (PostgreSQL)")?;
             }
         }
         Ok(())
+    }
+
+    /// The same pool, as the ledger crate takes it.
+    pub fn ledger_pool(&self) -> paymux_ledger::LedgerPool {
+        match self {
+            Db::Sqlite(pool) => paymux_ledger::LedgerPool::Sqlite(pool.clone()),
+            Db::Postgres(pool) => paymux_ledger::LedgerPool::Postgres(pool.clone()),
+        }
     }
 
     pub fn backend(&self) -> &'static str {

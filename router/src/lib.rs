@@ -9,6 +9,7 @@
 //! - [`payments`]: the payments API, model and SQL; [`sweeper`]: closes expired payments.
 //! - [`error`]: the one error type at the edge (`application/problem+json`).
 //! - [`telemetry`]: logs, request ids, Prometheus metrics; [`openapi`]: the OpenAPI document.
+//! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod ledger_audit;
 pub mod merchants;
 pub mod openapi;
 pub mod payments;

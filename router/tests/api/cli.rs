@@ -81,3 +81,65 @@ impl From<CredsJson> for paymux::merchants::Credentials {
         }
     }
 }
+
+#[tokio::test]
+async fn ledger_audit_exits_non_zero_on_a_breach() {
+    let db = fresh_database().await;
+    let config = test_config(&db);
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Audited").await;
+    let created = m.create_payment(&payment_body("aud-1", 10_000)).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let payment_id: uuid::Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+
+    let audit = |db: &crate::helpers::TestDb| {
+        Command::new(env!("CARGO_BIN_EXE_paymux"))
+            .args(["ledger", "audit"])
+            .env("PAYMUX_DATA_DIR", db.dir.path())
+            .env("PAYMUX_DATABASE_URL", &db.url)
+            .env("PAYMUX_LOG", "warn")
+            .output()
+            .expect("run paymux ledger audit")
+    };
+    let clean = audit(&app.db);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("audit: clean"));
+
+    // A payment marked succeeded without its ledger entry is a breach.
+    app.sql_execute("UPDATE payments SET status = 'succeeded' WHERE merchant_order_no = 'aud-1'")
+        .await;
+    let breached = audit(&app.db);
+    assert_eq!(breached.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&breached.stdout).to_string();
+    assert!(
+        text.contains(&payment_id.to_string()) && text.contains("BREACH"),
+        "{text}"
+    );
+
+    // Posting its entry (once) makes the books clean again.
+    let entry = paymux_ledger::rules::payment_succeeded(
+        paymux_model::PaymentId::from_uuid(payment_id),
+        m.creds.merchant_id,
+        paymux_model::ChannelAccountId::new(),
+        paymux_model::Money::cny(10_000),
+        60,
+        38,
+        0,
+    );
+    let store = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
+    let ledger = paymux_ledger::Ledger::start(store.ledger_pool(), Default::default());
+    assert_eq!(
+        ledger.post(vec![entry.clone(), entry]).await.unwrap().len(),
+        2
+    );
+    let healed = audit(&app.db);
+    assert!(
+        healed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healed.stdout)
+    );
+}

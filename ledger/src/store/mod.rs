@@ -1,0 +1,151 @@
+//! Storage: the raw rows both backends read, their conversion into engine state, and one module per
+//! backend ([`sqlite`], [`pg`]) with the batched statements of the posting path.
+
+pub mod pg;
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use paymux_model::{AccountId, Currency};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::engine::{AccountState, Leg, PendingInfo, PendingState, StoredHead};
+use crate::types::*;
+
+pub const ACCOUNT_COLUMNS: &str = "id, code, kind, currency, flags, debits_posted, credits_posted, \
+     debits_pending, credits_pending";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct RawAccount {
+    pub id: Uuid,
+    pub code: String,
+    pub kind: String,
+    pub currency: String,
+    pub flags: i32,
+    pub debits_posted: i64,
+    pub credits_posted: i64,
+    pub debits_pending: i64,
+    pub credits_pending: i64,
+}
+
+impl RawAccount {
+    pub fn into_state(self) -> Result<AccountState, LedgerError> {
+        Ok(AccountState {
+            id: AccountId::from_uuid(self.id),
+            kind: self.kind.parse()?,
+            currency: self
+                .currency
+                .parse::<Currency>()
+                .map_err(|e| LedgerError::Corrupt(format!("account {}: {e}", self.code)))?,
+            flags: AccountFlags::from_bits(self.flags),
+            code: self.code,
+            debits_posted: self.debits_posted,
+            credits_posted: self.credits_posted,
+            debits_pending: self.debits_pending,
+            credits_pending: self.credits_pending,
+        })
+    }
+}
+
+pub fn accounts_map(raw: Vec<RawAccount>) -> Result<HashMap<AccountId, AccountState>, LedgerError> {
+    raw.into_iter()
+        .map(|r| r.into_state().map(|a| (a.id, a)))
+        .collect()
+}
+
+pub const HEAD_COLUMNS: &str = "id, phase, pending_id, timeout_ms, kind, reference, effective_at_us, metadata, postings_digest";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct RawHead {
+    pub id: Uuid,
+    pub phase: String,
+    pub pending_id: Option<Uuid>,
+    pub timeout_ms: Option<i64>,
+    pub kind: String,
+    pub reference: Option<Uuid>,
+    pub effective_at_us: i64,
+    pub metadata: Json<serde_json::Value>,
+    pub postings_digest: Uuid,
+}
+
+pub fn heads_map(raw: Vec<RawHead>) -> HashMap<Uuid, StoredHead> {
+    raw.into_iter()
+        .map(|r| {
+            (
+                r.id,
+                StoredHead {
+                    phase: r.phase,
+                    pending_id: r.pending_id,
+                    timeout_ms: r.timeout_ms,
+                    kind: r.kind,
+                    reference: r.reference,
+                    effective_at_us: r.effective_at_us,
+                    metadata: r.metadata.0,
+                    postings_digest: r.postings_digest,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A pending entry's legs (read before locking: legs never change).
+#[derive(Debug, sqlx::FromRow)]
+pub struct RawLeg {
+    pub entry_id: Uuid,
+    pub account_id: Uuid,
+    pub is_credit: bool,
+    pub amount_minor: i64,
+}
+
+/// A pending entry's state (read after locking its accounts).
+#[derive(Debug, sqlx::FromRow)]
+pub struct RawPending {
+    pub entry_id: Uuid,
+    pub timeout_at_us: i64,
+    pub state: i16,
+}
+
+pub fn pendings_map(
+    legs: Vec<RawLeg>,
+    states: Vec<RawPending>,
+) -> Result<HashMap<Uuid, PendingInfo>, LedgerError> {
+    let mut by_entry: HashMap<Uuid, Vec<Leg>> = HashMap::new();
+    for l in legs {
+        by_entry.entry(l.entry_id).or_default().push(Leg {
+            account_id: AccountId::from_uuid(l.account_id),
+            side: if l.is_credit {
+                Side::Credit
+            } else {
+                Side::Debit
+            },
+            amount_minor: l.amount_minor,
+        });
+    }
+    states
+        .into_iter()
+        .map(|s| {
+            Ok((
+                s.entry_id,
+                PendingInfo {
+                    timeout_at_us: s.timeout_at_us,
+                    state: PendingState::from_code(s.state)?,
+                    legs: by_entry.remove(&s.entry_id).unwrap_or_default(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The accounts a batch must lock: those named by postings plus the pending legs' accounts,
+/// sorted (the lock order that keeps concurrent batches free of deadlocks).
+pub fn lock_set(account_ids: &[AccountId], legs: &[RawLeg]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = account_ids
+        .iter()
+        .map(|a| a.into_uuid())
+        .chain(legs.iter().map(|l| l.account_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}

@@ -1,0 +1,260 @@
+//! The ledger against real databases: SQLite always, PostgreSQL when `PAYMUX_TEST_DATABASE_URL` is set
+//! (each test creates its own database from that admin URL).
+
+use std::str::FromStr;
+
+use paymux_ledger::audit::{AuditOptions, audit};
+use paymux_ledger::queries::balance_by_code;
+use paymux_ledger::rules::{self, RefundContext};
+use paymux_ledger::{EntryResult, Ledger, LedgerConfig, LedgerPool, PostOptions, chart};
+use paymux_model::{ChannelAccountId, Currency, MerchantId, Money, PaymentId, RefundId};
+
+struct TestPool {
+    pool: LedgerPool,
+    _dir: tempfile::TempDir,
+}
+
+async fn pools() -> Vec<TestPool> {
+    let dir = tempfile::tempdir().unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&format!(
+        "sqlite://{}/ledger.sqlite",
+        dir.path().display()
+    ))
+    .unwrap()
+    .create_if_missing(true)
+    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+    .busy_timeout(std::time::Duration::from_secs(10));
+    let sqlite = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    paymux_ledger::migrate_sqlite(&sqlite).await.unwrap();
+    let mut out = vec![TestPool {
+        pool: LedgerPool::Sqlite(sqlite),
+        _dir: dir,
+    }];
+    match std::env::var("PAYMUX_TEST_DATABASE_URL") {
+        Ok(admin) if !admin.is_empty() => {
+            let name = format!("ledger_test_{}", uuid::Uuid::now_v7().simple());
+            let admin_pool = sqlx::PgPool::connect(&admin).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin_pool)
+                .await
+                .unwrap();
+            admin_pool.close().await;
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            let pg = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .connect(&format!("{base}/{name}"))
+                .await
+                .unwrap();
+            paymux_ledger::migrate_postgres(&pg).await.unwrap();
+            out.push(TestPool {
+                pool: LedgerPool::Postgres(pg),
+                _dir: tempfile::tempdir().unwrap(),
+            });
+        }
+        _ => eprintln!("PAYMUX_TEST_DATABASE_URL not set: ran on SQLite only"),
+    }
+    out
+}
+
+fn name(pool: &LedgerPool) -> &'static str {
+    match pool {
+        LedgerPool::Sqlite(_) => "sqlite",
+        LedgerPool::Postgres(_) => "postgres",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posters_on_one_hot_merchant_account_lose_nothing() {
+    for t in pools().await {
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        let merchant = MerchantId::new();
+        let channel = ChannelAccountId::new();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let mut total = 0i64;
+                    for round in 0..25 {
+                        let entries: Vec<_> = (0..20)
+                            .map(|i| {
+                                let amount = 100 + round * 20 + i;
+                                total += amount;
+                                rules::payment_succeeded(
+                                    PaymentId::new(),
+                                    merchant,
+                                    channel,
+                                    Money::cny(amount),
+                                    60,
+                                    38,
+                                    0,
+                                )
+                            })
+                            .collect();
+                        let results = ledger.post(entries).await.unwrap();
+                        assert!(
+                            results.iter().all(|r| *r == EntryResult::Created),
+                            "{results:?}"
+                        );
+                    }
+                    total
+                })
+            })
+            .collect();
+        let mut gross = 0i64;
+        for task in tasks {
+            gross += task.await.unwrap();
+        }
+        let receivable = balance_by_code(
+            &t.pool,
+            &chart::channel_receivable(channel, Currency::Cny).code,
+        )
+        .await
+        .unwrap();
+        let fees = balance_by_code(&t.pool, &chart::channel_fees(channel, Currency::Cny).code)
+            .await
+            .unwrap();
+        let payable = balance_by_code(
+            &t.pool,
+            &chart::merchant_payable(merchant, Currency::Cny).code,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            receivable.posted_minor() + fees.posted_minor(),
+            i128::from(gross),
+            "{}",
+            name(&t.pool)
+        );
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&t.pool));
+        assert_eq!(report.entries, 8 * 25 * 20);
+        assert!(payable.posted_minor() > 0 && payable.posted_minor() < i128::from(gross));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_rolled_back_before_commit_leaves_nothing_and_a_retry_posts_once() {
+    for t in pools().await {
+        let entry = rules::payment_succeeded(
+            PaymentId::new(),
+            MerchantId::new(),
+            ChannelAccountId::new(),
+            Money::cny(10_000),
+            60,
+            38,
+            0,
+        );
+        // The "crash": the transaction is dropped without COMMIT.
+        match &t.pool {
+            LedgerPool::Sqlite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                let r = paymux_ledger::post_sqlite(
+                    &mut tx,
+                    std::slice::from_ref(&entry),
+                    PostOptions::default(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r, vec![EntryResult::Created]);
+                drop(tx);
+            }
+            LedgerPool::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                let r = paymux_ledger::post_postgres(
+                    &mut tx,
+                    std::slice::from_ref(&entry),
+                    PostOptions::default(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r, vec![EntryResult::Created]);
+                drop(tx);
+            }
+        }
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert_eq!(
+            (report.entries, report.postings),
+            (0, 0),
+            "{}: nothing survives the rollback",
+            name(&t.pool)
+        );
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        assert_eq!(
+            ledger.post(vec![entry.clone()]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        assert_eq!(
+            ledger.post(vec![entry.clone()]).await.unwrap(),
+            vec![EntryResult::Exists]
+        );
+        let mut changed = entry.clone();
+        changed.postings.reverse();
+        changed.postings.truncate(2);
+        assert_ne!(
+            ledger.post(vec![changed]).await.unwrap()[0],
+            EntryResult::Created,
+            "same id, other content"
+        );
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert_eq!(report.entries, 1);
+        assert!(report.is_clean(), "{report}");
+    }
+}
+
+#[tokio::test]
+async fn a_payment_refunded_in_parts_nets_to_zero_everywhere() {
+    for t in pools().await {
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        let (payment, merchant, channel) =
+            (PaymentId::new(), MerchantId::new(), ChannelAccountId::new());
+        let amount = 10_001;
+        let pay =
+            rules::payment_succeeded(payment, merchant, channel, Money::cny(amount), 60, 38, 1);
+        assert_eq!(
+            ledger.post(vec![pay]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        let mut before = 0;
+        for part in [3_333, 3_333, 3_335] {
+            let ctx = RefundContext {
+                payment_id: payment,
+                merchant,
+                channel_account: channel,
+                payment_amount: Money::cny(amount),
+                refunded_before_minor: before,
+                merchant_fee_rate_bps: 60,
+                channel_cost_rate_bps: 38,
+            };
+            let refund = rules::refund_succeeded(RefundId::new(), &ctx, Money::cny(part), 2);
+            assert_eq!(
+                ledger.post(vec![refund]).await.unwrap(),
+                vec![EntryResult::Created]
+            );
+            before += part;
+        }
+        for code in [
+            chart::channel_receivable(channel, Currency::Cny).code,
+            chart::channel_fees(channel, Currency::Cny).code,
+            chart::merchant_payable(merchant, Currency::Cny).code,
+            chart::platform_fee_income(Currency::Cny).code,
+        ] {
+            let b = balance_by_code(&t.pool, &code).await.unwrap();
+            assert_eq!(
+                b.posted_minor(),
+                0,
+                "{}: {code} after a full refund",
+                name(&t.pool)
+            );
+        }
+        assert!(
+            audit(&t.pool, AuditOptions::default())
+                .await
+                .unwrap()
+                .is_clean()
+        );
+    }
+}
