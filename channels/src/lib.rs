@@ -12,6 +12,7 @@
 
 pub mod crypto;
 pub mod http;
+pub mod wechat;
 mod types;
 
 pub use types::*;
