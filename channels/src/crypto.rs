@@ -67,7 +67,9 @@ pub struct RsaSigner {
 
 impl std::fmt::Debug for RsaSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RsaSigner").field("bits", &(self.key.public().modulus_len() * 8)).finish_non_exhaustive()
+        f.debug_struct("RsaSigner")
+            .field("bits", &(self.key.public().modulus_len() * 8))
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,14 +82,19 @@ impl RsaSigner {
                 return Ok(s);
             }
         }
-        Err(KeyError::Invalid("no RSA private key (PKCS#8 or PKCS#1) in the text".into()))
+        Err(KeyError::Invalid(
+            "no RSA private key (PKCS#8 or PKCS#1) in the text".into(),
+        ))
     }
 
     pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
         let key = RsaKeyPair::from_pkcs8(der)
             .or_else(|_| RsaKeyPair::from_der(der))
             .map_err(|e| KeyError::Invalid(format!("RSA private key: {e}")))?;
-        Ok(Self { key, rng: ring::rand::SystemRandom::new() })
+        Ok(Self {
+            key,
+            rng: ring::rand::SystemRandom::new(),
+        })
     }
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
@@ -104,7 +111,9 @@ impl RsaSigner {
 
     /// The matching public key.
     pub fn verifier(&self) -> RsaVerifier {
-        RsaVerifier { pkcs1: self.key.public_key().as_ref().to_vec() }
+        RsaVerifier {
+            pkcs1: self.key.public_key().as_ref().to_vec(),
+        }
     }
 }
 
@@ -135,13 +144,17 @@ impl RsaVerifier {
                 return Ok(v);
             }
         }
-        Err(KeyError::Invalid("no RSA public key or certificate in the text".into()))
+        Err(KeyError::Invalid(
+            "no RSA public key or certificate in the text".into(),
+        ))
     }
 
     pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
         let (_, spki) = SubjectPublicKeyInfo::from_der(der)
             .map_err(|e| KeyError::Invalid(format!("SubjectPublicKeyInfo: {e}")))?;
-        Ok(Self { pkcs1: spki.subject_public_key.data.to_vec() })
+        Ok(Self {
+            pkcs1: spki.subject_public_key.data.to_vec(),
+        })
     }
 
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
@@ -163,7 +176,8 @@ impl RsaVerifier {
         use rsa::pkcs1::DecodeRsaPublicKey;
         use rsa::pkcs8::EncodePublicKey;
         let key = rsa::RsaPublicKey::from_pkcs1_der(&self.pkcs1).expect("valid RSAPublicKey DER");
-        key.to_public_key_pem(rsa::pkcs8::LineEnding::LF).expect("encodable public key")
+        key.to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .expect("encodable public key")
     }
 }
 
@@ -204,9 +218,10 @@ impl Certificate {
         for rdn in cert.issuer().iter() {
             for atv in rdn.iter() {
                 let oid = atv.attr_type();
-                let name = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
-                    .map(str::to_string)
-                    .unwrap_or_else(|_| oid.to_id_string());
+                let name =
+                    x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| oid.to_id_string());
                 let value = atv.as_str().map(str::to_string).unwrap_or_default();
                 rdns.push(format!("{name}={value}"));
             }
@@ -218,7 +233,9 @@ impl Certificate {
             issuer_reversed: rdns.join(","),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
-            verifier: RsaVerifier { pkcs1: cert.public_key().subject_public_key.data.to_vec() },
+            verifier: RsaVerifier {
+                pkcs1: cert.public_key().subject_public_key.data.to_vec(),
+            },
         })
     }
 }
@@ -238,28 +255,32 @@ pub enum AeadError {
 macro_rules! gcm_dispatch {
     ($key:expr, $nonce:expr, |$cipher:ident, $n:ident| $body:expr) => {{
         use aes_gcm::aead::KeyInit;
-        use aes_gcm::aes::{Aes128, Aes256};
         use aes_gcm::aead::consts::{U12, U16};
+        use aes_gcm::aes::{Aes128, Aes256};
         let key: &[u8] = $key;
         let nonce: &[u8] = $nonce;
         match (key.len(), nonce.len()) {
             (32, 12) => {
-                let $cipher = aes_gcm::AesGcm::<Aes256, U12>::new_from_slice(key).expect("32-byte key");
+                let $cipher =
+                    aes_gcm::AesGcm::<Aes256, U12>::new_from_slice(key).expect("32-byte key");
                 let $n = aes_gcm::Nonce::<U12>::from_slice(nonce);
                 $body
             }
             (32, 16) => {
-                let $cipher = aes_gcm::AesGcm::<Aes256, U16>::new_from_slice(key).expect("32-byte key");
+                let $cipher =
+                    aes_gcm::AesGcm::<Aes256, U16>::new_from_slice(key).expect("32-byte key");
                 let $n = aes_gcm::Nonce::<U16>::from_slice(nonce);
                 $body
             }
             (16, 12) => {
-                let $cipher = aes_gcm::AesGcm::<Aes128, U12>::new_from_slice(key).expect("16-byte key");
+                let $cipher =
+                    aes_gcm::AesGcm::<Aes128, U12>::new_from_slice(key).expect("16-byte key");
                 let $n = aes_gcm::Nonce::<U12>::from_slice(nonce);
                 $body
             }
             (16, 16) => {
-                let $cipher = aes_gcm::AesGcm::<Aes128, U16>::new_from_slice(key).expect("16-byte key");
+                let $cipher =
+                    aes_gcm::AesGcm::<Aes128, U16>::new_from_slice(key).expect("16-byte key");
                 let $n = aes_gcm::Nonce::<U16>::from_slice(nonce);
                 $body
             }
@@ -270,24 +291,53 @@ macro_rules! gcm_dispatch {
 }
 
 /// AES-GCM encryption; returns ciphertext with the 16-byte tag appended.
-pub fn aes_gcm_encrypt(key: &[u8], nonce: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, AeadError> {
+pub fn aes_gcm_encrypt(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, AeadError> {
     use aes_gcm::aead::{Aead, Payload};
     gcm_dispatch!(key, nonce, |c, n| c
-        .encrypt(n, Payload { msg: plaintext, aad })
+        .encrypt(
+            n,
+            Payload {
+                msg: plaintext,
+                aad
+            }
+        )
         .map_err(|_| AeadError::Authentication))
 }
 
 /// AES-GCM decryption of ciphertext with the tag appended.
-pub fn aes_gcm_decrypt(key: &[u8], nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, AeadError> {
+pub fn aes_gcm_decrypt(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, AeadError> {
     use aes_gcm::aead::{Aead, Payload};
     gcm_dispatch!(key, nonce, |c, n| c
-        .decrypt(n, Payload { msg: ciphertext, aad })
+        .decrypt(
+            n,
+            Payload {
+                msg: ciphertext,
+                aad
+            }
+        )
         .map_err(|_| AeadError::Authentication))
 }
 
 /// AES-GCM decryption of a base64 ciphertext (tag appended), the form WeChat uses.
-pub fn aes_gcm_decrypt_base64(key: &[u8], nonce: &[u8], aad: &[u8], ciphertext_b64: &str) -> Result<Vec<u8>, AeadError> {
-    let ct = B64.decode(ciphertext_b64.as_bytes()).map_err(|_| AeadError::Base64)?;
+pub fn aes_gcm_decrypt_base64(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    ciphertext_b64: &str,
+) -> Result<Vec<u8>, AeadError> {
+    let ct = B64
+        .decode(ciphertext_b64.as_bytes())
+        .map_err(|_| AeadError::Base64)?;
     aes_gcm_decrypt(key, nonce, aad, &ct)
 }
 
@@ -296,15 +346,23 @@ pub fn random_alnum(len: usize) -> String {
     use rand::Rng as _;
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// A freshly generated 2048-bit RSA key pair as `(PKCS#8 private key PEM, SPKI public key PEM)`.
 pub fn generate_rsa_keypair() -> (String, String) {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("RSA key generation");
-    let private = key.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8 encoding").to_string();
-    let public = key.to_public_key().to_public_key_pem(LineEnding::LF).expect("SPKI encoding");
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("PKCS#8 encoding")
+        .to_string();
+    let public = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("SPKI encoding");
     (private, public)
 }
 
@@ -330,27 +388,48 @@ mod tests {
         assert!(verifier.verify_base64(b"hello", &sig));
         assert!(!verifier.verify_base64(b"hellO", &sig));
         assert_eq!(signer.verifier(), verifier);
-        assert_eq!(RsaVerifier::from_pem(&verifier.to_spki_pem()).unwrap(), verifier);
+        assert_eq!(
+            RsaVerifier::from_pem(&verifier.to_spki_pem()).unwrap(),
+            verifier
+        );
     }
 
     #[test]
     fn garbage_keys_are_errors() {
         assert!(RsaSigner::from_pem("").is_err());
-        assert!(RsaSigner::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err());
+        assert!(
+            RsaSigner::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
         assert!(RsaSigner::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA").is_err());
         assert!(RsaVerifier::from_pem("not base64 at all!").is_err());
-        assert!(Certificate::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
+        assert!(
+            Certificate::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
+                .is_err()
+        );
     }
 
     #[test]
     fn aes_gcm_round_trip_and_tamper() {
         let key = [7u8; 32];
         let ct = aes_gcm_encrypt(&key, b"123456789012", b"aad", b"plain").unwrap();
-        assert_eq!(aes_gcm_decrypt(&key, b"123456789012", b"aad", &ct).unwrap(), b"plain");
+        assert_eq!(
+            aes_gcm_decrypt(&key, b"123456789012", b"aad", &ct).unwrap(),
+            b"plain"
+        );
         let mut bad = ct.clone();
         bad[0] ^= 1;
-        assert_eq!(aes_gcm_decrypt(&key, b"123456789012", b"aad", &bad), Err(AeadError::Authentication));
-        assert_eq!(aes_gcm_decrypt(&key[..13], b"123456789012", b"", &ct), Err(AeadError::KeyLength(13)));
-        assert_eq!(aes_gcm_decrypt(&key, b"12345", b"", &ct), Err(AeadError::NonceLength(5)));
+        assert_eq!(
+            aes_gcm_decrypt(&key, b"123456789012", b"aad", &bad),
+            Err(AeadError::Authentication)
+        );
+        assert_eq!(
+            aes_gcm_decrypt(&key[..13], b"123456789012", b"", &ct),
+            Err(AeadError::KeyLength(13))
+        );
+        assert_eq!(
+            aes_gcm_decrypt(&key, b"12345", b"", &ct),
+            Err(AeadError::NonceLength(5))
+        );
     }
 }

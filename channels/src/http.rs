@@ -17,7 +17,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(3), call: Duration::from_secs(10), bill: Duration::from_secs(120) }
+        Self {
+            connect: Duration::from_secs(3),
+            call: Duration::from_secs(10),
+            bill: Duration::from_secs(120),
+        }
     }
 }
 
@@ -58,10 +62,24 @@ pub struct RawResponse {
 }
 
 /// Sends a request with the call timeout and reads the whole body.
-pub async fn send(req: reqwest::RequestBuilder, timeout: Duration) -> Result<RawResponse, ChannelError> {
-    let resp = req.timeout(timeout).send().await.map_err(|e| classify(&e))?;
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<RawResponse, ChannelError> {
+    let resp = req
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|e| ChannelError::Unknown(format!("reading the response: {e}")))?;
-    Ok(RawResponse { status, headers, body })
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ChannelError::Unknown(format!("reading the response: {e}")))?;
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }

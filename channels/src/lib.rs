@@ -12,7 +12,8 @@
 
 pub mod crypto;
 pub mod http;
-pub mod wechat;
+pub mod sandbox;
 mod types;
+pub mod wechat;
 
 pub use types::*;

@@ -16,15 +16,45 @@ use crate::{BillError, BillKind, BillRecord, BillRecords};
 
 /// The 27 columns of an ALL bill, in order.
 pub const ALL_HEADER: [&str; 27] = [
-    "交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识", "交易类型",
-    "交易状态", "付款银行", "货币种类", "应结订单金额", "代金券金额", "微信退款单号", "商户退款单号", "退款金额",
-    "充值券退款金额", "退款类型", "退款状态", "商品名称", "商户数据包", "手续费", "费率", "订单金额", "申请退款金额",
+    "交易时间",
+    "公众账号ID",
+    "商户号",
+    "特约商户号",
+    "设备号",
+    "微信订单号",
+    "商户订单号",
+    "用户标识",
+    "交易类型",
+    "交易状态",
+    "付款银行",
+    "货币种类",
+    "应结订单金额",
+    "代金券金额",
+    "微信退款单号",
+    "商户退款单号",
+    "退款金额",
+    "充值券退款金额",
+    "退款类型",
+    "退款状态",
+    "商品名称",
+    "商户数据包",
+    "手续费",
+    "费率",
+    "订单金额",
+    "申请退款金额",
     "费率备注",
 ];
 
 /// The summary header row.
-pub const SUMMARY_HEADER: [&str; 7] =
-    ["总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额", "申请退款总金额"];
+pub const SUMMARY_HEADER: [&str; 7] = [
+    "总交易单数",
+    "应结订单总金额",
+    "退款总金额",
+    "充值券退款总金额",
+    "手续费总金额",
+    "订单总金额",
+    "申请退款总金额",
+];
 
 const COL_TIME: usize = 0;
 const COL_TRANSACTION_ID: usize = 5;
@@ -47,7 +77,11 @@ pub fn parse_decimal(text: &str, scale: u32) -> Option<i64> {
         None => (false, text),
     };
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() || frac.len() > scale as usize || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || frac.len() > scale as usize
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     if digits.contains('.') && frac.is_empty() {
@@ -69,12 +103,21 @@ pub fn format_decimal(v: i64, scale: u32) -> String {
     let p = 10i64.pow(scale);
     let sign = if v < 0 { "-" } else { "" };
     let a = v.unsigned_abs();
-    format!("{sign}{}.{:0width$}", a / p as u64, a % p as u64, width = scale as usize)
+    format!(
+        "{sign}{}.{:0width$}",
+        a / p as u64,
+        a % p as u64,
+        width = scale as usize
+    )
 }
 
 /// Rounds units of 0.001 fen half-up (away from zero) to fen.
 fn milli_fen_to_fen(v: i64) -> i64 {
-    if v >= 0 { (v + 500) / 1000 } else { -((-v + 500) / 1000) }
+    if v >= 0 {
+        (v + 500) / 1000
+    } else {
+        -((-v + 500) / 1000)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -117,14 +160,20 @@ impl Parser {
         };
         self.pos += adv;
         self.line_no += 1;
-        Some((self.line_no, line.strip_suffix('\r').unwrap_or(line).to_string()))
+        Some((
+            self.line_no,
+            line.strip_suffix('\r').unwrap_or(line).to_string(),
+        ))
     }
 
     fn amount(values: &[&str], col: usize, scale: u32, line: u64) -> Result<i64, BillError> {
         let raw = values[col].trim();
         parse_decimal(raw, scale).ok_or_else(|| BillError::Line {
             line,
-            message: format!("{} `{raw}` is not an amount with at most {scale} decimals", ALL_HEADER[col]),
+            message: format!(
+                "{} `{raw}` is not an amount with at most {scale} decimals",
+                ALL_HEADER[col]
+            ),
         })
     }
 
@@ -133,12 +182,18 @@ impl Parser {
         if values.len() != ALL_HEADER.len() {
             return Err(BillError::Line {
                 line: line_no,
-                message: format!("{} columns, the ALL bill has {}", values.len(), ALL_HEADER.len()),
+                message: format!(
+                    "{} columns, the ALL bill has {}",
+                    values.len(),
+                    ALL_HEADER.len()
+                ),
             });
         }
-        let time = NaiveDateTime::parse_from_str(values[COL_TIME].trim(), "%Y-%m-%d %H:%M:%S").map_err(|e| {
-            BillError::Line { line: line_no, message: format!("交易时间 `{}`: {e}", values[COL_TIME]) }
-        })?;
+        let time = NaiveDateTime::parse_from_str(values[COL_TIME].trim(), "%Y-%m-%d %H:%M:%S")
+            .map_err(|e| BillError::Line {
+                line: line_no,
+                message: format!("交易时间 `{}`: {e}", values[COL_TIME]),
+            })?;
         let settlement = Self::amount(&values, COL_SETTLEMENT, 2, line_no)?;
         let refund = Self::amount(&values, COL_REFUND, 2, line_no)?;
         let coupon_refund = Self::amount(&values, COL_COUPON_REFUND, 2, line_no)?;
@@ -146,14 +201,23 @@ impl Parser {
         let order = Self::amount(&values, COL_ORDER, 2, line_no)?;
         let refund_requested = Self::amount(&values, COL_REFUND_REQUESTED, 2, line_no)?;
         let t = &mut self.totals;
-        let overflow = || BillError::Line { line: line_no, message: "totals overflow".into() };
+        let overflow = || BillError::Line {
+            line: line_no,
+            message: "totals overflow".into(),
+        };
         t.rows += 1;
         t.settlement = t.settlement.checked_add(settlement).ok_or_else(overflow)?;
         t.refund = t.refund.checked_add(refund).ok_or_else(overflow)?;
-        t.coupon_refund = t.coupon_refund.checked_add(coupon_refund).ok_or_else(overflow)?;
+        t.coupon_refund = t
+            .coupon_refund
+            .checked_add(coupon_refund)
+            .ok_or_else(overflow)?;
         t.fee_milli_fen = t.fee_milli_fen.checked_add(fee).ok_or_else(overflow)?;
         t.order = t.order.checked_add(order).ok_or_else(overflow)?;
-        t.refund_requested = t.refund_requested.checked_add(refund_requested).ok_or_else(overflow)?;
+        t.refund_requested = t
+            .refund_requested
+            .checked_add(refund_requested)
+            .ok_or_else(overflow)?;
 
         let state = values[COL_TRADE_STATE].trim();
         let out_refund_no = values[COL_OUT_REFUND_NO].trim();
@@ -161,14 +225,21 @@ impl Parser {
         let channel_trade_no = values[COL_TRANSACTION_ID].trim();
         let out_trade_no = values[COL_OUT_TRADE_NO].trim();
         if channel_trade_no.is_empty() || out_trade_no.is_empty() {
-            return Err(BillError::Line { line: line_no, message: "微信订单号 and 商户订单号 are required".into() });
+            return Err(BillError::Line {
+                line: line_no,
+                message: "微信订单号 and 商户订单号 are required".into(),
+            });
         }
         let _ = values[COL_REFUND_ID];
         Ok(BillRecord {
             channel_trade_no: channel_trade_no.to_string(),
             out_trade_no: out_trade_no.to_string(),
             out_refund_no: is_refund.then(|| out_refund_no.to_string()),
-            kind: if is_refund { BillKind::Refund } else { BillKind::Payment },
+            kind: if is_refund {
+                BillKind::Refund
+            } else {
+                BillKind::Payment
+            },
             amount_minor: if is_refund { refund_requested } else { order },
             fee_minor: milli_fen_to_fen(fee).abs(),
             status: state.to_string(),
@@ -178,11 +249,16 @@ impl Parser {
 
     fn summary(&mut self, header_line: u64) -> Result<(), BillError> {
         let Some((line_no, line)) = self.next_line() else {
-            return Err(BillError::Truncated(format!("no summary values after the summary header on line {header_line}")));
+            return Err(BillError::Truncated(format!(
+                "no summary values after the summary header on line {header_line}"
+            )));
         };
         let values = split_ticked(&line, line_no)?;
         if values.len() != SUMMARY_HEADER.len() {
-            return Err(BillError::Line { line: line_no, message: format!("{} summary values, expected 7", values.len()) });
+            return Err(BillError::Line {
+                line: line_no,
+                message: format!("{} summary values, expected 7", values.len()),
+            });
         }
         // 总交易单数 is written like `45.0`.
         let count_raw = values[0].trim();
@@ -190,12 +266,17 @@ impl Parser {
             .strip_suffix(".0")
             .unwrap_or(count_raw)
             .parse::<i64>()
-            .map_err(|_| BillError::Line { line: line_no, message: format!("总交易单数 `{count_raw}`") })?;
+            .map_err(|_| BillError::Line {
+                line: line_no,
+                message: format!("总交易单数 `{count_raw}`"),
+            })?;
         let mut amounts = [0i64; 6];
         for (i, a) in amounts.iter_mut().enumerate() {
             let raw = values[i + 1].trim();
-            *a = parse_decimal(raw, 2)
-                .ok_or_else(|| BillError::Line { line: line_no, message: format!("{} `{raw}`", SUMMARY_HEADER[i + 1]) })?;
+            *a = parse_decimal(raw, 2).ok_or_else(|| BillError::Line {
+                line: line_no,
+                message: format!("{} `{raw}`", SUMMARY_HEADER[i + 1]),
+            })?;
         }
         let t = self.totals;
         let fee_fen = milli_fen_to_fen(t.fee_milli_fen);
@@ -210,7 +291,13 @@ impl Parser {
         ];
         for (name, stated, summed, is_count) in checks {
             if stated != summed {
-                let show = |v: i64| if is_count { v.to_string() } else { format_decimal(v, 2) };
+                let show = |v: i64| {
+                    if is_count {
+                        v.to_string()
+                    } else {
+                        format_decimal(v, 2)
+                    }
+                };
                 return Err(BillError::SummaryMismatch(format!(
                     "{name}: the summary says {}, the detail rows add up to {}",
                     show(stated),
@@ -220,7 +307,10 @@ impl Parser {
         }
         while let Some((n, rest)) = self.next_line() {
             if !rest.trim().is_empty() {
-                return Err(BillError::Line { line: n, message: "unexpected content after the summary".into() });
+                return Err(BillError::Line {
+                    line: n,
+                    message: "unexpected content after the summary".into(),
+                });
             }
         }
         Ok(())
@@ -233,7 +323,9 @@ impl Parser {
         loop {
             let Some((line_no, line)) = self.next_line() else {
                 self.done = true;
-                return Some(Err(BillError::Truncated("the summary rows are missing".into())));
+                return Some(Err(BillError::Truncated(
+                    "the summary rows are missing".into(),
+                )));
             };
             if line.trim().is_empty() {
                 continue;
@@ -264,17 +356,27 @@ impl Iterator for Parser {
 /// Parses an ALL trade bill. The header row is checked up front; records stream lazily; the summary
 /// check is the last item (an `Err` on mismatch).
 pub fn parse_trade_bill(bytes: Vec<u8>) -> Result<BillRecords, BillError> {
-    let mut text = String::from_utf8(bytes).map_err(|e| BillError::Encoding(format!("not UTF-8: {e}")))?;
+    let mut text =
+        String::from_utf8(bytes).map_err(|e| BillError::Encoding(format!("not UTF-8: {e}")))?;
     if text.starts_with('\u{feff}') {
         text.drain(..3);
     }
-    let mut p = Parser { text, pos: 0, line_no: 0, totals: Totals::default(), done: false };
+    let mut p = Parser {
+        text,
+        pos: 0,
+        line_no: 0,
+        totals: Totals::default(),
+        done: false,
+    };
     let Some((_, header)) = p.next_line() else {
         return Err(BillError::Truncated("the file is empty".into()));
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     if cols != ALL_HEADER {
-        return Err(BillError::Line { line: 1, message: "the header is not the 27-column ALL bill header".into() });
+        return Err(BillError::Line {
+            line: 1,
+            message: "the header is not the 27-column ALL bill header".into(),
+        });
     }
     Ok(Box::new(p))
 }
@@ -340,8 +442,16 @@ pub fn write_trade_bill(rows: &[BillRow]) -> Vec<u8> {
             r.out_refund_no.clone().unwrap_or_else(|| "0".into()),
             format_decimal(refund, 2),
             "0.00".into(),
-            if is_refund { "ORIGINAL".into() } else { String::new() },
-            if is_refund { "SUCCESS".into() } else { String::new() },
+            if is_refund {
+                "ORIGINAL".into()
+            } else {
+                String::new()
+            },
+            if is_refund {
+                "SUCCESS".into()
+            } else {
+                String::new()
+            },
             r.description.replace([',', '`', '\r', '\n'], " "),
             String::new(),
             format_decimal(r.fee_milli_fen, 5),

@@ -21,9 +21,9 @@ use sha1::Digest as _;
 use crate::crypto::{self, RsaSigner, RsaVerifier};
 use crate::http::{self as chttp, RawResponse, Timeouts};
 use crate::{
-    BillError, BillRecords, Capabilities, Channel, ChannelError, CreateKind, CreateOrder, CreatedOrder,
-    Notification, NotificationEvent, NotificationReply, OrderRequest, PayOutcome, RefundInfo, RefundOutcome,
-    RefundRequest, RefundState, Trade, TradeState,
+    BillError, BillRecords, Capabilities, Channel, ChannelError, CreateKind, CreateOrder,
+    CreatedOrder, Notification, NotificationEvent, NotificationReply, OrderRequest, PayOutcome,
+    RefundInfo, RefundOutcome, RefundRequest, RefundState, Trade, TradeState,
 };
 use sign::{EncryptedResource, PlatformKeys};
 
@@ -172,7 +172,9 @@ pub struct ErrorBody {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Maps WeChat's `trade_state`.
@@ -195,7 +197,11 @@ impl Transaction {
             channel_state: self.trade_state.clone(),
             amount_minor: self.amount.as_ref().map(|a| a.total),
             paid_at: self.success_time.as_deref().and_then(parse_time),
-            payer_id: self.payer.as_ref().map(|p| p.openid.clone()).filter(|s| !s.is_empty()),
+            payer_id: self
+                .payer
+                .as_ref()
+                .map(|p| p.openid.clone())
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -219,7 +225,11 @@ impl RefundRecord {
 }
 
 /// Codes after which a code payment's outcome must be found by querying.
-const UNKNOWN_CODES: &[&str] = &["SYSTEMERROR", "BANKERROR", "ORDERPAID", "FREQUENCY_LIMITED"];
+/// Codes whose meaning is "the outcome is not known": query before deciding.
+const UNKNOWN_CODES: &[&str] = &["SYSTEMERROR", "BANKERROR"];
+
+/// Code-payment answers after which the order must be queried (it may be paid).
+const QUERY_CODES: &[&str] = &["ORDERPAID", "FREQUENCY_LIMITED", "OUT_TRADE_NO_USED"];
 
 impl WechatPay {
     pub fn new(cfg: WechatConfig) -> Result<Self, ChannelError> {
@@ -232,10 +242,14 @@ impl WechatPay {
             platform.insert(serial.clone(), key);
         }
         if platform.is_empty() {
-            return Err(ChannelError::Config("at least one platform public key is required".into()));
+            return Err(ChannelError::Config(
+                "at least one platform public key is required".into(),
+            ));
         }
         if !matches!(cfg.api_v3_key.len(), 32) {
-            return Err(ChannelError::Config("the APIv3 key must be 32 bytes".into()));
+            return Err(ChannelError::Config(
+                "the APIv3 key must be 32 bytes".into(),
+            ));
         }
         let base = cfg.base_url.trim_end_matches('/').to_string();
         reqwest::Url::parse(&base).map_err(|e| ChannelError::Config(format!("base_url: {e}")))?;
@@ -249,7 +263,13 @@ impl WechatPay {
             caps: Capabilities {
                 kind: ChannelKind::WechatV3,
                 wallets: vec![WalletBrand::Wechat],
-                methods: vec![PayMethod::QrMerchant, PayMethod::QrStatic, PayMethod::CodeScan, PayMethod::SoundWave, PayMethod::Jsapi],
+                methods: vec![
+                    PayMethod::QrMerchant,
+                    PayMethod::QrStatic,
+                    PayMethod::CodeScan,
+                    PayMethod::SoundWave,
+                    PayMethod::Jsapi,
+                ],
                 refund: true,
                 reverse: true,
                 close: true,
@@ -284,11 +304,25 @@ impl WechatPay {
     fn authorize(&self, method: &str, signed_path: &str, body: &str) -> String {
         let ts = Utc::now().timestamp().to_string();
         let nonce = crypto::random_alnum(32);
-        sign::authorization(&self.signer, &self.cfg.mchid, &self.cfg.merchant_serial, method, signed_path, &ts, &nonce, body)
+        sign::authorization(
+            &self.signer,
+            &self.cfg.mchid,
+            &self.cfg.merchant_serial,
+            method,
+            signed_path,
+            &ts,
+            &nonce,
+            body,
+        )
     }
 
     /// Sends a signed call and verifies a 2xx answer's signature.
-    async fn call(&self, method: http::Method, path_and_query: &str, body: Option<&serde_json::Value>) -> Result<RawResponse, ChannelError> {
+    async fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<RawResponse, ChannelError> {
         let (url, signed) = self.full_url(path_and_query);
         let body_text = body.map(|b| b.to_string()).unwrap_or_default();
         let auth = self.authorize(method.as_str(), &signed, &body_text);
@@ -298,30 +332,49 @@ impl WechatPay {
             .header("Authorization", auth)
             .header("Accept", "application/json");
         if body.is_some() {
-            req = req.header("Content-Type", "application/json").body(body_text);
+            req = req
+                .header("Content-Type", "application/json")
+                .body(body_text);
         }
         let resp = chttp::send(req, self.timeouts.call).await?;
         if (200..300).contains(&resp.status) {
             self.platform
-                .verify_headers(&resp.headers, &resp.body, Some(Utc::now().timestamp()), MAX_SKEW_SECS)
-                .map_err(|e| ChannelError::Signature(format!("response to {path_and_query}: {e}")))?;
+                .verify_headers(
+                    &resp.headers,
+                    &resp.body,
+                    Some(Utc::now().timestamp()),
+                    MAX_SKEW_SECS,
+                )
+                .map_err(|e| {
+                    ChannelError::Signature(format!("response to {path_and_query}: {e}"))
+                })?;
         }
         Ok(resp)
     }
 
     fn error_of(resp: &RawResponse) -> ChannelError {
         if resp.status >= 500 {
-            return ChannelError::Unknown(format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
+            return ChannelError::Unknown(format!(
+                "HTTP {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
         }
         match serde_json::from_slice::<ErrorBody>(&resp.body) {
-            Ok(e) if UNKNOWN_CODES.contains(&e.code.as_str()) => ChannelError::Unknown(format!("{}: {}", e.code, e.message)),
-            Ok(e) => ChannelError::Rejected { code: e.code, message: e.message },
+            Ok(e) if UNKNOWN_CODES.contains(&e.code.as_str()) => {
+                ChannelError::Unknown(format!("{}: {}", e.code, e.message))
+            }
+            Ok(e) => ChannelError::Rejected {
+                code: e.code,
+                message: e.message,
+            },
             Err(_) => ChannelError::Protocol(format!("HTTP {} without an error body", resp.status)),
         }
     }
 
     fn json<T: serde::de::DeserializeOwned>(resp: &RawResponse) -> Result<T, ChannelError> {
-        serde_json::from_slice(&resp.body).map_err(|e| ChannelError::Protocol(format!("response body: {e}")))
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| ChannelError::Protocol(format!("response body: {e}")))
     }
 
     fn order_body(&self, order: &OrderRequest) -> serde_json::Value {
@@ -336,7 +389,10 @@ impl WechatPay {
             body["notify_url"] = json!(url);
         }
         if let Some(exp) = order.expires_at {
-            body["time_expire"] = json!(exp.with_timezone(&chrono_tz::Asia::Shanghai).to_rfc3339_opts(chrono::SecondsFormat::Secs, false));
+            body["time_expire"] = json!(
+                exp.with_timezone(&chrono_tz::Asia::Shanghai)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+            );
         }
         let mut scene = serde_json::Map::new();
         if let Some(ip) = &order.client_ip {
@@ -355,8 +411,15 @@ impl WechatPay {
     }
 
     /// Queries by WeChat's `transaction_id`.
-    pub async fn query_by_transaction_id(&self, transaction_id: &str) -> Result<Trade, ChannelError> {
-        let path = format!("/v3/pay/transactions/id/{}?mchid={}", enc(transaction_id), enc(&self.cfg.mchid));
+    pub async fn query_by_transaction_id(
+        &self,
+        transaction_id: &str,
+    ) -> Result<Trade, ChannelError> {
+        let path = format!(
+            "/v3/pay/transactions/id/{}?mchid={}",
+            enc(transaction_id),
+            enc(&self.cfg.mchid)
+        );
         let resp = self.call(http::Method::GET, &path, None).await?;
         if resp.status != 200 {
             return Err(Self::error_of(&resp));
@@ -374,14 +437,21 @@ impl WechatPay {
     }
 
     /// Verifies and decrypts a notification without mapping it.
-    pub fn open_notification(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<(NotifyEnvelope, Vec<u8>), ChannelError> {
+    pub fn open_notification(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(NotifyEnvelope, Vec<u8>), ChannelError> {
         self.platform
             .verify_headers(headers, body, Some(Utc::now().timestamp()), MAX_SKEW_SECS)
             .map_err(|e| ChannelError::Signature(format!("notification: {e}")))?;
-        let env: NotifyEnvelope =
-            serde_json::from_slice(body).map_err(|e| ChannelError::Protocol(format!("notification body: {e}")))?;
+        let env: NotifyEnvelope = serde_json::from_slice(body)
+            .map_err(|e| ChannelError::Protocol(format!("notification body: {e}")))?;
         if env.resource.algorithm != "AEAD_AES_256_GCM" {
-            return Err(ChannelError::Protocol(format!("resource algorithm {}", env.resource.algorithm)));
+            return Err(ChannelError::Protocol(format!(
+                "resource algorithm {}",
+                env.resource.algorithm
+            )));
         }
         let plain = env
             .resource
@@ -411,7 +481,9 @@ impl Channel for WechatPay {
             }
         };
         if body.get("notify_url").is_none() {
-            return Err(ChannelError::Config("WeChat requires a notify_url for native and JSAPI orders".into()));
+            return Err(ChannelError::Config(
+                "WeChat requires a notify_url for native and JSAPI orders".into(),
+            ));
         }
         let resp = self.call(http::Method::POST, path, Some(&body)).await?;
         if resp.status != 200 {
@@ -421,11 +493,15 @@ impl Channel for WechatPay {
         match &req.kind {
             CreateKind::Qr => v["code_url"]
                 .as_str()
-                .map(|u| CreatedOrder::Qr { code_url: u.to_string() })
+                .map(|u| CreatedOrder::Qr {
+                    code_url: u.to_string(),
+                })
                 .ok_or_else(|| ChannelError::Protocol("native response without code_url".into())),
             CreateKind::Jsapi { .. } => v["prepay_id"]
                 .as_str()
-                .map(|p| CreatedOrder::Jsapi { params: self.jsapi_params(p) })
+                .map(|p| CreatedOrder::Jsapi {
+                    params: self.jsapi_params(p),
+                })
                 .ok_or_else(|| ChannelError::Protocol("jsapi response without prepay_id".into())),
         }
     }
@@ -437,29 +513,72 @@ impl Channel for WechatPay {
             o.remove("time_expire");
         }
         body["payer"] = json!({"auth_code": auth_code});
-        let resp = match self.call(http::Method::POST, "/v3/pay/transactions/codepay", Some(&body)).await {
+        let resp = match self
+            .call(
+                http::Method::POST,
+                "/v3/pay/transactions/codepay",
+                Some(&body),
+            )
+            .await
+        {
             Ok(r) => r,
-            Err(ChannelError::Unreachable(m)) => return PayOutcome::Failed { code: "CHANNEL_UNREACHABLE".into(), message: m },
-            Err(e) => return PayOutcome::Unknown { reason: e.to_string() },
+            Err(ChannelError::Unreachable(m)) => {
+                return PayOutcome::Failed {
+                    code: "CHANNEL_UNREACHABLE".into(),
+                    message: m,
+                };
+            }
+            Err(e) => {
+                return PayOutcome::Unknown {
+                    reason: e.to_string(),
+                };
+            }
         };
         match resp.status {
             200 => match Self::json::<Transaction>(&resp) {
-                Ok(t) if t.trade_state == "SUCCESS" => PayOutcome::Succeeded { trade: t.to_trade() },
-                Ok(t) if t.trade_state == "USERPAYING" => PayOutcome::UserPaying { channel_trade_no: t.transaction_id },
-                Ok(t) => PayOutcome::Unknown { reason: format!("codepay answered trade_state {}", t.trade_state) },
-                Err(e) => PayOutcome::Unknown { reason: e.to_string() },
+                Ok(t) if t.trade_state == "SUCCESS" => PayOutcome::Succeeded {
+                    trade: t.to_trade(),
+                },
+                Ok(t) if t.trade_state == "USERPAYING" => PayOutcome::UserPaying {
+                    channel_trade_no: t.transaction_id,
+                },
+                Ok(t) => PayOutcome::Unknown {
+                    reason: format!("codepay answered trade_state {}", t.trade_state),
+                },
+                Err(e) => PayOutcome::Unknown {
+                    reason: e.to_string(),
+                },
             },
-            202 => PayOutcome::UserPaying { channel_trade_no: None },
+            202 => PayOutcome::UserPaying {
+                channel_trade_no: None,
+            },
             _ => match Self::error_of(&resp) {
-                ChannelError::Rejected { code, .. } if code == "USERPAYING" => PayOutcome::UserPaying { channel_trade_no: None },
+                ChannelError::Rejected { code, .. } if code == "USERPAYING" => {
+                    PayOutcome::UserPaying {
+                        channel_trade_no: None,
+                    }
+                }
+                ChannelError::Rejected { code, message }
+                    if QUERY_CODES.contains(&code.as_str()) =>
+                {
+                    PayOutcome::Unknown {
+                        reason: format!("{code}: {message}"),
+                    }
+                }
                 ChannelError::Rejected { code, message } => PayOutcome::Failed { code, message },
-                e => PayOutcome::Unknown { reason: e.to_string() },
+                e => PayOutcome::Unknown {
+                    reason: e.to_string(),
+                },
             },
         }
     }
 
     async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
-        let path = format!("/v3/pay/transactions/out-trade-no/{}?mchid={}", enc(out_trade_no), enc(&self.cfg.mchid));
+        let path = format!(
+            "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+            enc(out_trade_no),
+            enc(&self.cfg.mchid)
+        );
         let resp = self.call(http::Method::GET, &path, None).await?;
         if resp.status != 200 {
             return Err(Self::error_of(&resp));
@@ -468,8 +587,17 @@ impl Channel for WechatPay {
     }
 
     async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
-        let path = format!("/v3/pay/transactions/out-trade-no/{}/close", enc(out_trade_no));
-        let resp = self.call(http::Method::POST, &path, Some(&json!({"mchid": self.cfg.mchid}))).await?;
+        let path = format!(
+            "/v3/pay/transactions/out-trade-no/{}/close",
+            enc(out_trade_no)
+        );
+        let resp = self
+            .call(
+                http::Method::POST,
+                &path,
+                Some(&json!({"mchid": self.cfg.mchid})),
+            )
+            .await?;
         match resp.status {
             204 | 200 => Ok(()),
             _ => Err(Self::error_of(&resp)),
@@ -477,7 +605,10 @@ impl Channel for WechatPay {
     }
 
     async fn reverse(&self, out_trade_no: &str) -> Result<(), ChannelError> {
-        let path = format!("/v3/pay/transactions/out-trade-no/{}/reverse", enc(out_trade_no));
+        let path = format!(
+            "/v3/pay/transactions/out-trade-no/{}/reverse",
+            enc(out_trade_no)
+        );
         let body = json!({"appid": self.cfg.appid, "mchid": self.cfg.mchid});
         let resp = self.call(http::Method::POST, &path, Some(&body)).await?;
         match resp.status {
@@ -498,15 +629,33 @@ impl Channel for WechatPay {
         if let Some(u) = req.notify_url.as_ref().or(self.cfg.notify_url.as_ref()) {
             body["notify_url"] = json!(u);
         }
-        let resp = match self.call(http::Method::POST, "/v3/refund/domestic/refunds", Some(&body)).await {
+        let resp = match self
+            .call(
+                http::Method::POST,
+                "/v3/refund/domestic/refunds",
+                Some(&body),
+            )
+            .await
+        {
             Ok(r) => r,
-            Err(ChannelError::Unreachable(m)) => return RefundOutcome::Failed { code: "CHANNEL_UNREACHABLE".into(), message: m },
-            Err(e) => return RefundOutcome::Unknown { reason: e.to_string() },
+            Err(ChannelError::Unreachable(m)) => {
+                return RefundOutcome::Failed {
+                    code: "CHANNEL_UNREACHABLE".into(),
+                    message: m,
+                };
+            }
+            Err(e) => {
+                return RefundOutcome::Unknown {
+                    reason: e.to_string(),
+                };
+            }
         };
         if resp.status != 200 {
             return match Self::error_of(&resp) {
                 ChannelError::Rejected { code, message } => RefundOutcome::Failed { code, message },
-                e => RefundOutcome::Unknown { reason: e.to_string() },
+                e => RefundOutcome::Unknown {
+                    reason: e.to_string(),
+                },
             };
         }
         match Self::json::<RefundRecord>(&resp) {
@@ -515,14 +664,23 @@ impl Channel for WechatPay {
                 match info.state {
                     RefundState::Succeeded => RefundOutcome::Succeeded { refund: info },
                     RefundState::Processing => RefundOutcome::Processing { refund: info },
-                    RefundState::Failed => RefundOutcome::Failed { code: r.status, message: "refund closed or abnormal".into() },
+                    RefundState::Failed => RefundOutcome::Failed {
+                        code: r.status,
+                        message: "refund closed or abnormal".into(),
+                    },
                 }
             }
-            Err(e) => RefundOutcome::Unknown { reason: e.to_string() },
+            Err(e) => RefundOutcome::Unknown {
+                reason: e.to_string(),
+            },
         }
     }
 
-    async fn query_refund(&self, _out_trade_no: &str, out_refund_no: &str) -> Result<RefundInfo, ChannelError> {
+    async fn query_refund(
+        &self,
+        _out_trade_no: &str,
+        out_refund_no: &str,
+    ) -> Result<RefundInfo, ChannelError> {
         let path = format!("/v3/refund/domestic/refunds/{}", enc(out_refund_no));
         let resp = self.call(http::Method::GET, &path, None).await?;
         if resp.status != 200 {
@@ -531,28 +689,49 @@ impl Channel for WechatPay {
         Ok(Self::json::<RefundRecord>(&resp)?.to_info())
     }
 
-    fn verify_notification(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Notification, ChannelError> {
+    fn verify_notification(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Notification, ChannelError> {
         let (env, plain) = self.open_notification(headers, body)?;
         let event = if env.event_type.starts_with("TRANSACTION.") {
             let t: Transaction = serde_json::from_slice(&plain)
                 .map_err(|e| ChannelError::Protocol(format!("transaction resource: {e}")))?;
             if !t.mchid.is_empty() && t.mchid != self.cfg.mchid {
-                return Err(ChannelError::Protocol(format!("notification for merchant {}, not ours", t.mchid)));
+                return Err(ChannelError::Protocol(format!(
+                    "notification for merchant {}, not ours",
+                    t.mchid
+                )));
             }
-            NotificationEvent::Payment { trade: t.to_trade() }
+            NotificationEvent::Payment {
+                trade: t.to_trade(),
+            }
         } else if env.event_type.starts_with("REFUND.") {
             let r: RefundRecord = serde_json::from_slice(&plain)
                 .map_err(|e| ChannelError::Protocol(format!("refund resource: {e}")))?;
-            NotificationEvent::Refund { refund: r.to_info() }
+            NotificationEvent::Refund {
+                refund: r.to_info(),
+            }
         } else {
-            return Err(ChannelError::Protocol(format!("unsupported event_type {}", env.event_type)));
+            return Err(ChannelError::Protocol(format!(
+                "unsupported event_type {}",
+                env.event_type
+            )));
         };
-        Ok(Notification { id: Some(env.id), event })
+        Ok(Notification {
+            id: Some(env.id),
+            event,
+        })
     }
 
     fn notification_reply(&self, ok: bool) -> NotificationReply {
         if ok {
-            NotificationReply { status: 204, content_type: "application/json", body: Vec::new() }
+            NotificationReply {
+                status: 204,
+                content_type: "application/json",
+                body: Vec::new(),
+            }
         } else {
             NotificationReply {
                 status: 500,
@@ -563,7 +742,10 @@ impl Channel for WechatPay {
     }
 
     async fn download_bill(&self, date: NaiveDate) -> Result<BillRecords, ChannelError> {
-        let path = format!("/v3/bill/tradebill?bill_date={}&bill_type=ALL", date.format("%Y-%m-%d"));
+        let path = format!(
+            "/v3/bill/tradebill?bill_date={}&bill_type=ALL",
+            date.format("%Y-%m-%d")
+        );
         let resp = self.call(http::Method::GET, &path, None).await?;
         if resp.status != 200 {
             return Err(Self::error_of(&resp));
@@ -576,7 +758,10 @@ impl Channel for WechatPay {
         }
         let meta: BillUrl = Self::json(&resp)?;
         if meta.hash_type != "SHA1" {
-            return Err(ChannelError::Protocol(format!("bill hash_type {}", meta.hash_type)));
+            return Err(ChannelError::Protocol(format!(
+                "bill hash_type {}",
+                meta.hash_type
+            )));
         }
         let url = reqwest::Url::parse(&meta.download_url)
             .map_err(|e| ChannelError::Protocol(format!("download_url: {e}")))?;
@@ -585,13 +770,21 @@ impl Channel for WechatPay {
             None => url.path().to_string(),
         };
         let auth = self.authorize("GET", &signed, "");
-        let file = chttp::send(self.client.get(url).header("Authorization", auth), self.timeouts.bill).await?;
+        let file = chttp::send(
+            self.client.get(url).header("Authorization", auth),
+            self.timeouts.bill,
+        )
+        .await?;
         if file.status != 200 {
             return Err(Self::error_of(&file));
         }
         let actual = hex::encode(sha1::Sha1::digest(&file.body));
         if !actual.eq_ignore_ascii_case(&meta.hash_value) {
-            return Err(BillError::Digest { expected: meta.hash_value, actual }.into());
+            return Err(BillError::Digest {
+                expected: meta.hash_value,
+                actual,
+            }
+            .into());
         }
         Ok(bill::parse_trade_bill(file.body.to_vec())?)
     }

@@ -10,7 +10,13 @@ use crate::crypto::{self, AeadError, RsaSigner, RsaVerifier};
 pub const SCHEME: &str = "WECHATPAY2-SHA256-RSA2048";
 
 /// The string a request signature covers: `METHOD\nPATH_WITH_QUERY\ntimestamp\nnonce\nbody\n`.
-pub fn request_message(method: &str, path_and_query: &str, timestamp: &str, nonce: &str, body: &str) -> String {
+pub fn request_message(
+    method: &str,
+    path_and_query: &str,
+    timestamp: &str,
+    nonce: &str,
+    body: &str,
+) -> String {
     format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body}\n")
 }
 
@@ -27,6 +33,7 @@ pub fn response_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// The `Authorization` header value for a request.
+#[allow(clippy::too_many_arguments)] // the protocol's own fields, in its order
 pub fn authorization(
     signer: &RsaSigner,
     mchid: &str,
@@ -37,7 +44,8 @@ pub fn authorization(
     nonce: &str,
     body: &str,
 ) -> String {
-    let signature = signer.sign_base64(request_message(method, path_and_query, timestamp, nonce, body).as_bytes());
+    let signature = signer
+        .sign_base64(request_message(method, path_and_query, timestamp, nonce, body).as_bytes());
     format!(
         r#"{SCHEME} mchid="{mchid}",nonce_str="{nonce}",timestamp="{timestamp}",serial_no="{serial_no}",signature="{signature}""#
     )
@@ -77,7 +85,10 @@ pub fn parse_authorization(value: &str) -> Result<AuthorizationHeader, AuthError
         .ok_or_else(|| AuthError::Malformed(format!("scheme must be {SCHEME}")))?;
     let mut fields: HashMap<&str, &str> = HashMap::new();
     for part in rest.split(',') {
-        let (k, v) = part.trim().split_once('=').ok_or_else(|| AuthError::Malformed(format!("`{part}`")))?;
+        let (k, v) = part
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| AuthError::Malformed(format!("`{part}`")))?;
         let v = v
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
@@ -114,7 +125,12 @@ pub struct PlatformSignature {
 impl PlatformSignature {
     /// Reads the four headers; `None` when any is missing (an unsigned message).
     pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         Some(Self {
             timestamp: get("wechatpay-timestamp")?,
             nonce: get("wechatpay-nonce")?,
@@ -128,7 +144,12 @@ impl PlatformSignature {
         let timestamp = timestamp.to_string();
         let nonce = crypto::random_alnum(32);
         let signature = signer.sign_base64(&response_message(&timestamp, &nonce, body));
-        Self { timestamp, nonce, serial: serial.to_string(), signature }
+        Self {
+            timestamp,
+            nonce,
+            serial: serial.to_string(),
+            signature,
+        }
     }
 
     pub fn apply(&self, headers: &mut http::HeaderMap) {
@@ -191,14 +212,23 @@ impl PlatformKeys {
         if sig.signature.starts_with("WECHATPAY/SIGNTEST/") {
             return Err(VerifyError::Probe);
         }
-        let key = self.keys.get(&sig.serial).ok_or_else(|| VerifyError::UnknownSerial(sig.serial.clone()))?;
+        let key = self
+            .keys
+            .get(&sig.serial)
+            .ok_or_else(|| VerifyError::UnknownSerial(sig.serial.clone()))?;
         if let Some(now) = now {
-            let ts: i64 = sig.timestamp.parse().map_err(|_| VerifyError::StaleTimestamp)?;
+            let ts: i64 = sig
+                .timestamp
+                .parse()
+                .map_err(|_| VerifyError::StaleTimestamp)?;
             if (now - ts).abs() > max_skew_secs {
                 return Err(VerifyError::StaleTimestamp);
             }
         }
-        if key.verify_base64(&response_message(&sig.timestamp, &sig.nonce, body), &sig.signature) {
+        if key.verify_base64(
+            &response_message(&sig.timestamp, &sig.nonce, body),
+            &sig.signature,
+        ) {
             Ok(())
         } else {
             Err(VerifyError::BadSignature)
@@ -218,7 +248,13 @@ impl PlatformKeys {
 }
 
 /// The front-end `paySign` of a JSAPI payment: SHA256withRSA over `appId\ntimeStamp\nnonceStr\npackage\n`.
-pub fn jsapi_pay_sign(signer: &RsaSigner, app_id: &str, timestamp: &str, nonce: &str, package: &str) -> String {
+pub fn jsapi_pay_sign(
+    signer: &RsaSigner,
+    app_id: &str,
+    timestamp: &str,
+    nonce: &str,
+    package: &str,
+) -> String {
     signer.sign_base64(format!("{app_id}\n{timestamp}\n{nonce}\n{package}\n").as_bytes())
 }
 
@@ -246,9 +282,19 @@ impl EncryptedResource {
     }
 
     /// Encrypts a plaintext as WeChat does (the sandbox's side).
-    pub fn encrypt(api_v3_key: &[u8], original_type: &str, associated_data: &str, plaintext: &[u8]) -> Result<Self, AeadError> {
+    pub fn encrypt(
+        api_v3_key: &[u8],
+        original_type: &str,
+        associated_data: &str,
+        plaintext: &[u8],
+    ) -> Result<Self, AeadError> {
         let nonce = crypto::random_alnum(12);
-        let ct = crypto::aes_gcm_encrypt(api_v3_key, nonce.as_bytes(), associated_data.as_bytes(), plaintext)?;
+        let ct = crypto::aes_gcm_encrypt(
+            api_v3_key,
+            nonce.as_bytes(),
+            associated_data.as_bytes(),
+            plaintext,
+        )?;
         Ok(Self {
             algorithm: "AEAD_AES_256_GCM".into(),
             ciphertext: crypto::b64(&ct),
@@ -267,13 +313,38 @@ mod tests {
     fn authorization_round_trip() {
         let (private, _) = crypto::generate_rsa_keypair();
         let signer = RsaSigner::from_pem(&private).unwrap();
-        let value = authorization(&signer, "1900000001", "ABC", "POST", "/v3/x?a=1", "1700000000", "n0nce", "{}");
+        let value = authorization(
+            &signer,
+            "1900000001",
+            "ABC",
+            "POST",
+            "/v3/x?a=1",
+            "1700000000",
+            "n0nce",
+            "{}",
+        );
         let parsed = parse_authorization(&value).unwrap();
         assert_eq!(parsed.mchid, "1900000001");
         assert_eq!(parsed.serial_no, "ABC");
-        let msg = request_message("POST", "/v3/x?a=1", &parsed.timestamp, &parsed.nonce_str, "{}");
-        assert!(signer.verifier().verify_base64(msg.as_bytes(), &parsed.signature));
-        for bad in ["", "WECHATPAY2-SHA256-RSA2048", "Bearer x", "WECHATPAY2-SHA256-RSA2048 mchid=1", "WECHATPAY2-SHA256-RSA2048 mchid=\"1\""] {
+        let msg = request_message(
+            "POST",
+            "/v3/x?a=1",
+            &parsed.timestamp,
+            &parsed.nonce_str,
+            "{}",
+        );
+        assert!(
+            signer
+                .verifier()
+                .verify_base64(msg.as_bytes(), &parsed.signature)
+        );
+        for bad in [
+            "",
+            "WECHATPAY2-SHA256-RSA2048",
+            "Bearer x",
+            "WECHATPAY2-SHA256-RSA2048 mchid=1",
+            "WECHATPAY2-SHA256-RSA2048 mchid=\"1\"",
+        ] {
             assert!(parse_authorization(bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,380 @@
+//! What every channel sandbox shares: fault injection, the notification sender with the channel's
+//! retry schedule (time-compressed for tests), the payer behaviours chosen by the payment code, the
+//! fee rule of the sandbox's bills, and the sandbox's own SQLite books.
+//!
+//! A sandbox is an `axum::Router` serving the channel's real paths; `paymux sandbox` serves all of
+//! them and `paymux serve` mounts them under `/sandbox/<channel>` unless turned off.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Semaphore;
+
+/// Faults to inject, changeable at run time (`PUT <prefix>/sandbox/faults`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added latency, uniformly distributed in `[latency_min_ms, latency_max_ms]`.
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// Percentage of API calls answered with HTTP 500 `SYSTEMERROR` before any processing.
+    pub error_5xx_pct: f64,
+    /// Percentage of API calls that are processed but whose answer never comes (the connection
+    /// hangs for `hang_ms`, so the client times out: the outcome is unknown to it).
+    pub timeout_pct: f64,
+    pub hang_ms: u64,
+    /// Percentage of notification deliveries dropped (each retry is a new chance).
+    pub drop_notify_pct: f64,
+    /// Percentage of notifications delivered twice.
+    pub duplicate_notify_pct: f64,
+    /// Extra random delay per delivery in `[0, notify_jitter_ms]`: notifications overtake each other.
+    pub notify_jitter_ms: u64,
+}
+
+/// Settings of a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxOptions {
+    /// Where keys, accounts and the books live.
+    pub data_dir: PathBuf,
+    /// The fee the sandbox charges, in basis points of the order amount (60 = 0.6%).
+    pub fee_rate_bps: u32,
+    /// Divides every channel delay (notification retry schedule, password wait): 1 = real time.
+    pub time_compression: u32,
+    /// How long a payer "enters the password" for `USERPAYING` codes, in real seconds.
+    pub password_wait_secs: u64,
+    /// Faults at start-up.
+    pub faults: Faults,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("paymux-data/sandbox"),
+            fee_rate_bps: 60,
+            time_compression: 1,
+            password_wait_secs: 10,
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl SandboxOptions {
+    pub fn compress(&self, d: Duration) -> Duration {
+        d / self.time_compression.max(1)
+    }
+}
+
+/// Shared state of the fault injector.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<RwLock<Faults>>);
+
+impl FaultSwitch {
+    pub fn new(f: Faults) -> Self {
+        Self(Arc::new(RwLock::new(f)))
+    }
+    pub fn get(&self) -> Faults {
+        self.0.read().map(|f| f.clone()).unwrap_or_default()
+    }
+    pub fn set(&self, f: Faults) {
+        if let Ok(mut g) = self.0.write() {
+            *g = f;
+        }
+    }
+}
+
+fn chance(pct: f64) -> bool {
+    pct > 0.0 && rand::thread_rng().gen_range(0.0..100.0) < pct
+}
+
+/// Middleware applying latency, 5xx and timeouts to API calls. `error` renders the channel's own
+/// 5xx body.
+pub async fn inject_faults(
+    State((faults, error)): State<(FaultSwitch, fn() -> Response)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let f = faults.get();
+    if f.latency_max_ms > 0 {
+        let ms =
+            rand::thread_rng().gen_range(f.latency_min_ms.min(f.latency_max_ms)..=f.latency_max_ms);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if chance(f.error_5xx_pct) {
+        return error();
+    }
+    let resp = next.run(req).await;
+    if chance(f.timeout_pct) {
+        tokio::time::sleep(Duration::from_millis(f.hang_ms.max(1))).await;
+        return (http::StatusCode::GATEWAY_TIMEOUT, "").into_response();
+    }
+    resp
+}
+
+/// How a sandbox payer behaves, chosen by the last four digits of the payment code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayerBehaviour {
+    /// Any other code: paid at once.
+    Instant,
+    /// `…1001`: the payer must enter a password; paid after the password wait.
+    PasswordThenPaid,
+    /// `…1002`: the payer must enter a password and never does; the trade fails after the wait
+    /// (and can be reversed meanwhile).
+    PasswordThenTimeout,
+    /// `…1003`: insufficient balance.
+    InsufficientFunds,
+    /// `…1004`: the code is invalid or expired.
+    InvalidCode,
+    /// `…1005`: the channel fails with a system error after the money moved (the caller must query).
+    SystemErrorButPaid,
+}
+
+impl PayerBehaviour {
+    pub fn of_code(code: &str) -> Self {
+        match code.get(code.len().saturating_sub(4)..) {
+            Some("1001") => Self::PasswordThenPaid,
+            Some("1002") => Self::PasswordThenTimeout,
+            Some("1003") => Self::InsufficientFunds,
+            Some("1004") => Self::InvalidCode,
+            Some("1005") => Self::SystemErrorButPaid,
+            _ => Self::Instant,
+        }
+    }
+}
+
+/// The sandbox fee of a payment: `amount × bps / 10000` fen, rounded half up.
+pub fn fee_fen(amount_fen: i64, bps: u32) -> i64 {
+    let n = i128::from(amount_fen) * i128::from(bps);
+    ((n + 5_000) / 10_000) as i64
+}
+
+/// The fee returned by a refund: the cumulative proportional share of the payment's fee
+/// (`round(fee × refunded_after / total) − round(fee × refunded_before / total)`), so that a full
+/// refund returns exactly the fee and partial refunds never over-return.
+pub fn refund_fee_fen(fee: i64, total: i64, refunded_before: i64, refund: i64) -> i64 {
+    if total <= 0 {
+        return 0;
+    }
+    let share = |r: i64| {
+        ((i128::from(fee) * i128::from(r) * 2 + i128::from(total)) / (2 * i128::from(total))) as i64
+    };
+    share(refunded_before + refund) - share(refunded_before)
+}
+
+/// A notification to deliver: re-rendered (re-signed) at every attempt.
+pub struct Delivery {
+    pub url: String,
+    /// Renders `(headers, content type, body)` for one attempt.
+    pub render: Box<dyn Fn() -> (http::HeaderMap, &'static str, Vec<u8>) + Send + Sync>,
+    /// Whether the receiver's answer acknowledges the notification.
+    pub accepted: fn(u16, &[u8]) -> bool,
+}
+
+/// Sends notifications with the channel's retry schedule, bounded in concurrency.
+#[derive(Clone)]
+pub struct Notifier {
+    client: reqwest::Client,
+    schedule: Arc<Vec<Duration>>,
+    compression: u32,
+    faults: FaultSwitch,
+    permits: Arc<Semaphore>,
+    stats: Arc<NotifyStats>,
+}
+
+/// Counters of the notifier, for tests and operators.
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    pub attempts: std::sync::atomic::AtomicU64,
+    pub acknowledged: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+    pub abandoned: std::sync::atomic::AtomicU64,
+}
+
+impl Notifier {
+    pub fn new(schedule: Vec<Duration>, compression: u32, faults: FaultSwitch) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("notification HTTP client");
+        Self {
+            client,
+            schedule: Arc::new(schedule),
+            compression: compression.max(1),
+            faults,
+            permits: Arc::new(Semaphore::new(1024)),
+            stats: Arc::new(NotifyStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> &NotifyStats {
+        &self.stats
+    }
+
+    /// Delivers until acknowledged or the schedule is exhausted (in the background).
+    pub fn send(&self, delivery: Delivery) {
+        let this = self.clone();
+        let delivery = Arc::new(delivery);
+        tokio::spawn(async move {
+            let first = this.attempt_with_faults(&delivery).await;
+            if first {
+                return;
+            }
+            for delay in this.schedule.iter() {
+                tokio::time::sleep(*delay / this.compression).await;
+                if this.attempt_with_faults(&delivery).await {
+                    return;
+                }
+            }
+            this.stats
+                .abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    async fn attempt_with_faults(&self, d: &Arc<Delivery>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = self.faults.get();
+        if f.notify_jitter_ms > 0 {
+            let ms = rand::thread_rng().gen_range(0..=f.notify_jitter_ms);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if chance(f.drop_notify_pct) {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            return false;
+        }
+        if chance(f.duplicate_notify_pct) {
+            let this = self.clone();
+            let d2 = d.clone();
+            tokio::spawn(async move {
+                this.attempt(&d2).await;
+            });
+        }
+        self.attempt(d).await
+    }
+
+    /// One delivery attempt, now.
+    pub async fn attempt(&self, d: &Delivery) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        self.stats.attempts.fetch_add(1, Relaxed);
+        let (headers, content_type, body) = (d.render)();
+        let resp = self
+            .client
+            .post(&d.url)
+            .headers(headers)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await;
+        let ok = match resp {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                (d.accepted)(status, &body)
+            }
+            Err(_) => false,
+        };
+        if ok {
+            self.stats.acknowledged.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+}
+
+/// Opens (creating) a sandbox's SQLite books.
+pub async fn open_books(path: &Path) -> Result<SqlitePool, sqlx::Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+}
+
+/// Reads a file if it exists, else creates it with `make()`; keeps secrets private (mode 0600).
+pub fn load_or_create(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let text = make();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &text)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            }
+            std::fs::rename(&tmp, path)?;
+            Ok(text)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A random string of decimal digits.
+pub fn digits(n: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fees_are_exact() {
+        assert_eq!(fee_fen(10_000, 60), 60);
+        assert_eq!(fee_fen(1, 60), 0);
+        assert_eq!(fee_fen(84, 60), 1); // 0.504 → 1
+        assert_eq!(fee_fen(83, 60), 0); // 0.498 → 0
+        // Partial refunds return the fee proportionally and add up to the whole fee.
+        let fee = fee_fen(1001, 60); // 6
+        let mut before = 0;
+        let mut returned = 0;
+        for part in [333, 333, 335] {
+            returned += refund_fee_fen(fee, 1001, before, part);
+            before += part;
+        }
+        assert_eq!(returned, fee);
+    }
+
+    #[test]
+    fn behaviours_by_code_suffix() {
+        assert_eq!(
+            PayerBehaviour::of_code("134567890123451001"),
+            PayerBehaviour::PasswordThenPaid
+        );
+        assert_eq!(
+            PayerBehaviour::of_code("134567890123451004"),
+            PayerBehaviour::InvalidCode
+        );
+        assert_eq!(
+            PayerBehaviour::of_code("134567890123456789"),
+            PayerBehaviour::Instant
+        );
+        assert_eq!(PayerBehaviour::of_code(""), PayerBehaviour::Instant);
+    }
+}
