@@ -27,6 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (migrates the database first).
     Serve,
+    /// Run only the channel sandboxes (WeChat Pay v3, …) on their own address.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Manage merchants.
@@ -64,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&config.log_format);
     match cli.command {
         Command::Serve => serve(config).await,
+        Command::Sandbox { listen } => sandbox(config, listen).await,
         Command::Migrate => {
             let db = open_database(&config).await?;
             println!("database migrated ({})", db.backend());
@@ -113,7 +120,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("  API:      {base}/v1");
     println!("  OpenAPI:  {base}/openapi.json");
     println!("  Metrics:  {base}/metrics");
+    if let Some(sb) = &app.sandboxes {
+        for (name, prefix) in sb.mounts() {
+            println!("  Sandbox:  {base}/sandbox{prefix}  ({name})");
+        }
+    }
     app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn sandbox(config: Config, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let opts = config.sandbox_options();
+    let sandboxes = paymux_channels::sandbox::Sandboxes::start(opts.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    println!("paymux sandboxes are listening (keys and books in {})", opts.data_dir.display());
+    for (name, prefix) in sandboxes.mounts() {
+        println!("  {name}: http://{addr}{prefix}");
+    }
+    axum::serve(listener, sandboxes.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,12 @@ pub struct Config {
     pub sweeper_batch_max: u32,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Mount the channel sandboxes under `/sandbox/<channel>` in `paymux serve`.
+    pub sandbox: bool,
+    /// Sandbox fee rate in basis points of the order amount (60 = 0.6%).
+    pub sandbox_fee_rate_bps: u32,
+    /// Divides the sandboxes' delays (notification retries, password wait); 1 = real time.
+    pub sandbox_time_compression: u32,
 }
 
 impl Default for Config {
@@ -88,6 +94,9 @@ impl Default for Config {
             sweeper_interval_ms: 1000,
             sweeper_batch_max: 1000,
             log_format: "text".into(),
+            sandbox: true,
+            sandbox_fee_rate_bps: 60,
+            sandbox_time_compression: 1,
         }
     }
 }
@@ -112,6 +121,9 @@ const KEYS: &[&str] = &[
     "sweeper_interval_ms",
     "sweeper_batch_max",
     "log_format",
+    "sandbox",
+    "sandbox_fee_rate_bps",
+    "sandbox_time_compression",
 ];
 
 impl Config {
@@ -202,5 +214,17 @@ mod tests {
             assert!(Config::load(Some(std::path::Path::new("paymux.toml"))).is_err());
             Ok(())
         });
+    }
+}
+
+impl Config {
+    /// The sandboxes' options: their books and keys live under `<data_dir>/sandbox`.
+    pub fn sandbox_options(&self) -> paymux_channels::sandbox::SandboxOptions {
+        paymux_channels::sandbox::SandboxOptions {
+            data_dir: self.data_dir.join("sandbox"),
+            fee_rate_bps: self.sandbox_fee_rate_bps,
+            time_compression: self.sandbox_time_compression.max(1),
+            ..Default::default()
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct Application {
     background: Vec<JoinHandle<()>>,
     /// Credentials of the demo merchant when this start created it.
     pub demo_merchant: Option<Credentials>,
+    /// The channel sandboxes mounted under `/sandbox` (unless `sandbox = false`).
+    pub sandboxes: Option<paymux_channels::sandbox::Sandboxes>,
 }
 
 /// Opens the database named by the configuration and applies migrations.
@@ -112,10 +114,24 @@ impl Application {
             config.sweeper_batch_max.max(1),
             stop_rx,
         ))];
+        let sandboxes = if config.sandbox {
+            Some(
+                paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
+                    .await
+                    .context("start the channel sandboxes")?,
+            )
+        } else {
+            None
+        };
+        let mut app_router = router(state.clone());
+        if let Some(sb) = &sandboxes {
+            app_router = app_router.nest_service("/sandbox", sb.router());
+        }
         Ok(Application {
             listener,
             addr,
-            router: router(state.clone()),
+            router: app_router,
+            sandboxes,
             state,
             stop,
             background,

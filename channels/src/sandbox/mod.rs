@@ -378,3 +378,25 @@ mod tests {
         assert_eq!(PayerBehaviour::of_code(""), PayerBehaviour::Instant);
     }
 }
+
+/// Every channel sandbox, started together over one data directory.
+#[derive(Clone)]
+pub struct Sandboxes {
+    pub wechat: crate::wechat::sandbox::WechatSandbox,
+}
+
+impl Sandboxes {
+    pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
+        Ok(Self { wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await? })
+    }
+
+    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, …
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new().nest("/wechat", self.wechat.router())
+    }
+
+    /// `(channel, path prefix)` of every sandbox, for start-up messages.
+    pub fn mounts(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("WeChat Pay v3", "/wechat")]
+    }
+}
