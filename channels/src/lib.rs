@@ -13,5 +13,6 @@
 pub mod crypto;
 pub mod http;
 mod types;
+pub mod unionpay;
 
 pub use types::*;
