@@ -203,6 +203,52 @@ fn sm2_signature_is_64_bytes_r_s_and_der_is_rejected() {
     );
 }
 
+/// A key pair made with OpenSSL 3.0 (`openssl genpkey -algorithm SM2`) for this test only.
+const OPENSSL_SM2_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqBHM9VAYItBG0wawIBAQQgVKaOGIOZl33/+xDq
+Ft4Kpn/ujxEEdt0ASekxg1GwNImhRANCAAQqc/A1yyMXuxmu4/3TJ3bKt7GNfHvm
+xOjEkGVq6z78AuhvTHuN2Kyr/bRk6Mdv473OpLO8rYl75xQEqUF5/Jc9
+-----END PRIVATE KEY-----
+";
+const OPENSSL_SM2_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoEcz1UBgi0DQgAEKnPwNcsjF7sZruP90yd2yrexjXx7
+5sToxJBlaus+/ALob0x7jdisq/20ZOjHb+O9zqSzvK2Je+cUBKlBefyXPQ==
+-----END PUBLIC KEY-----
+";
+
+/// OpenSSL's SM2 (`pkeyutl -sign -rawin -digest sm3 -pkeyopt distid:1234567812345678`) over the hex
+/// SM3 of a sign string, its DER signature re-encoded as `r ‖ s`, verifies with our key: the
+/// distinguishing id and `Z_A` are the standard ones. (The reverse — a signature of ours verified by
+/// `openssl pkeyutl -verify` — was checked when this vector was made.)
+#[test]
+fn sm2_interoperates_with_openssl() {
+    let fields: Fields = [
+        ("accessType", "0"),
+        ("certId", "42"),
+        ("merId", MER_ID),
+        ("signMethod", "02"),
+        ("txnAmt", "1"),
+        (
+            "signature",
+            "fGVPrK66i3A2aq4fLRpzAWxMeirXrP+FB342Ghuo9mgN2pWRn7a2ctZ9q5J0p4psWMWouujc8laO7PmeIOdeEQ==",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        SignMethod::Sm2.hex_digest(&sign::sign_string(&fields)),
+        "fbca456a7e9dddc90d9cedcf5cf05c736056c68363a34caa56ff970c9df08e50"
+    );
+    let verifier = VerifyKey::sm2_from_pem(OPENSSL_SM2_PUBLIC, Some("42")).unwrap();
+    assert_eq!(verifier.verify(&fields), Ok(()));
+    let signer = SignKey::sm2_from_pem(OPENSSL_SM2_PRIVATE, Some("42")).unwrap();
+    assert_eq!(signer.verify_key(), verifier);
+    let mut ours = fields.clone();
+    signer.sign(&mut ours).unwrap();
+    assert_eq!(verifier.verify(&ours), Ok(()));
+}
+
 #[test]
 fn derived_cert_ids_are_stable_across_loading() {
     for method in [SignMethod::Rsa, SignMethod::Sm2] {
