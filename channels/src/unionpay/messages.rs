@@ -862,7 +862,8 @@ impl QueryResponse {
     }
 
     /// The order's state: `respCode` success → the order by `origRespCode`; `03`–`05` →
-    /// `ChannelError::Unknown`; others → `ChannelError::Rejected`.
+    /// `ChannelError::Unknown`; others → `ChannelError::Rejected`. A paid order's `paid_at` is its
+    /// `txnTime` (the answer carries no completion time of its own).
     pub fn to_trade(&self) -> Result<Trade, ChannelError> {
         match classify(&self.resp_code) {
             RespClass::Success => {}
