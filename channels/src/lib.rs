@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod http;
 pub mod sandbox;
 mod types;
+pub mod unionpay;
 pub mod wechat;
 
 pub use types::*;

@@ -387,7 +387,9 @@ pub struct Sandboxes {
 
 impl Sandboxes {
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
-        Ok(Self { wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await? })
+        Ok(Self {
+            wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await?,
+        })
     }
 
     /// All sandboxes, each under its channel's name: `/wechat/v3/…`, …
