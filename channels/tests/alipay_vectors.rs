@@ -283,3 +283,50 @@ fn response_verification_vectors() {
         );
     }
 }
+
+#[test]
+fn typed_notify_from_the_vectors() {
+    use paymux_channels::TradeState;
+    use paymux_channels::alipay::notify::{Expected, TradeNotify};
+    let Some(dir) = data_dir() else { return };
+    let vectors = vectors(&dir);
+    let cases = vectors["notify_verification"].as_array().unwrap();
+    for (id, app_id, out_trade_no, fen, paid_utc) in [
+        (
+            "nodejs-notify-yuque",
+            "2019073166072302",
+            "20190815155618536-564-57",
+            10,
+            "2019-08-15T07:56:24+00:00",
+        ),
+        (
+            "yansongda-notify-plus-sign",
+            "9021000122682882",
+            "1703147160",
+            1,
+            "2023-12-21T08:26:43+00:00",
+        ),
+    ] {
+        let v = cases.iter().find(|v| v["id"] == id).unwrap();
+        let body = form_body(&wire_params(&v["params"]));
+        let n = TradeNotify::verify(&notify_verifier(&dir, v), body.as_bytes())
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(n.state, TradeState::Succeeded, "{id}");
+        assert_eq!(n.total_amount_minor, fen, "{id}");
+        assert_eq!(n.gmt_payment.unwrap().to_rfc3339(), paid_utc, "{id}");
+        n.check(&Expected {
+            app_id,
+            out_trade_no,
+            total_amount_minor: fen,
+        })
+        .unwrap();
+        assert!(
+            n.check(&Expected {
+                app_id,
+                out_trade_no,
+                total_amount_minor: fen + 1
+            })
+            .is_err()
+        );
+    }
+}
