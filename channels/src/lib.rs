@@ -10,6 +10,7 @@
 //! [`ChannelError::Unknown`] / [`PayOutcome::Unknown`]: the money may have moved, so callers query and
 //! then reverse or close — they never treat it as a failure.
 
+pub mod alipay;
 pub mod crypto;
 pub mod http;
 pub mod sandbox;
