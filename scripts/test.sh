@@ -32,6 +32,9 @@ pg_bindir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
+need_pkg node nodejs
+need_pkg npm npm
+need_pkg curl curl
 if [ -z "$(pg_bindir)" ]; then need_pkg /usr/lib/postgresql/15/bin/initdb postgresql; fi
 need_pkg redis-server redis-server
 need_pkg zbarimg zbar-tools
@@ -87,4 +90,8 @@ env -u PAYMUX_TEST_DATABASE_URL -u PAYMUX_TEST_REDIS_URL "${RUN_TESTS[@]}"
 say "tests on PostgreSQL + Redis"
 PAYMUX_TEST_DATABASE_URL="$PG_URL" PAYMUX_TEST_REDIS_URL="$REDIS_URL" "${RUN_TESTS[@]}"
 
-say "all tests passed on SQLite and on PostgreSQL + Redis"
+say "channel SDK conformance: unmodified public SDKs against paymux sandbox"
+cargo build --quiet --bin paymux
+"$ROOT/scripts/conformance/against-sandbox.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" wechat
+
+say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes"
