@@ -258,3 +258,124 @@ async fn a_payment_refunded_in_parts_nets_to_zero_everywhere() {
         );
     }
 }
+
+/// Databases by URL for the multi-process test: a SQLite file, and a fresh PostgreSQL database when
+/// `PAYMUX_TEST_DATABASE_URL` is set.
+async fn database_urls(dir: &std::path::Path) -> Vec<(String, LedgerPool)> {
+    let sqlite_url = format!("sqlite://{}/ledger.sqlite", dir.display());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&sqlite_url)
+        .unwrap()
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(30));
+    let sqlite = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    paymux_ledger::migrate_sqlite(&sqlite).await.unwrap();
+    let mut out = vec![(sqlite_url, LedgerPool::Sqlite(sqlite))];
+    if let Ok(admin) = std::env::var("PAYMUX_TEST_DATABASE_URL")
+        && !admin.is_empty()
+    {
+        let name = format!("ledger_test_{}", uuid::Uuid::now_v7().simple());
+        let admin_pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin_pool)
+            .await
+            .unwrap();
+        admin_pool.close().await;
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        let pg = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap();
+        paymux_ledger::migrate_postgres(&pg).await.unwrap();
+        out.push((url, LedgerPool::Postgres(pg)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_and_this_one_posting_to_one_hot_account_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, pool) in database_urls(dir.path()).await {
+        let merchant = MerchantId::new();
+        let channel = ChannelAccountId::new();
+        let spawn = || {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_paymux-ledger-writer"))
+                .args(["--database-url", &url])
+                .args([
+                    "--merchant",
+                    &merchant.to_string(),
+                    "--channel",
+                    &channel.to_string(),
+                ])
+                .args(["--batches", "15", "--batch-size", "40", "--tasks", "3"])
+                .output()
+        };
+        let (a, b) = (spawn(), spawn());
+        // This process posts to the same account meanwhile.
+        let ledger = Ledger::start(pool.clone(), LedgerConfig::default());
+        let mut gross = 0i64;
+        let mut entries = 0i64;
+        for round in 0..15 {
+            let batch: Vec<_> = (0..40)
+                .map(|i| {
+                    let amount = 5_000 + round * 40 + i;
+                    gross += amount;
+                    rules::payment_succeeded(
+                        PaymentId::new(),
+                        merchant,
+                        channel,
+                        Money::cny(amount),
+                        60,
+                        38,
+                        0,
+                    )
+                })
+                .collect();
+            entries += 40;
+            assert!(
+                ledger
+                    .post(batch)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|r| *r == EntryResult::Created)
+            );
+        }
+        for out in [a.await.unwrap(), b.await.unwrap()] {
+            assert!(
+                out.status.success(),
+                "{}: writer failed: {}",
+                name(&pool),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            gross += v["gross_minor"].as_i64().unwrap();
+            entries += v["entries"].as_i64().unwrap();
+        }
+        assert_eq!(entries, 15 * 40 + 2 * 3 * 15 * 40);
+        let receivable = balance_by_code(
+            &pool,
+            &chart::channel_receivable(channel, Currency::Cny).code,
+        )
+        .await
+        .unwrap();
+        let fees = balance_by_code(&pool, &chart::channel_fees(channel, Currency::Cny).code)
+            .await
+            .unwrap();
+        assert_eq!(
+            receivable.posted_minor() + fees.posted_minor(),
+            i128::from(gross),
+            "{}",
+            name(&pool)
+        );
+        let report = audit(&pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&pool));
+        assert_eq!(report.entries as i64, entries, "{}", name(&pool));
+    }
+}
