@@ -30,6 +30,22 @@ pub enum WriteOp {
         to: PaymentStatus,
         closed_reason: Option<String>,
     },
+    /// A channel's final answer: compare-and-set the payment to `succeeded` or `failed` with the
+    /// channel's facts, and post its ledger entry in the same transaction (only if the CAS won, so
+    /// the movement is posted exactly once; the entry id is derived from the payment id as well).
+    Settle(Box<Settle>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settle {
+    pub payment_id: PaymentId,
+    pub to: PaymentStatus,
+    pub channel_account_id: Uuid,
+    pub channel_trade_no: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub paid_at_us: Option<i64>,
+    pub entry: Option<paymux_ledger::NewEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,12 +218,14 @@ async fn run_batch(db: &Db, jobs: Vec<Job>) {
 struct Plan {
     creates: Vec<(usize, Box<PaymentRow>)>,
     transitions: HashMap<TransitionKey, Vec<(usize, Uuid)>>,
+    settles: Vec<(usize, Box<Settle>)>,
 }
 
 fn plan(ops: Vec<WriteOp>) -> Plan {
     let mut p = Plan {
         creates: Vec::new(),
         transitions: HashMap::new(),
+        settles: Vec::new(),
     };
     for (i, op) in ops.into_iter().enumerate() {
         match op {
@@ -221,6 +239,7 @@ fn plan(ops: Vec<WriteOp>) -> Plan {
                 .entry(TransitionKey { to, closed_reason })
                 .or_default()
                 .push((i, payment_id.into())),
+            WriteOp::Settle(s) => p.settles.push((i, s)),
         }
     }
     p
@@ -268,12 +287,13 @@ fn answer_creates(
 }
 
 macro_rules! execute_body {
-    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path) => {{
+    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path) => {{
         let n = $ops.len();
         let mut out: Vec<Option<WriteOutcome>> = (0..n).map(|_| None).collect();
         let Plan {
             creates,
             transitions,
+            settles,
         } = plan($ops);
         if !creates.is_empty() {
             let (candidates, keys) = split_creates(&creates);
@@ -302,6 +322,33 @@ macro_rules! execute_body {
                 ));
             }
         }
+        if !settles.is_empty() {
+            let mut entries = Vec::new();
+            let mut won = std::collections::HashSet::new();
+            for (i, st) in settles {
+                let moved = $settle(&mut *$conn, &st, now).await? && won.insert(st.payment_id);
+                if moved && let Some(entry) = &st.entry {
+                    entries.push(entry.clone());
+                }
+                out[i] = Some(WriteOutcome::Transitioned(moved));
+            }
+            if !entries.is_empty() {
+                let results = $post(&mut *$conn, &entries, paymux_ledger::PostOptions::default())
+                    .await
+                    .map_err(|e| sqlx::Error::Protocol(format!("ledger: {e}")))?;
+                if let Some(bad) = results.iter().find(|r| {
+                    !matches!(
+                        r,
+                        paymux_ledger::EntryResult::Created | paymux_ledger::EntryResult::Exists
+                    )
+                }) {
+                    // Nothing of the batch is committed: no half-written state.
+                    return Err(sqlx::Error::Protocol(format!(
+                        "ledger rejected a payment entry: {bad:?}"
+                    )));
+                }
+            }
+        }
         Ok(out
             .into_iter()
             .map(|o| o.expect("every command answered"))
@@ -318,7 +365,9 @@ async fn execute_pg(
         ops,
         repo::insert_new_pg,
         repo::find_by_order_nos_pg,
-        repo::transition_pg
+        repo::transition_pg,
+        repo::settle_pg,
+        paymux_ledger::post_postgres
     )
 }
 
@@ -331,6 +380,8 @@ async fn execute_sqlite(
         ops,
         repo::insert_new_sqlite,
         repo::find_by_order_nos_sqlite,
-        repo::transition_sqlite
+        repo::transition_sqlite,
+        repo::settle_sqlite,
+        paymux_ledger::post_sqlite
     )
 }

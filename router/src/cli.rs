@@ -133,7 +133,10 @@ async fn sandbox(config: Config, listen: std::net::SocketAddr) -> anyhow::Result
     let sandboxes = paymux_channels::sandbox::Sandboxes::start(opts.clone()).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    println!("paymux sandboxes are listening (keys and books in {})", opts.data_dir.display());
+    println!(
+        "paymux sandboxes are listening (keys and books in {})",
+        opts.data_dir.display()
+    );
     for (name, prefix) in sandboxes.mounts() {
         println!("  {name}: http://{addr}{prefix}");
     }

@@ -66,6 +66,12 @@ pub struct Config {
     pub sweeper_batch_max: u32,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// The merchant fee rate in basis points (60 = 0.6%), posted to the ledger with every payment.
+    pub merchant_fee_rate_bps: u32,
+    /// Code payments waiting for the payer or with an unknown outcome: query this often…
+    pub code_pay_poll_interval_ms: u64,
+    /// …until this long after the charge, then reverse.
+    pub code_pay_deadline_ms: u64,
     /// Mount the channel sandboxes under `/sandbox/<channel>` in `paymux serve`.
     pub sandbox: bool,
     /// Sandbox fee rate in basis points of the order amount (60 = 0.6%).
@@ -94,6 +100,9 @@ impl Default for Config {
             sweeper_interval_ms: 1000,
             sweeper_batch_max: 1000,
             log_format: "text".into(),
+            merchant_fee_rate_bps: 60,
+            code_pay_poll_interval_ms: 5_000,
+            code_pay_deadline_ms: 45_000,
             sandbox: true,
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
@@ -121,6 +130,9 @@ const KEYS: &[&str] = &[
     "sweeper_interval_ms",
     "sweeper_batch_max",
     "log_format",
+    "merchant_fee_rate_bps",
+    "code_pay_poll_interval_ms",
+    "code_pay_deadline_ms",
     "sandbox",
     "sandbox_fee_rate_bps",
     "sandbox_time_compression",

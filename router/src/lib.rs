@@ -9,6 +9,8 @@
 //! - [`payments`]: the payments API, model and SQL; [`sweeper`]: closes expired payments.
 //! - [`error`]: the one error type at the edge (`application/problem+json`).
 //! - [`telemetry`]: logs, request ids, Prometheus metrics; [`openapi`]: the OpenAPI document.
+//! - [`orchestrate`]: paying through channels — wallet detection, routes, the code-scan flow and
+//!   settlement (final state + ledger entry in one transaction).
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 
@@ -22,6 +24,7 @@ pub mod error;
 pub mod ledger_audit;
 pub mod merchants;
 pub mod openapi;
+pub mod orchestrate;
 pub mod payments;
 pub mod startup;
 pub mod sweeper;
@@ -38,4 +41,5 @@ pub struct AppState {
     pub keys: Arc<auth::KeyStore>,
     pub nonces: auth::NonceStore,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub routes: orchestrate::Routes,
 }

@@ -95,21 +95,13 @@ impl Application {
                 queue_capacity: config.batch_queue_capacity,
             },
         ));
-        let state = AppState {
-            config: config.clone(),
-            db: db.clone(),
-            batcher,
-            keys: Arc::new(KeyStore::new(db.clone(), secrets)),
-            nonces,
-            metrics: telemetry::metrics_handle(),
-        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
         let background = vec![tokio::spawn(sweeper::run(
-            db,
+            db.clone(),
             Duration::from_millis(config.sweeper_interval_ms.max(10)),
             config.sweeper_batch_max.max(1),
             stop_rx,
@@ -122,6 +114,23 @@ impl Application {
             )
         } else {
             None
+        };
+        let routes = match &sandboxes {
+            Some(sb) => crate::orchestrate::Routes::sandbox(
+                sb,
+                &config.public_base_url(addr),
+                config.sandbox_fee_rate_bps,
+            )?,
+            None => crate::orchestrate::Routes::default(),
+        };
+        let state = AppState {
+            config: config.clone(),
+            db: db.clone(),
+            batcher,
+            keys: Arc::new(KeyStore::new(db.clone(), secrets)),
+            nonces,
+            metrics: telemetry::metrics_handle(),
+            routes,
         };
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {

@@ -276,6 +276,20 @@ pub async fn create_payment(
 ) -> ApiResult<(StatusCode, Json<Payment>)> {
     let req: CreatePayment = parse_json(&body)?;
     req.validate()?;
+    // A code payment is checked against the wallets and routes before anything is written.
+    let code_wallet = match (&req.auth_code, req.method) {
+        (Some(code), PayMethod::CodeScan | PayMethod::SoundWave) => {
+            let wallet = crate::orchestrate::wallet_of_code(code, req.wallet)?;
+            if state.routes.get(wallet).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NoRoute,
+                    format!("no channel for {wallet} payment codes"),
+                ));
+            }
+            Some(wallet)
+        }
+        _ => None,
+    };
     let now = now_us();
     let expires_in = i64::from(
         req.expires_in_seconds
@@ -290,7 +304,7 @@ pub async fn create_payment(
         currency: req.currency.code().to_string(),
         subject: req.subject.clone(),
         method: req.method.as_str().to_string(),
-        wallet: req.wallet.map(|w| w.as_str().to_string()),
+        wallet: req.wallet.or(code_wallet).map(|w| w.as_str().to_string()),
         status: PaymentStatus::Created.as_str().to_string(),
         notify_url: req.notify_url.clone(),
         store_id: req.store_id.clone(),
@@ -320,6 +334,20 @@ pub async fn create_payment(
         WriteOutcome::Created(row) => {
             metrics::counter!("paymux_payments_created_total", "method" => req.method.as_str())
                 .increment(1);
+            if let (Some(code), Some(_)) = (&req.auth_code, code_wallet) {
+                let id = PaymentId::from(row.id);
+                crate::orchestrate::code_scan(&state, *row, code).await?;
+                let row = repo::get(&state.db, merchant.id, id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("payment"))?;
+                // Final: 201 with the outcome; still waiting for the payer or the channel: 202.
+                let status = if row.status().is_final() {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::ACCEPTED
+                };
+                return Ok((status, Json(Payment::from(&row))));
+            }
             Ok((StatusCode::CREATED, Json(Payment::from(row.as_ref()))))
         }
         WriteOutcome::Existing(row) => Ok((StatusCode::OK, Json(Payment::from(row.as_ref())))),

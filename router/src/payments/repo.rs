@@ -312,3 +312,66 @@ pub fn index_by_order_no(rows: Vec<PaymentRow>) -> HashMap<(Uuid, String), Payme
         .map(|r| ((r.merchant_id, r.merchant_order_no.clone()), r))
         .collect()
 }
+
+const SETTLE_SQL_PG: &str = "UPDATE payments SET status = $1, channel_account_id = $2, \
+    channel_trade_no = COALESCE($3, channel_trade_no), failure_code = $4, failure_message = $5, \
+    paid_at_us = $6, late_success = (status = 'closed'), updated_at_us = $7 \
+    WHERE id = $8 AND status = ANY($9) RETURNING id";
+
+/// Compare-and-set a payment to the channel's final answer. A success after `closed` is a late
+/// success: money that moved, flagged for operations.
+pub async fn settle_pg(
+    conn: &mut PgConnection,
+    s: &crate::batcher::Settle,
+    now_us: i64,
+) -> sqlx::Result<bool> {
+    let from: Vec<&str> = PaymentStatus::allowed_sources(s.to)
+        .iter()
+        .map(|x| x.as_str())
+        .collect();
+    let id: Uuid = s.payment_id.into();
+    let moved: Option<Uuid> = sqlx::query_scalar(SETTLE_SQL_PG)
+        .bind(s.to.as_str())
+        .bind(s.channel_account_id)
+        .bind(&s.channel_trade_no)
+        .bind(&s.failure_code)
+        .bind(&s.failure_message)
+        .bind(s.paid_at_us)
+        .bind(now_us)
+        .bind(id)
+        .bind(from)
+        .fetch_optional(conn)
+        .await?;
+    Ok(moved.is_some())
+}
+
+pub async fn settle_sqlite(
+    conn: &mut SqliteConnection,
+    s: &crate::batcher::Settle,
+    now_us: i64,
+) -> sqlx::Result<bool> {
+    let from = PaymentStatus::allowed_sources(s.to);
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE payments SET status = ");
+    qb.push_bind(s.to.as_str())
+        .push(", channel_account_id = ")
+        .push_bind(s.channel_account_id)
+        .push(", channel_trade_no = COALESCE(")
+        .push_bind(s.channel_trade_no.clone())
+        .push(", channel_trade_no), failure_code = ")
+        .push_bind(s.failure_code.clone())
+        .push(", failure_message = ")
+        .push_bind(s.failure_message.clone())
+        .push(", paid_at_us = ")
+        .push_bind(s.paid_at_us)
+        .push(", late_success = (status = 'closed'), updated_at_us = ")
+        .push_bind(now_us)
+        .push(" WHERE id = ")
+        .push_bind(Uuid::from(s.payment_id))
+        .push(" AND status IN (");
+    let mut sep = qb.separated(", ");
+    for st in from {
+        sep.push_bind(st.as_str());
+    }
+    qb.push(")");
+    Ok(qb.build().execute(conn).await?.rows_affected() == 1)
+}

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod code_scan;
 mod helpers;
 mod ops;
 mod payments;

@@ -1,0 +1,327 @@
+//! Paying payments through channels: wallet detection, route choice, the B2C `code_scan` flow with
+//! its follow-up (poll while the payer enters a password or the outcome is unknown, then reverse at
+//! the deadline), and settlement — the payment's final state and its ledger entry in one
+//! transaction of the write batcher.
+//!
+//! Routes are the sandbox channel accounts of this server (every merchant reaches the sandboxes
+//! mounted under `/sandbox`); per-merchant channel accounts and routing rules are not built yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paymux_channels::{Channel, OrderRequest, PayOutcome, TradeState};
+use paymux_model::{
+    ChannelAccountId, ErrorCode, MerchantId, Money, PaymentId, PaymentStatus, WalletBrand,
+};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::batcher::{Settle, WriteOp};
+use crate::error::{ApiError, ApiResult};
+use crate::payments::model::PaymentRow;
+
+/// One channel account payments can be routed to.
+pub struct Route {
+    pub id: ChannelAccountId,
+    pub name: &'static str,
+    pub channel: Arc<dyn Channel>,
+    /// What the channel charges, in basis points.
+    pub cost_rate_bps: u32,
+}
+
+/// Routes by wallet.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<HashMap<WalletBrand, Arc<Route>>>);
+
+impl Routes {
+    pub fn new(routes: Vec<(WalletBrand, Route)>) -> Self {
+        Self(Arc::new(
+            routes.into_iter().map(|(w, r)| (w, Arc::new(r))).collect(),
+        ))
+    }
+
+    pub fn get(&self, wallet: WalletBrand) -> Option<Arc<Route>> {
+        self.0.get(&wallet).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The routes to the sandboxes of this server, reached over HTTP at `base_url/sandbox/…`.
+    pub fn sandbox(
+        sandboxes: &paymux_channels::sandbox::Sandboxes,
+        base_url: &str,
+        cost_rate_bps: u32,
+    ) -> anyhow::Result<Self> {
+        let wechat = sandboxes.wechat.account();
+        let cfg = wechat.client_config(&format!("{base_url}/sandbox/wechat"), None);
+        let id = ChannelAccountId::from(Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("paymux:sandbox:wechat:{}", wechat.mchid).as_bytes(),
+        ));
+        let adapter =
+            paymux_channels::wechat::WechatPay::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self::new(vec![(
+            WalletBrand::Wechat,
+            Route {
+                id,
+                name: "wechat sandbox",
+                channel: Arc::new(adapter),
+                cost_rate_bps,
+            },
+        )]))
+    }
+}
+
+/// The wallet of a payment code, and the payer's declared wallet if any must agree with it.
+pub fn wallet_of_code(code: &str, declared: Option<WalletBrand>) -> ApiResult<WalletBrand> {
+    use paymux_qrcode::paycode::PayCodeError;
+    let wallet = paymux_qrcode::paycode::classify(code).map_err(|e| match e {
+        PayCodeError::Malformed(m) => ApiError::field(
+            ErrorCode::PaymentCodeMalformed,
+            "auth_code",
+            format!("payment code: {m}"),
+        ),
+        PayCodeError::Unknown { .. } => {
+            ApiError::field(ErrorCode::PaymentCodeUnknown, "auth_code", e.to_string())
+        }
+    })?;
+    if let Some(d) = declared
+        && d != wallet
+    {
+        return Err(ApiError::field(
+            ErrorCode::ValidationFailed,
+            "wallet",
+            format!("`wallet` is {d} but the payment code is a {wallet} code"),
+        ));
+    }
+    Ok(wallet)
+}
+
+/// The order number a payment has at every channel: its id, 32 hex digits.
+pub fn out_trade_no(id: Uuid) -> String {
+    id.simple().to_string()
+}
+
+fn order_of(row: &PaymentRow) -> OrderRequest {
+    OrderRequest {
+        out_trade_no: out_trade_no(row.id),
+        amount: Money::cny(row.amount_minor),
+        subject: row.subject.clone(),
+        notify_url: None,
+        expires_at: None,
+        client_ip: None,
+        store_id: row.store_id.clone(),
+        terminal_id: row.terminal_id.clone(),
+    }
+}
+
+/// How long to keep asking about a code payment, and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUp {
+    pub poll_interval: Duration,
+    pub deadline: Duration,
+}
+
+impl FollowUp {
+    pub fn of(state: &AppState) -> Self {
+        Self {
+            poll_interval: Duration::from_millis(state.config.code_pay_poll_interval_ms.max(10)),
+            deadline: Duration::from_millis(state.config.code_pay_deadline_ms.max(10)),
+        }
+    }
+}
+
+/// Charges the customer's code. Returns once the payment is final, or as `processing` with a
+/// follow-up running when the payer must confirm or the outcome is unknown.
+pub async fn code_scan(state: &AppState, row: PaymentRow, auth_code: &str) -> ApiResult<()> {
+    let declared = row.wallet.as_deref().and_then(|w| w.parse().ok());
+    let wallet = wallet_of_code(auth_code, declared)?;
+    let Some(route) = state.routes.get(wallet) else {
+        return Err(ApiError::new(
+            ErrorCode::NoRoute,
+            format!("no channel for {wallet} payment codes"),
+        ));
+    };
+    let payment_id = PaymentId::from(row.id);
+    state
+        .batcher
+        .submit(WriteOp::Transition {
+            payment_id,
+            to: PaymentStatus::Processing,
+            closed_reason: None,
+        })
+        .await
+        .map_err(ApiError::unavailable)?;
+    let order = order_of(&row);
+    let outcome = route.channel.pay_with_code(&order, auth_code).await;
+    metrics::counter!("paymux_channel_pay_outcomes_total", "channel" => route.name, "outcome" => outcome_name(&outcome)).increment(1);
+    match outcome {
+        PayOutcome::Succeeded { trade } => {
+            if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+                tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount; left processing for operations");
+                return Ok(());
+            }
+            settle_succeeded(
+                state,
+                &row,
+                &route,
+                trade.channel_trade_no,
+                trade.paid_at.map(|t| t.timestamp_micros()),
+            )
+            .await
+        }
+        PayOutcome::Failed { code, message } => {
+            settle_failed(state, &row, &route, code, message).await
+        }
+        PayOutcome::UserPaying { .. } | PayOutcome::Unknown { .. } => {
+            let st = state.clone();
+            let follow = FollowUp::of(state);
+            tokio::spawn(async move { follow_up(st, row, route, follow).await });
+            Ok(())
+        }
+    }
+}
+
+fn outcome_name(o: &PayOutcome) -> &'static str {
+    match o {
+        PayOutcome::Succeeded { .. } => "succeeded",
+        PayOutcome::Failed { .. } => "failed",
+        PayOutcome::UserPaying { .. } => "user_paying",
+        PayOutcome::Unknown { .. } => "unknown",
+    }
+}
+
+async fn settle_succeeded(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    channel_trade_no: Option<String>,
+    paid_at_us: Option<i64>,
+) -> ApiResult<()> {
+    let payment_id = PaymentId::from(row.id);
+    let paid_at_us = paid_at_us.unwrap_or_else(crate::db::now_us);
+    let entry = paymux_ledger::rules::payment_succeeded(
+        payment_id,
+        MerchantId::from(row.merchant_id),
+        route.id,
+        Money::cny(row.amount_minor),
+        state.config.merchant_fee_rate_bps,
+        route.cost_rate_bps,
+        paid_at_us,
+    );
+    state
+        .batcher
+        .submit(WriteOp::Settle(Box::new(Settle {
+            payment_id,
+            to: PaymentStatus::Succeeded,
+            channel_account_id: route.id.into(),
+            channel_trade_no,
+            failure_code: None,
+            failure_message: None,
+            paid_at_us: Some(paid_at_us),
+            entry: Some(entry),
+        })))
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(())
+}
+
+async fn settle_failed(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    code: String,
+    message: String,
+) -> ApiResult<()> {
+    state
+        .batcher
+        .submit(WriteOp::Settle(Box::new(Settle {
+            payment_id: PaymentId::from(row.id),
+            to: PaymentStatus::Failed,
+            channel_account_id: route.id.into(),
+            channel_trade_no: None,
+            failure_code: Some(code),
+            failure_message: Some(message),
+            paid_at_us: None,
+            entry: None,
+        })))
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(())
+}
+
+/// Polls until final or the deadline; at the deadline reverses, then settles by what the channel
+/// says last (a payment that turns out paid is `succeeded`, never dropped).
+async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: FollowUp) {
+    let started = tokio::time::Instant::now();
+    let no = out_trade_no(row.id);
+    loop {
+        tokio::time::sleep(f.poll_interval).await;
+        match route.channel.query(&no).await {
+            Ok(t) => match t.state {
+                TradeState::Succeeded => {
+                    if let Err(e) = settle_succeeded(
+                        &state,
+                        &row,
+                        &route,
+                        t.channel_trade_no,
+                        t.paid_at.map(|p| p.timestamp_micros()),
+                    )
+                    .await
+                    {
+                        tracing::error!(payment_id = %row.id, error = ?e, "settling a paid code payment");
+                    }
+                    return;
+                }
+                TradeState::Failed | TradeState::Closed => {
+                    let _ = settle_failed(
+                        &state,
+                        &row,
+                        &route,
+                        t.channel_state.clone(),
+                        "the payer did not complete the payment".into(),
+                    )
+                    .await;
+                    return;
+                }
+                TradeState::UserPaying | TradeState::NotPaid => {}
+            },
+            Err(e) => tracing::warn!(payment_id = %row.id, error = %e, "querying a code payment"),
+        }
+        if started.elapsed() >= f.deadline {
+            break;
+        }
+    }
+    // Deadline: reverse, then believe the channel's last word.
+    if let Err(e) = route.channel.reverse(&no).await {
+        tracing::warn!(payment_id = %row.id, error = %e, "reversing a code payment at its deadline");
+    }
+    match route.channel.query(&no).await {
+        Ok(t) if t.state == TradeState::Succeeded => {
+            let _ = settle_succeeded(
+                &state,
+                &row,
+                &route,
+                t.channel_trade_no,
+                t.paid_at.map(|p| p.timestamp_micros()),
+            )
+            .await;
+        }
+        Ok(_) => {
+            let _ = state
+                .batcher
+                .submit(WriteOp::Transition {
+                    payment_id: PaymentId::from(row.id),
+                    to: PaymentStatus::Closed,
+                    closed_reason: Some("reversed_at_deadline".into()),
+                })
+                .await;
+        }
+        Err(e) => {
+            tracing::error!(payment_id = %row.id, error = %e, "outcome still unknown after reversal; left processing for operations")
+        }
+    }
+}

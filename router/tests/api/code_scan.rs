@@ -1,0 +1,184 @@
+//! B2C code payments end to end: the real server with its WeChat sandbox mounted, paid through the
+//! adapter over HTTP, posted to the ledger in the same transaction as the payment's final state.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{MerchantClient, TestApp, fresh_database, spawn_with, test_config};
+
+async fn app() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.code_pay_poll_interval_ms = 50;
+    config.code_pay_deadline_ms = 1_500;
+    config.sandbox_time_compression = 20; // the sandbox payer "enters the password" in 0.5 s
+    spawn_with(db, config).await
+}
+
+fn code_body(order_no: &str, amount: i64, code: &str) -> Value {
+    json!({
+        "merchant_order_no": order_no,
+        "amount": amount,
+        "currency": "CNY",
+        "subject": "咖啡",
+        "method": "code_scan",
+        "auth_code": code,
+    })
+}
+
+async fn wait_final(m: &MerchantClient, id: &str) -> Value {
+    for _ in 0..200 {
+        let r = m.get_payment(id).await;
+        if matches!(
+            r.body["status"].as_str(),
+            Some("succeeded" | "failed" | "closed")
+        ) {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("payment {id} never became final");
+}
+
+async fn assert_books_clean(app: &TestApp) {
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    db.close().await;
+    assert!(report.is_clean(), "{}: {report}", app.backend());
+}
+
+#[tokio::test]
+async fn a_wechat_code_pays_at_once_and_is_posted_once() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("c-1", 1_800, "134567890123456789"))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "succeeded");
+    assert_eq!(r.body["wallet"], "wechat");
+    let trade_no = r.body["channel_trade_no"].as_str().unwrap();
+    assert!(
+        trade_no.starts_with("42") && trade_no.len() == 28,
+        "{trade_no}"
+    );
+    // The same request again is the same payment, not a second charge.
+    let again = m
+        .create_payment(&code_body("c-1", 1_800, "134567890123456789"))
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), &again.body["id"]),
+        (200, &r.body["id"])
+    );
+    assert_books_clean(&app).await;
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    assert_eq!(
+        (report.succeeded_payments, report.ledger.entries),
+        (1, 1),
+        "{}",
+        app.backend()
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn password_then_paid_answers_202_then_succeeds() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("p-1", 500, "134567890123451001"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["status"].as_str()),
+        (202, Some("processing")),
+        "{:?}",
+        r.body
+    );
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "succeeded");
+    assert_books_clean(&app).await;
+}
+
+#[tokio::test]
+async fn password_never_entered_is_reversed_and_closed() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("p-2", 500, "134567890123451002"))
+        .await;
+    assert_eq!(r.status, 202);
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert!(
+        matches!(p["status"].as_str(), Some("closed" | "failed")),
+        "{p}"
+    );
+    assert_books_clean(&app).await;
+}
+
+#[tokio::test]
+async fn declines_fail_with_the_channels_code() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("f-1", 500, "134567890123451003"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["status"].as_str()),
+        (201, Some("failed")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["failure_code"], "NOTENOUGH");
+    assert_books_clean(&app).await;
+}
+
+#[tokio::test]
+async fn unknown_outcome_is_queried_and_found_paid() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("u-1", 700, "134567890123451005"))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "succeeded");
+    assert_books_clean(&app).await;
+}
+
+#[tokio::test]
+async fn codes_of_no_wallet_or_no_route_write_nothing() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("x-1", 500, "999999999999999999"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "payment_code_unknown"),
+        "{:?}",
+        r.body
+    );
+    let r = m.create_payment(&code_body("x-2", 500, "12345abc")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "payment_code_malformed"),
+        "{:?}",
+        r.body
+    );
+    // A wallet declared against the code is refused.
+    let mut body = code_body("x-3", 500, "134567890123456789");
+    body["wallet"] = json!("alipay");
+    let r = m.create_payment(&body).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    for no in ["x-1", "x-2", "x-3"] {
+        let found = m.find_by_order_no(no).await;
+        assert_eq!(
+            found.body["data"].as_array().map(Vec::len),
+            Some(0),
+            "{no}: {:?}",
+            found.body
+        );
+    }
+}
