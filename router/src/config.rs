@@ -176,6 +176,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The sandboxes' options: their books and keys live under `<data_dir>/sandbox`.
+    pub fn sandbox_options(&self) -> paymux_channels::sandbox::SandboxOptions {
+        paymux_channels::sandbox::SandboxOptions {
+            data_dir: self.data_dir.join("sandbox"),
+            fee_rate_bps: self.sandbox_fee_rate_bps,
+            time_compression: self.sandbox_time_compression.max(1),
+            ..Default::default()
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
@@ -226,17 +238,5 @@ mod tests {
             assert!(Config::load(Some(std::path::Path::new("paymux.toml"))).is_err());
             Ok(())
         });
-    }
-}
-
-impl Config {
-    /// The sandboxes' options: their books and keys live under `<data_dir>/sandbox`.
-    pub fn sandbox_options(&self) -> paymux_channels::sandbox::SandboxOptions {
-        paymux_channels::sandbox::SandboxOptions {
-            data_dir: self.data_dir.join("sandbox"),
-            fee_rate_bps: self.sandbox_fee_rate_bps,
-            time_compression: self.sandbox_time_compression.max(1),
-            ..Default::default()
-        }
     }
 }
