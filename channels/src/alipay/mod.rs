@@ -1,5 +1,7 @@
-//! Alipay open API (`openapi.alipay.com/gateway.do`): the protocol layer.
+//! Alipay open API (`openapi.alipay.com/gateway.do`): the adapter ([`Alipay`]), its protocol layer
+//! and its sandbox.
 //!
+//! - [`adapter`]: [`Alipay`] implements [`Channel`](crate::Channel) over the gateway.
 //! - [`sign`]: the RSA2 sign string, request signing, verification of responses (over the exact raw
 //!   text of the `…_response` node) and of asynchronous notifications (form bodies), and the
 //!   certificate serial numbers (`app_cert_sn`, `alipay_root_cert_sn`) of public-key-certificate mode.
@@ -12,6 +14,9 @@
 //! The wire facts these follow are in `shared/protocols/alipay.md`; the tests run the published
 //! vectors of the official Node SDK and of yansongda/pay.
 
+pub mod adapter;
 pub mod bill;
 pub mod notify;
 pub mod sign;
+
+pub use adapter::{Alipay, AlipayConfig};
