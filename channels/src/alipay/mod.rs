@@ -2,6 +2,7 @@
 //! and its sandbox.
 //!
 //! - [`adapter`]: [`Alipay`] implements [`Channel`](crate::Channel) over the gateway.
+//! - [`sandbox`]: an HTTP server speaking the gateway protocol, with its own app account and books.
 //! - [`sign`]: the RSA2 sign string, request signing, verification of responses (over the exact raw
 //!   text of the `…_response` node) and of asynchronous notifications (form bodies), and the
 //!   certificate serial numbers (`app_cert_sn`, `alipay_root_cert_sn`) of public-key-certificate mode.
@@ -17,6 +18,7 @@
 pub mod adapter;
 pub mod bill;
 pub mod notify;
+pub mod sandbox;
 pub mod sign;
 
 pub use adapter::{Alipay, AlipayConfig};
