@@ -542,7 +542,9 @@ async fn signatures_are_enforced_both_ways() {
     assert_eq!(raw.status(), 200, "Alipay answers 200 even to garbage");
     let body = raw.bytes().await.unwrap();
     let r = ali.open_reply(&body, method).unwrap();
-    assert!(r.error_node && r.code() == "40001", "{:?}", r.fields);
+    // Unsigned and without an app id: refused under the method's own node, signed.
+    assert!(!r.error_node && r.code() == "40001", "{:?}", r.fields);
+    assert_eq!(r.str("sub_code"), Some("isv.missing-app-id"));
     let text = String::from_utf8(body.to_vec()).unwrap();
     let tampered = text.replacen("40001", "10000", 1);
     assert!(matches!(
@@ -565,6 +567,15 @@ async fn signatures_are_enforced_both_ways() {
         ali.open_reply(forged.as_bytes(), method),
         Err(ChannelError::Signature(_))
     ));
+    // A signed `error_response` (gateway-level error) is a rejection with its sub code.
+    let gateway_error = sign::render_response(
+        &RsaSigner::from_pem(&env.sandbox.account().alipay_private_key).unwrap(),
+        "error_response",
+        r#"{"code":"40002","msg":"Invalid Arguments","sub_code":"isv.invalid-signature","sub_msg":"验签出错"}"#,
+    );
+    let r = ali.open_reply(gateway_error.as_bytes(), method).unwrap();
+    assert!(r.error_node && !r.is_success());
+    assert_eq!(rejected(&r.error()), "isv.invalid-signature");
     for garbage in [&b""[..], b"{", b"<html>502</html>", b"[]", b"{\"sign\":1}"] {
         assert!(ali.open_reply(garbage, method).is_err());
     }

@@ -13,10 +13,12 @@
 //!
 //! Parameters come from the query string and/or the form body (both form-decoded, `+` is a space).
 //! The request signature is checked with the app public key over every parameter but `sign`
-//! (`sign_type` kept); a bad one is answered, like Alipay, with `error_response` code `40002`
-//! sub code `isv.invalid-signature`. Every answer is HTTP 200 with
-//! `{"<method>_response":{…},"sign":"…"}`, the node first and signed over its exact text; business
-//! errors use the method's node too.
+//! (`sign_type` kept); a bad one is answered, like Alipay, with code `40002` sub code
+//! `isv.invalid-signature`. Every answer is HTTP 200 with `{"<method>_response":{…},"sign":"…"}`,
+//! the node first and signed over its exact text. Gateway errors (unknown app, bad signature,
+//! unknown method) and business errors use the method's node too, as Alipay does and as the
+//! official SDKs expect (they slice the signed text out by the method's node name); only a request
+//! without any `method` gets `error_response`.
 //!
 //! Payment codes: 16–24 digits starting `25`–`30`. The last four digits choose the payer
 //! ([`PayerBehaviour`]): `1001` password then paid (`10003`), `1002` password and never
@@ -508,10 +510,16 @@ async fn gateway(
     } else {
         sign::response_node_name(&method)
     };
-    let gateway_error = |e: Biz| sb.respond_error("error_response", e);
     if method.is_empty() {
-        return gateway_error(Biz::new("40001", "isv.missing-method", "缺少方法名参数"));
+        return sb.respond_error(
+            "error_response",
+            Biz::new("40001", "isv.missing-method", "缺少方法名参数"),
+        );
     }
+    // Once the method is known, gateway errors (app id, signature, …) use its node too, as Alipay
+    // does (`{"<method>_response":{"code":"40002",…,"sub_code":"isv.invalid-signature"},"sign":…}`),
+    // which is also the only layout the official SDKs can verify.
+    let gateway_error = |e: Biz| sb.respond_error(&node, e);
     match params.get("app_id") {
         None => return gateway_error(Biz::new("40001", "isv.missing-app-id", "缺少AppID参数")),
         Some(a) if *a != sb.0.account.app_id => {
