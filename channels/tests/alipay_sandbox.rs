@@ -837,6 +837,71 @@ async fn bills_download_and_match_the_books() {
     assert_eq!(r.status(), 404);
 }
 
+#[tokio::test]
+async fn gateway_answers_garbage_with_signed_errors() {
+    let env = Env::start().await;
+    let ali = env.adapter();
+    let bodies: [&[u8]; 6] = [
+        b"",
+        b"%",
+        b"biz_content=%7B",
+        b"method=alipay.trade.query&method=x",
+        &[0xff, 0xfe, 0x00],
+        b"method=alipay.trade.query&app_id=1&sign_type=RSA2&sign=AAAA",
+    ];
+    for body in bodies {
+        let resp = env
+            .http
+            .post(&env.gateway)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let raw = resp.bytes().await.unwrap();
+        // Whatever node it is, it is signed by the sandbox and is no success.
+        let r = ali.open_reply(&raw, "alipay.trade.query").unwrap();
+        assert!(!r.is_success(), "{:?}", r.fields);
+    }
+    // A signed request for a method the gateway does not have.
+    let err = ali
+        .call("alipay.trade.nonexistent", &serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .error();
+    assert_eq!(rejected(&err), "isv.invalid-method");
+}
+
+#[tokio::test]
+async fn cancel_is_retried_while_alipay_says_retry() {
+    // A gateway that answers `retry_flag=Y` twice, then succeeds; signed with the sandbox's key.
+    let env = Env::start().await;
+    let signer = Arc::new(RsaSigner::from_pem(&env.sandbox.account().alipay_private_key).unwrap());
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    async fn flaky(
+        State((signer, calls)): State<(Arc<RsaSigner>, Arc<std::sync::atomic::AtomicU32>)>,
+    ) -> String {
+        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let content = if n < 2 {
+            r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.SYSTEM_ERROR","sub_msg":"系统错误","retry_flag":"Y"}"#
+        } else {
+            r#"{"code":"10000","msg":"Success","out_trade_no":"C1","retry_flag":"N","action":"close"}"#
+        };
+        sign::render_response(&signer, "alipay_trade_cancel_response", content)
+    }
+    let root = serve(
+        axum::Router::new()
+            .route("/gateway.do", axum::routing::post(flaky))
+            .with_state((signer, calls.clone())),
+    )
+    .await;
+    let mut cfg = env.config();
+    cfg.base_url = format!("{root}/gateway.do");
+    Alipay::new(cfg).unwrap().reverse("C1").await.unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[test]
 fn config_debug_hides_keys() {
     let (private, public) = crypto::generate_rsa_keypair();

@@ -680,3 +680,68 @@ impl Channel for Alipay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuan_is_exact() {
+        assert_eq!(yuan(0), "0.00");
+        assert_eq!(yuan(1), "0.01");
+        assert_eq!(yuan(101), "1.01");
+        assert_eq!(yuan(123_456_789), "1234567.89");
+    }
+
+    #[test]
+    fn trade_states() {
+        assert_eq!(trade_state("TRADE_SUCCESS", true), TradeState::Succeeded);
+        assert_eq!(trade_state("TRADE_FINISHED", true), TradeState::Succeeded);
+        assert_eq!(trade_state("WAIT_BUYER_PAY", false), TradeState::UserPaying);
+        assert_eq!(trade_state("TRADE_CLOSED", false), TradeState::Closed);
+        // Fully refunded: closed, but it was paid.
+        assert_eq!(trade_state("TRADE_CLOSED", true), TradeState::Succeeded);
+        assert_eq!(trade_state("???", false), TradeState::Failed);
+    }
+
+    fn reply(fields: Value, error_node: bool) -> Reply {
+        let Value::Object(fields) = fields else {
+            unreachable!("test replies are objects")
+        };
+        Reply { error_node, fields }
+    }
+
+    #[test]
+    fn reply_errors() {
+        let r = reply(
+            json!({"code": "20000", "sub_code": "aop.unknow-error"}),
+            false,
+        );
+        assert!(matches!(r.error(), ChannelError::Unknown(_)));
+        let r = reply(
+            json!({"code": "40004", "sub_code": "ACQ.SYSTEM_ERROR"}),
+            false,
+        );
+        assert!(matches!(r.error(), ChannelError::Unknown(_)));
+        let r = reply(
+            json!({"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST", "sub_msg": "交易不存在"}),
+            false,
+        );
+        assert_eq!(
+            r.error(),
+            ChannelError::Rejected {
+                code: "ACQ.TRADE_NOT_EXIST".into(),
+                message: "交易不存在".into()
+            }
+        );
+        let r = reply(json!({"code": "10000"}), true);
+        assert!(!r.is_success(), "error_response is never a success");
+        let r = reply(json!({"total_amount": "1.001"}), false);
+        assert!(matches!(
+            r.fen("total_amount"),
+            Err(ChannelError::Protocol(_))
+        ));
+        let r = reply(json!({"total_amount": 3}), false);
+        assert_eq!(r.fen("total_amount").ok(), Some(None));
+    }
+}
