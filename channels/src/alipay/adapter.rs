@@ -98,10 +98,12 @@ impl Reply {
             .filter(|s| !s.is_empty())
     }
 
+    /// `code`: `10000` success, `10003` waiting for the payer, `20000` unknown, `4000x` failures.
     pub fn code(&self) -> &str {
         self.str("code").unwrap_or("")
     }
 
+    /// Whether the answer is a method node with code `10000`.
     pub fn is_success(&self) -> bool {
         !self.error_node && self.code() == "10000"
     }
@@ -168,6 +170,7 @@ pub fn trade_state(status: &str, was_paid: bool) -> TradeState {
 }
 
 impl Alipay {
+    /// An adapter for one app; fails on unreadable keys, a bad gateway URL or an empty `app_id`.
     pub fn new(cfg: AlipayConfig) -> Result<Self, ChannelError> {
         let signer = RsaSigner::from_pem(&cfg.app_private_key)
             .map_err(|e| ChannelError::Config(format!("app private key: {e}")))?;
@@ -202,11 +205,13 @@ impl Alipay {
         })
     }
 
+    /// The same adapter with other call and bill timeouts.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
     }
 
+    /// The app's configuration.
     pub fn config(&self) -> &AlipayConfig {
         &self.cfg
     }
@@ -546,6 +551,8 @@ impl Channel for Alipay {
         }
     }
 
+    /// `alipay.trade.refund` with `out_request_no = out_refund_no`. Alipay takes no per-refund
+    /// `notify_url`: refunds are notified to the trade's own `notify_url`.
     async fn refund(&self, req: &RefundRequest) -> RefundOutcome {
         let mut biz = json!({
             "out_trade_no": req.out_trade_no,

@@ -11,7 +11,8 @@
 //! | `POST /sandbox/notifications/{out_trade_no}` `?times=N` | re-send the payment notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
 //!
-//! Parameters come from the query string and/or the form body (both form-decoded, `+` is a space).
+//! Parameters come from the query string and/or the form body (both form-decoded, `+` is a space);
+//! the sandbox speaks `charset=utf-8` only.
 //! The request signature is checked with the app public key over every parameter but `sign`
 //! (`sign_type` kept); a bad one is answered, like Alipay, with code `40002` sub code
 //! `isv.invalid-signature`. Every answer is HTTP 200 with `{"<method>_response":{…},"sign":"…"}`,
@@ -362,6 +363,7 @@ impl Call {
 }
 
 impl AlipaySandbox {
+    /// Loads (or creates) the app account and opens the books under `opts.data_dir/alipay`.
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         let account = SandboxAccount::load_or_create(&opts.data_dir)?;
         let db = sandbox::open_books(&opts.data_dir.join("alipay").join("books.sqlite")).await?;
@@ -389,14 +391,17 @@ impl AlipaySandbox {
         })))
     }
 
+    /// The app account this sandbox serves.
     pub fn account(&self) -> &SandboxAccount {
         &self.0.account
     }
 
+    /// The fault switch (also `PUT /sandbox/faults`).
     pub fn faults(&self) -> &FaultSwitch {
         &self.0.faults
     }
 
+    /// The notification sender and its counters.
     pub fn notifier(&self) -> &Notifier {
         &self.0.notifier
     }
