@@ -383,22 +383,26 @@ mod tests {
 #[derive(Clone)]
 pub struct Sandboxes {
     pub wechat: crate::wechat::sandbox::WechatSandbox,
+    pub alipay: crate::alipay::sandbox::AlipaySandbox,
 }
 
 impl Sandboxes {
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         Ok(Self {
             wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await?,
+            alipay: crate::alipay::sandbox::AlipaySandbox::start(opts.clone()).await?,
         })
     }
 
-    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, …
+    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, `/alipay/gateway.do`, …
     pub fn router(&self) -> axum::Router {
-        axum::Router::new().nest("/wechat", self.wechat.router())
+        axum::Router::new()
+            .nest("/wechat", self.wechat.router())
+            .nest("/alipay", self.alipay.router())
     }
 
     /// `(channel, path prefix)` of every sandbox, for start-up messages.
     pub fn mounts(&self) -> Vec<(&'static str, &'static str)> {
-        vec![("WeChat Pay v3", "/wechat")]
+        vec![("WeChat Pay v3", "/wechat"), ("Alipay", "/alipay")]
     }
 }
