@@ -92,6 +92,6 @@ PAYMUX_TEST_DATABASE_URL="$PG_URL" PAYMUX_TEST_REDIS_URL="$REDIS_URL" "${RUN_TES
 
 say "channel SDK conformance: unmodified public SDKs against paymux sandbox"
 cargo build --quiet --bin paymux
-"$ROOT/scripts/conformance/against-sandbox.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" wechat
+"$ROOT/scripts/conformance/against-sandbox.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" all
 
 say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes"

@@ -63,15 +63,35 @@ impl Routes {
         ));
         let adapter =
             paymux_channels::wechat::WechatPay::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self::new(vec![(
-            WalletBrand::Wechat,
-            Route {
-                id,
-                name: "wechat sandbox",
-                channel: Arc::new(adapter),
-                cost_rate_bps,
-            },
-        )]))
+        let alipay = sandboxes.alipay.account();
+        let alipay_cfg =
+            alipay.client_config(&format!("{base_url}/sandbox/alipay/gateway.do"), None);
+        let alipay_id = ChannelAccountId::from(Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("paymux:sandbox:alipay:{}", alipay.app_id).as_bytes(),
+        ));
+        let alipay_adapter =
+            paymux_channels::alipay::Alipay::new(alipay_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self::new(vec![
+            (
+                WalletBrand::Wechat,
+                Route {
+                    id,
+                    name: "wechat sandbox",
+                    channel: Arc::new(adapter),
+                    cost_rate_bps,
+                },
+            ),
+            (
+                WalletBrand::Alipay,
+                Route {
+                    id: alipay_id,
+                    name: "alipay sandbox",
+                    channel: Arc::new(alipay_adapter),
+                    cost_rate_bps,
+                },
+            ),
+        ]))
     }
 }
 

@@ -182,3 +182,35 @@ async fn codes_of_no_wallet_or_no_route_write_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_alipay_code_pays_through_the_alipay_sandbox() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("a-1", 2_345, "281234567890123456"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["wallet"], "alipay");
+    let r = m
+        .create_payment(&code_body("a-2", 100, "281234567890121003"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["status"].as_str()),
+        (201, Some("failed")),
+        "{:?}",
+        r.body
+    );
+    let r = m
+        .create_payment(&code_body("a-3", 100, "281234567890121001"))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "succeeded");
+    assert_books_clean(&app).await;
+}
