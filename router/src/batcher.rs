@@ -34,6 +34,13 @@ pub enum WriteOp {
     /// channel's facts, and post its ledger entry in the same transaction (only if the CAS won, so
     /// the movement is posted exactly once; the entry id is derived from the payment id as well).
     Settle(Box<Settle>),
+    /// Record the channel order of a C2B payment that is still `created`: its account and the code
+    /// the payer scans.
+    AttachQr {
+        payment_id: PaymentId,
+        channel_account_id: Uuid,
+        qr_code: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +226,7 @@ struct Plan {
     creates: Vec<(usize, Box<PaymentRow>)>,
     transitions: HashMap<TransitionKey, Vec<(usize, Uuid)>>,
     settles: Vec<(usize, Box<Settle>)>,
+    attaches: Vec<(usize, PaymentId, Uuid, String)>,
 }
 
 fn plan(ops: Vec<WriteOp>) -> Plan {
@@ -226,6 +234,7 @@ fn plan(ops: Vec<WriteOp>) -> Plan {
         creates: Vec::new(),
         transitions: HashMap::new(),
         settles: Vec::new(),
+        attaches: Vec::new(),
     };
     for (i, op) in ops.into_iter().enumerate() {
         match op {
@@ -240,6 +249,13 @@ fn plan(ops: Vec<WriteOp>) -> Plan {
                 .or_default()
                 .push((i, payment_id.into())),
             WriteOp::Settle(s) => p.settles.push((i, s)),
+            WriteOp::AttachQr {
+                payment_id,
+                channel_account_id,
+                qr_code,
+            } => p
+                .attaches
+                .push((i, payment_id, channel_account_id, qr_code)),
         }
     }
     p
@@ -287,14 +303,19 @@ fn answer_creates(
 }
 
 macro_rules! execute_body {
-    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path) => {{
+    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path) => {{
         let n = $ops.len();
         let mut out: Vec<Option<WriteOutcome>> = (0..n).map(|_| None).collect();
         let Plan {
             creates,
             transitions,
             settles,
+            attaches,
         } = plan($ops);
+        for (i, payment_id, account, qr) in attaches {
+            let moved = $attach(&mut *$conn, payment_id, account, &qr, now_us()).await?;
+            out[i] = Some(WriteOutcome::Transitioned(moved));
+        }
         if !creates.is_empty() {
             let (candidates, keys) = split_creates(&creates);
             let inserted = $insert(&mut *$conn, &candidates).await?;
@@ -367,7 +388,8 @@ async fn execute_pg(
         repo::find_by_order_nos_pg,
         repo::transition_pg,
         repo::settle_pg,
-        paymux_ledger::post_postgres
+        paymux_ledger::post_postgres,
+        repo::attach_qr_pg
     )
 }
 
@@ -382,6 +404,7 @@ async fn execute_sqlite(
         repo::find_by_order_nos_sqlite,
         repo::transition_sqlite,
         repo::settle_sqlite,
-        paymux_ledger::post_sqlite
+        paymux_ledger::post_sqlite,
+        repo::attach_qr_sqlite
     )
 }

@@ -30,23 +30,33 @@ pub struct Route {
     pub cost_rate_bps: u32,
 }
 
-/// Routes by wallet.
+/// Routes by wallet, and by channel account (for notifications).
 #[derive(Clone, Default)]
-pub struct Routes(Arc<HashMap<WalletBrand, Arc<Route>>>);
+pub struct Routes {
+    by_wallet: Arc<HashMap<WalletBrand, Arc<Route>>>,
+    by_id: Arc<HashMap<ChannelAccountId, Arc<Route>>>,
+}
 
 impl Routes {
     pub fn new(routes: Vec<(WalletBrand, Route)>) -> Self {
-        Self(Arc::new(
-            routes.into_iter().map(|(w, r)| (w, Arc::new(r))).collect(),
-        ))
+        let routes: Vec<(WalletBrand, Arc<Route>)> =
+            routes.into_iter().map(|(w, r)| (w, Arc::new(r))).collect();
+        Self {
+            by_id: Arc::new(routes.iter().map(|(_, r)| (r.id, r.clone())).collect()),
+            by_wallet: Arc::new(routes.into_iter().collect()),
+        }
     }
 
     pub fn get(&self, wallet: WalletBrand) -> Option<Arc<Route>> {
-        self.0.get(&wallet).cloned()
+        self.by_wallet.get(&wallet).cloned()
+    }
+
+    pub fn by_id(&self, id: ChannelAccountId) -> Option<Arc<Route>> {
+        self.by_id.get(&id).cloned()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_wallet.is_empty()
     }
 
     /// The routes to the sandboxes of this server, reached over HTTP at `base_url/sandbox/…`.
@@ -56,20 +66,25 @@ impl Routes {
         cost_rate_bps: u32,
     ) -> anyhow::Result<Self> {
         let wechat = sandboxes.wechat.account();
-        let cfg = wechat.client_config(&format!("{base_url}/sandbox/wechat"), None);
         let id = ChannelAccountId::from(Uuid::new_v5(
             &Uuid::NAMESPACE_URL,
             format!("paymux:sandbox:wechat:{}", wechat.mchid).as_bytes(),
         ));
+        let cfg = wechat.client_config(
+            &format!("{base_url}/sandbox/wechat"),
+            Some(format!("{base_url}/notify/{id}")),
+        );
         let adapter =
             paymux_channels::wechat::WechatPay::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
         let alipay = sandboxes.alipay.account();
-        let alipay_cfg =
-            alipay.client_config(&format!("{base_url}/sandbox/alipay/gateway.do"), None);
         let alipay_id = ChannelAccountId::from(Uuid::new_v5(
             &Uuid::NAMESPACE_URL,
             format!("paymux:sandbox:alipay:{}", alipay.app_id).as_bytes(),
         ));
+        let alipay_cfg = alipay.client_config(
+            &format!("{base_url}/sandbox/alipay/gateway.do"),
+            Some(format!("{base_url}/notify/{alipay_id}")),
+        );
         let alipay_adapter =
             paymux_channels::alipay::Alipay::new(alipay_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self::new(vec![
@@ -343,5 +358,136 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
         Err(e) => {
             tracing::error!(payment_id = %row.id, error = %e, "outcome still unknown after reversal; left processing for operations")
         }
+    }
+}
+
+/// C2B with a known wallet: the channel's own code for the payer to scan. On a channel error the
+/// payment is closed (nothing was charged) and the merchant gets `channel_unavailable`.
+pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand) -> ApiResult<()> {
+    let Some(route) = state.routes.get(wallet) else {
+        return Err(ApiError::new(
+            ErrorCode::NoRoute,
+            format!("no channel for {wallet}"),
+        ));
+    };
+    let mut order = order_of(row);
+    order.expires_at = Some(crate::db::us_to_datetime(row.expires_at_us));
+    let req = paymux_channels::CreateOrder {
+        order,
+        kind: paymux_channels::CreateKind::Qr,
+    };
+    let payment_id = PaymentId::from(row.id);
+    match route.channel.create_order(&req).await {
+        Ok(paymux_channels::CreatedOrder::Qr { code_url }) => {
+            state
+                .batcher
+                .submit(WriteOp::AttachQr {
+                    payment_id,
+                    channel_account_id: route.id.into(),
+                    qr_code: code_url,
+                })
+                .await
+                .map_err(ApiError::unavailable)?;
+            Ok(())
+        }
+        Ok(other) => Err(ApiError::internal(format!(
+            "unexpected channel answer {other:?}"
+        ))),
+        Err(e) => {
+            tracing::warn!(payment_id = %row.id, error = %e, "creating the channel order");
+            let _ = state
+                .batcher
+                .submit(WriteOp::Transition {
+                    payment_id,
+                    to: PaymentStatus::Closed,
+                    closed_reason: Some("channel_error".into()),
+                })
+                .await;
+            Err(ApiError::new(
+                ErrorCode::ChannelUnavailable,
+                format!("the {wallet} channel did not create the order: {e}"),
+            ))
+        }
+    }
+}
+
+/// A channel's asynchronous notification: verified by the channel account's adapter, matched to
+/// the payment by `out_trade_no` and amount, settled (a success after close is a late success,
+/// posted and flagged, never dropped). Returns the reply the channel expects.
+pub async fn channel_notification(
+    state: &AppState,
+    account: ChannelAccountId,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> paymux_channels::NotificationReply {
+    let Some(route) = state.routes.by_id(account) else {
+        return paymux_channels::NotificationReply {
+            status: 404,
+            content_type: "text/plain",
+            body: b"unknown channel account".to_vec(),
+        };
+    };
+    let ok = match route.channel.verify_notification(headers, body) {
+        Ok(n) => match handle_event(state, &route, n.event).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(channel = route.name, error = %e, "notification not applied");
+                false
+            }
+        },
+        Err(e) => {
+            metrics::counter!("paymux_notifications_rejected_total", "channel" => route.name)
+                .increment(1);
+            tracing::warn!(channel = route.name, error = %e, "notification rejected");
+            false
+        }
+    };
+    route.channel.notification_reply(ok)
+}
+
+async fn handle_event(
+    state: &AppState,
+    route: &Route,
+    event: paymux_channels::NotificationEvent,
+) -> Result<(), String> {
+    let paymux_channels::NotificationEvent::Payment { trade } = event else {
+        // Refunds are not initiated yet, so no refund notification can be ours to apply.
+        return Ok(());
+    };
+    let id = Uuid::try_parse(&trade.out_trade_no)
+        .map_err(|_| format!("out_trade_no {} is not ours", trade.out_trade_no))?;
+    let row = crate::payments::repo::get_any(&state.db, id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no payment {id}"))?;
+    if row
+        .channel_account_id
+        .is_some_and(|a| a != Uuid::from(route.id))
+    {
+        return Err(format!("payment {id} belongs to another channel account"));
+    }
+    if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+        return Err(format!(
+            "amount {:?} is not the payment's {}",
+            trade.amount_minor, row.amount_minor
+        ));
+    }
+    match trade.state {
+        TradeState::Succeeded => {
+            if row.status() == PaymentStatus::Closed {
+                tracing::error!(payment_id = %id, "late success: the channel was paid after the payment closed; posted and flagged");
+                metrics::counter!("paymux_late_success_total").increment(1);
+            }
+            settle_succeeded(
+                state,
+                &row,
+                route,
+                trade.channel_trade_no,
+                trade.paid_at.map(|t| t.timestamp_micros()),
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))
+        }
+        _ => Ok(()),
     }
 }

@@ -196,6 +196,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .nest("/v1", v1)
+        .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -255,4 +256,24 @@ async fn record_http_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("paymux_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// `POST /notify/{channel_account_id}`: a channel's asynchronous notification (no merchant
+/// signature: the channel's own signature is what is checked).
+async fn channel_notify(
+    State(state): State<AppState>,
+    axum::extract::Path(account): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let Ok(account) = account.parse::<paymux_model::ChannelAccountId>() else {
+        return ApiError::not_found("channel account").into_response();
+    };
+    let reply = crate::orchestrate::channel_notification(&state, account, &headers, &body).await;
+    (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(axum::http::header::CONTENT_TYPE, reply.content_type)],
+        reply.body,
+    )
+        .into_response()
 }

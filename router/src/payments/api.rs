@@ -290,6 +290,19 @@ pub async fn create_payment(
         }
         _ => None,
     };
+    // C2B with a known wallet goes to that wallet's channel: the route must exist.
+    let qr_wallet = match (req.method, req.wallet) {
+        (PayMethod::QrMerchant, Some(w)) => {
+            if state.routes.get(w).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NoRoute,
+                    format!("no channel for {w}"),
+                ));
+            }
+            Some(w)
+        }
+        _ => None,
+    };
     let now = now_us();
     let expires_in = i64::from(
         req.expires_in_seconds
@@ -324,6 +337,7 @@ pub async fn create_payment(
         created_at_us: now,
         updated_at_us: now,
         paid_at_us: None,
+        qr_code: None,
     };
     let outcome = state
         .batcher
@@ -347,6 +361,14 @@ pub async fn create_payment(
                     StatusCode::ACCEPTED
                 };
                 return Ok((status, Json(Payment::from(&row))));
+            }
+            if let Some(wallet) = qr_wallet {
+                let id = PaymentId::from(row.id);
+                crate::orchestrate::qr_merchant(&state, &row, wallet).await?;
+                let row = repo::get(&state.db, merchant.id, id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("payment"))?;
+                return Ok((StatusCode::CREATED, Json(Payment::from(&row))));
             }
             Ok((StatusCode::CREATED, Json(Payment::from(row.as_ref()))))
         }

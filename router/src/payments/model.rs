@@ -36,13 +36,15 @@ pub struct PaymentRow {
     pub created_at_us: i64,
     pub updated_at_us: i64,
     pub paid_at_us: Option<i64>,
+    /// The channel's code for a C2B payment (`weixin://wxpay/bizpayurl?pr=…`, `https://qr.alipay.com/…`).
+    pub qr_code: Option<String>,
 }
 
 /// The columns of [`PaymentRow`], in order, for SELECTs.
 pub const PAYMENT_COLUMNS: &str = "id, merchant_id, merchant_order_no, request_hash, amount_minor, currency, subject, \
     method, wallet, status, notify_url, store_id, terminal_id, metadata, refunded_amount_minor, channel_account_id, \
     channel_trade_no, late_success, failure_code, failure_message, closed_reason, expires_at_us, created_at_us, \
-    updated_at_us, paid_at_us";
+    updated_at_us, paid_at_us, qr_code";
 
 impl PaymentRow {
     pub fn status(&self) -> PaymentStatus {
@@ -81,6 +83,8 @@ pub struct Payment {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// For `qr_merchant` with a `wallet`: the content of the QR code to show (the channel's own code).
+    pub qr_code: Option<String>,
 }
 
 impl From<&PaymentRow> for Payment {
@@ -113,6 +117,7 @@ impl From<&PaymentRow> for Payment {
             created_at: us_to_datetime(r.created_at_us),
             updated_at: us_to_datetime(r.updated_at_us),
             paid_at: r.paid_at_us.map(us_to_datetime),
+            qr_code: r.qr_code.clone(),
         }
     }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::model::{PAYMENT_COLUMNS, PaymentRow};
 use crate::db::Db;
 
-/// SQLite allows 32,766 bound parameters per statement; a payment row binds 25.
+/// SQLite allows 32,766 bound parameters per statement; a payment row binds 26.
 const SQLITE_ROWS_PER_INSERT: usize = 1000;
 
 /// Inserts the rows that do not exist yet. Returns the ids that were inserted.
@@ -28,11 +28,11 @@ pub async fn insert_new_pg(
         "INSERT INTO payments (id, merchant_id, merchant_order_no, request_hash, amount_minor, currency, subject, \
          method, wallet, status, notify_url, store_id, terminal_id, metadata, refunded_amount_minor, \
          channel_account_id, channel_trade_no, late_success, failure_code, failure_message, closed_reason, \
-         expires_at_us, created_at_us, updated_at_us, paid_at_us) \
+         expires_at_us, created_at_us, updated_at_us, paid_at_us, qr_code) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], \
          $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::int8[], \
          $16::uuid[], $17::text[], $18::bool[], $19::text[], $20::text[], $21::text[], $22::int8[], $23::int8[], \
-         $24::int8[], $25::int8[]) \
+         $24::int8[], $25::int8[], $26::text[]) \
          ON CONFLICT (merchant_id, merchant_order_no) DO NOTHING RETURNING id",
     )
     .bind(col!(id))
@@ -60,6 +60,7 @@ pub async fn insert_new_pg(
     .bind(col!(created_at_us))
     .bind(col!(updated_at_us))
     .bind(col!(paid_at_us))
+    .bind(col!(qr_code))
     .fetch_all(conn)
     .await
 }
@@ -97,7 +98,8 @@ pub async fn insert_new_sqlite(
                 .push_bind(r.expires_at_us)
                 .push_bind(r.created_at_us)
                 .push_bind(r.updated_at_us)
-                .push_bind(r.paid_at_us);
+                .push_bind(r.paid_at_us)
+                .push_bind(&r.qr_code);
         });
         qb.push(" ON CONFLICT (merchant_id, merchant_order_no) DO NOTHING RETURNING id");
         let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
@@ -374,4 +376,67 @@ pub async fn settle_sqlite(
     }
     qb.push(")");
     Ok(qb.build().execute(conn).await?.rows_affected() == 1)
+}
+
+/// Records a C2B payment's channel order while it is still `created`.
+pub async fn attach_qr_pg(
+    conn: &mut PgConnection,
+    payment_id: PaymentId,
+    account: Uuid,
+    qr: &str,
+    now_us: i64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE payments SET qr_code = $1, channel_account_id = $2, updated_at_us = $3 \
+         WHERE id = $4 AND status = 'created'",
+    )
+    .bind(qr)
+    .bind(account)
+    .bind(now_us)
+    .bind(Uuid::from(payment_id))
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn attach_qr_sqlite(
+    conn: &mut SqliteConnection,
+    payment_id: PaymentId,
+    account: Uuid,
+    qr: &str,
+    now_us: i64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE payments SET qr_code = ?1, channel_account_id = ?2, updated_at_us = ?3 \
+         WHERE id = ?4 AND status = 'created'",
+    )
+    .bind(qr)
+    .bind(account)
+    .bind(now_us)
+    .bind(Uuid::from(payment_id))
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A payment by id, whoever its merchant (for channel notifications, which name no merchant).
+pub async fn get_any(db: &Db, id: Uuid) -> sqlx::Result<Option<PaymentRow>> {
+    match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(&format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(&format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        }
+    }
 }

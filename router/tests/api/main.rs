@@ -7,3 +7,4 @@ mod code_scan;
 mod helpers;
 mod ops;
 mod payments;
+mod qr_notify;

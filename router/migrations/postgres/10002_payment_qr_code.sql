@@ -1,0 +1,1 @@
+ALTER TABLE payments ADD COLUMN qr_code TEXT;

@@ -1,0 +1,181 @@
+//! C2B payments with a known wallet end to end: the channel's own code from the mounted sandbox, the
+//! payer paying in the sandbox wallet, the channel's notification settling the payment and posting
+//! it to the ledger once — duplicates, forgeries and late successes included.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{MerchantClient, TestApp, fresh_database, spawn_with, test_config};
+
+async fn app() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    spawn_with(db, config).await
+}
+
+fn qr_body(order_no: &str, amount: i64, wallet: &str) -> Value {
+    json!({
+        "merchant_order_no": order_no,
+        "amount": amount,
+        "currency": "CNY",
+        "subject": "面包",
+        "method": "qr_merchant",
+        "wallet": wallet,
+    })
+}
+
+async fn wait_status(m: &MerchantClient, id: &str, status: &str) -> Value {
+    for _ in 0..200 {
+        let r = m.get_payment(id).await;
+        if r.body["status"] == status {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("payment {id} never became {status}");
+}
+
+async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    db.close().await;
+    assert!(report.is_clean(), "{}: {report}", app.backend());
+    report
+}
+
+#[tokio::test]
+async fn wechat_native_code_paid_and_notified_once() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-1", 990, "wechat")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "created");
+    let qr = r.body["qr_code"].as_str().unwrap().to_string();
+    assert!(qr.starts_with("weixin://wxpay/bizpayurl?pr="), "{qr}");
+    let id = r.body["id"].as_str().unwrap().to_string();
+
+    // The payer scans and pays in the sandbox wallet; WeChat notifies paymux.
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": qr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    let p = wait_status(&m, &id, "succeeded").await;
+    assert!(p["channel_trade_no"].as_str().unwrap().starts_with("42"));
+    assert_eq!(p["late_success"], false);
+
+    // The channel re-sends it three times: still one payment entry.
+    let out_trade_no = id.replace('-', "");
+    let resend = app
+        .http
+        .post(format!(
+            "{}/sandbox/wechat/sandbox/notifications/{out_trade_no}?times=3",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (1, 1));
+}
+
+#[tokio::test]
+async fn forged_notifications_change_nothing() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-2", 500, "wechat")).await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let account = {
+        // The channel account the payment was routed to.
+        let p = m.get_payment(&id).await;
+        p.body["channel_account_id"].as_str().unwrap().to_string()
+    };
+    let forged = app
+        .http
+        .post(format!("{}/notify/{account}", app.base))
+        .header("wechatpay-timestamp", chrono::Utc::now().timestamp().to_string())
+        .header("wechatpay-nonce", "abc")
+        .header("wechatpay-serial", "PUB_KEY_ID_0")
+        .header("wechatpay-signature", "Zm9yZ2Vk")
+        .body(r#"{"id":"x","create_time":"2026-01-01T00:00:00+08:00","event_type":"TRANSACTION.SUCCESS","resource":{"algorithm":"AEAD_AES_256_GCM","ciphertext":"AAAA","nonce":"123456789012","associated_data":"transaction"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(forged.status().is_server_error() || forged.status().is_client_error());
+    let unknown = app
+        .http
+        .post(format!("{}/notify/not-an-id", app.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(m.get_payment(&id).await.body["status"], "created");
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 0);
+}
+
+#[tokio::test]
+async fn a_success_after_close_is_a_late_success_posted_and_flagged() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-3", 1_200, "wechat")).await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let qr = r.body["qr_code"].as_str().unwrap().to_string();
+    assert_eq!(m.close_payment(&id).await.body["status"], "closed");
+    // The payer had the code open and pays anyway; the channel says the money moved.
+    app.http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": qr}))
+        .send()
+        .await
+        .unwrap();
+    let p = wait_status(&m, &id, "succeeded").await;
+    assert_eq!(p["late_success"], true);
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 1);
+}
+
+#[tokio::test]
+async fn alipay_precreate_paid_and_notified() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-4", 2_000, "alipay")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let qr = r.body["qr_code"].as_str().unwrap().to_string();
+    assert!(qr.starts_with("https://qr.alipay.com/"), "{qr}");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/alipay/sandbox/pay", app.base))
+        .json(&json!({"qr_code": qr}))
+        .send()
+        .await
+        .unwrap();
+    assert!(paid.status().is_success(), "{}", paid.text().await.unwrap());
+    wait_status(&m, &id, "succeeded").await;
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 1);
+}
+
+#[tokio::test]
+async fn a_wallet_without_a_channel_is_no_route() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-5", 100, "ecny")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "no_route"),
+        "{:?}",
+        r.body
+    );
+    let found = m.find_by_order_no("q-5").await;
+    assert_eq!(found.body["data"].as_array().map(Vec::len), Some(0));
+}
