@@ -34,6 +34,10 @@ pub enum WriteOp {
     /// channel's facts, and post its ledger entry in the same transaction (only if the CAS won, so
     /// the movement is posted exactly once; the entry id is derived from the payment id as well).
     Settle(Box<Settle>),
+    /// Insert a refund and reserve its amount on the payment (see [`crate::refunds`]).
+    CreateRefund(Box<crate::refunds::RefundRow>),
+    /// A refund's final state; a success posts its ledger entry in the same transaction.
+    SettleRefund(Box<crate::refunds::RefundSettle>),
     /// Record the channel order of a C2B payment that is still `created`: its account and the code
     /// the payer scans.
     AttachQr {
@@ -67,6 +71,8 @@ pub enum WriteOutcome {
     Transitioned(bool),
     /// Nothing was written; the same command may be submitted again.
     Retry,
+    /// What creating a refund found.
+    Refund(crate::refunds::RefundCreate),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -227,6 +233,8 @@ struct Plan {
     transitions: HashMap<TransitionKey, Vec<(usize, Uuid)>>,
     settles: Vec<(usize, Box<Settle>)>,
     attaches: Vec<(usize, PaymentId, Uuid, String)>,
+    refund_creates: Vec<(usize, Box<crate::refunds::RefundRow>)>,
+    refund_settles: Vec<(usize, Box<crate::refunds::RefundSettle>)>,
 }
 
 fn plan(ops: Vec<WriteOp>) -> Plan {
@@ -235,6 +243,8 @@ fn plan(ops: Vec<WriteOp>) -> Plan {
         transitions: HashMap::new(),
         settles: Vec::new(),
         attaches: Vec::new(),
+        refund_creates: Vec::new(),
+        refund_settles: Vec::new(),
     };
     for (i, op) in ops.into_iter().enumerate() {
         match op {
@@ -256,6 +266,8 @@ fn plan(ops: Vec<WriteOp>) -> Plan {
             } => p
                 .attaches
                 .push((i, payment_id, channel_account_id, qr_code)),
+            WriteOp::CreateRefund(r) => p.refund_creates.push((i, r)),
+            WriteOp::SettleRefund(r) => p.refund_settles.push((i, r)),
         }
     }
     p
@@ -303,7 +315,7 @@ fn answer_creates(
 }
 
 macro_rules! execute_body {
-    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path) => {{
+    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path, $rcreate:path, $rsettle:path) => {{
         let n = $ops.len();
         let mut out: Vec<Option<WriteOutcome>> = (0..n).map(|_| None).collect();
         let Plan {
@@ -311,7 +323,12 @@ macro_rules! execute_body {
             transitions,
             settles,
             attaches,
+            refund_creates,
+            refund_settles,
         } = plan($ops);
+        for (i, r) in refund_creates {
+            out[i] = Some(WriteOutcome::Refund($rcreate(&mut *$conn, &r).await?));
+        }
         for (i, payment_id, account, qr) in attaches {
             let moved = $attach(&mut *$conn, payment_id, account, &qr, now_us()).await?;
             out[i] = Some(WriteOutcome::Transitioned(moved));
@@ -343,8 +360,13 @@ macro_rules! execute_body {
                 ));
             }
         }
-        if !settles.is_empty() {
-            let mut entries = Vec::new();
+        let mut entries = Vec::new();
+        for (i, r) in refund_settles {
+            let (moved, entry) = $rsettle(&mut *$conn, &r, now).await?;
+            entries.extend(entry);
+            out[i] = Some(WriteOutcome::Transitioned(moved));
+        }
+        if !settles.is_empty() || !entries.is_empty() {
             let mut won = std::collections::HashSet::new();
             for (i, st) in settles {
                 let moved = $settle(&mut *$conn, &st, now).await? && won.insert(st.payment_id);
@@ -389,7 +411,9 @@ async fn execute_pg(
         repo::transition_pg,
         repo::settle_pg,
         paymux_ledger::post_postgres,
-        repo::attach_qr_pg
+        repo::attach_qr_pg,
+        crate::refunds::create_pg,
+        crate::refunds::settle_pg
     )
 }
 
@@ -405,6 +429,8 @@ async fn execute_sqlite(
         repo::transition_sqlite,
         repo::settle_sqlite,
         paymux_ledger::post_sqlite,
-        repo::attach_qr_sqlite
+        repo::attach_qr_sqlite,
+        crate::refunds::create_sqlite,
+        crate::refunds::settle_sqlite
     )
 }

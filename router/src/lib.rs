@@ -26,6 +26,7 @@ pub mod merchants;
 pub mod openapi;
 pub mod orchestrate;
 pub mod payments;
+pub mod refunds;
 pub mod startup;
 pub mod sweeper;
 pub mod telemetry;

@@ -450,9 +450,11 @@ async fn handle_event(
     route: &Route,
     event: paymux_channels::NotificationEvent,
 ) -> Result<(), String> {
-    let paymux_channels::NotificationEvent::Payment { trade } = event else {
-        // Refunds are not initiated yet, so no refund notification can be ours to apply.
-        return Ok(());
+    let trade = match event {
+        paymux_channels::NotificationEvent::Payment { trade } => trade,
+        paymux_channels::NotificationEvent::Refund { refund } => {
+            return refund_event(state, route, refund).await;
+        }
     };
     let id = Uuid::try_parse(&trade.out_trade_no)
         .map_err(|_| format!("out_trade_no {} is not ours", trade.out_trade_no))?;
@@ -490,4 +492,248 @@ async fn handle_event(
         }
         _ => Ok(()),
     }
+}
+
+/// Asks the payment's channel for a refund and settles it when the answer is final; otherwise a
+/// follow-up queries until it is (the refund stays `processing` meanwhile — never failed on a
+/// timeout, since the money may have moved).
+pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds::RefundRow) {
+    use paymux_channels::RefundOutcome;
+    let route = payment
+        .channel_account_id
+        .and_then(|a| state.routes.by_id(ChannelAccountId::from(a)));
+    let Some(route) = route else {
+        settle_refund(
+            state,
+            payment,
+            &row,
+            None,
+            paymux_model::RefundStatus::Failed,
+            None,
+            Some((
+                "NO_ROUTE".into(),
+                "the payment's channel account is not configured".into(),
+            )),
+        )
+        .await;
+        return;
+    };
+    let req = paymux_channels::RefundRequest {
+        out_trade_no: out_trade_no(payment.id),
+        out_refund_no: out_trade_no(row.id),
+        refund_amount: Money::cny(row.amount_minor),
+        total_amount: Money::cny(payment.amount_minor),
+        reason: row.reason.clone(),
+        notify_url: None,
+    };
+    match route.channel.refund(&req).await {
+        RefundOutcome::Succeeded { refund } => {
+            settle_refund(
+                state,
+                payment,
+                &row,
+                Some(&route),
+                paymux_model::RefundStatus::Succeeded,
+                refund.channel_refund_no,
+                None,
+            )
+            .await;
+        }
+        RefundOutcome::Failed { code, message } => {
+            settle_refund(
+                state,
+                payment,
+                &row,
+                Some(&route),
+                paymux_model::RefundStatus::Failed,
+                None,
+                Some((code, message)),
+            )
+            .await;
+        }
+        RefundOutcome::Processing { .. } | RefundOutcome::Unknown { .. } => {
+            let st = state.clone();
+            let payment = payment.clone();
+            let f = FollowUp::of(state);
+            tokio::spawn(async move { refund_follow_up(st, payment, row, route, f).await });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn settle_refund(
+    state: &AppState,
+    payment: &PaymentRow,
+    row: &crate::refunds::RefundRow,
+    route: Option<&Route>,
+    to: paymux_model::RefundStatus,
+    channel_refund_no: Option<String>,
+    failure: Option<(String, String)>,
+) {
+    let ledger = route
+        .filter(|_| to == paymux_model::RefundStatus::Succeeded)
+        .map(|r| crate::refunds::RefundLedger {
+            merchant: MerchantId::from(payment.merchant_id),
+            channel_account: r.id,
+            payment_amount_minor: payment.amount_minor,
+            merchant_fee_rate_bps: state.config.merchant_fee_rate_bps,
+            channel_cost_rate_bps: r.cost_rate_bps,
+        });
+    let (failure_code, failure_message) = match failure {
+        Some((c, m)) => (Some(c), Some(m)),
+        None => (None, None),
+    };
+    let op = WriteOp::SettleRefund(Box::new(crate::refunds::RefundSettle {
+        refund_id: paymux_model::RefundId::from(row.id),
+        payment_id: PaymentId::from(payment.id),
+        to,
+        channel_refund_no,
+        failure_code,
+        failure_message,
+        ledger,
+    }));
+    if let Err(e) = state.batcher.submit(op).await {
+        tracing::error!(refund_id = %row.id, error = %e, "settling a refund");
+    }
+}
+
+/// Queries a refund until final (at the poll interval, for up to 20 deadlines), then leaves it
+/// `processing` for operations if the channel still has no answer.
+async fn refund_follow_up(
+    state: AppState,
+    payment: PaymentRow,
+    row: crate::refunds::RefundRow,
+    route: Arc<Route>,
+    f: FollowUp,
+) {
+    use paymux_channels::RefundState;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < f.deadline * 20 {
+        tokio::time::sleep(f.poll_interval).await;
+        // A notification may have settled it meanwhile.
+        if let Ok(Some(r)) = crate::refunds::get(&state.db, None, row.id).await
+            && r.status() != paymux_model::RefundStatus::Processing
+        {
+            return;
+        }
+        match route
+            .channel
+            .query_refund(&out_trade_no(payment.id), &out_trade_no(row.id))
+            .await
+        {
+            Ok(info) => match info.state {
+                RefundState::Succeeded => {
+                    settle_refund(
+                        &state,
+                        &payment,
+                        &row,
+                        Some(&route),
+                        paymux_model::RefundStatus::Succeeded,
+                        info.channel_refund_no,
+                        None,
+                    )
+                    .await;
+                    return;
+                }
+                RefundState::Failed => {
+                    settle_refund(
+                        &state,
+                        &payment,
+                        &row,
+                        Some(&route),
+                        paymux_model::RefundStatus::Failed,
+                        None,
+                        Some((info.channel_state, "the channel did not refund".into())),
+                    )
+                    .await;
+                    return;
+                }
+                RefundState::Processing => {}
+            },
+            // The channel does not know the refund (the request never arrived): ask again, with the
+            // same refund number, so it cannot be applied twice.
+            Err(paymux_channels::ChannelError::Rejected { .. }) => {
+                let req = paymux_channels::RefundRequest {
+                    out_trade_no: out_trade_no(payment.id),
+                    out_refund_no: out_trade_no(row.id),
+                    refund_amount: Money::cny(row.amount_minor),
+                    total_amount: Money::cny(payment.amount_minor),
+                    reason: row.reason.clone(),
+                    notify_url: None,
+                };
+                if let paymux_channels::RefundOutcome::Failed { code, message } =
+                    route.channel.refund(&req).await
+                {
+                    settle_refund(
+                        &state,
+                        &payment,
+                        &row,
+                        Some(&route),
+                        paymux_model::RefundStatus::Failed,
+                        None,
+                        Some((code, message)),
+                    )
+                    .await;
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(refund_id = %row.id, error = %e, "querying a refund"),
+        }
+    }
+    tracing::error!(refund_id = %row.id, "refund still not final at the channel; left processing for operations");
+}
+
+async fn refund_event(
+    state: &AppState,
+    route: &Route,
+    info: paymux_channels::RefundInfo,
+) -> Result<(), String> {
+    use paymux_channels::RefundState;
+    let id = Uuid::try_parse(&info.out_refund_no)
+        .map_err(|_| format!("out_refund_no {} is not ours", info.out_refund_no))?;
+    let row = crate::refunds::get(&state.db, None, id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no refund {id}"))?;
+    if info.amount_minor.is_some_and(|a| a != row.amount_minor) {
+        return Err(format!(
+            "refund amount {:?} is not ours ({})",
+            info.amount_minor, row.amount_minor
+        ));
+    }
+    let payment = crate::payments::repo::get_any(&state.db, row.payment_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no payment {}", row.payment_id))?;
+    if payment.channel_account_id != Some(Uuid::from(route.id)) {
+        return Err(format!("refund {id} belongs to another channel account"));
+    }
+    match info.state {
+        RefundState::Succeeded => {
+            settle_refund(
+                state,
+                &payment,
+                &row,
+                Some(route),
+                paymux_model::RefundStatus::Succeeded,
+                info.channel_refund_no,
+                None,
+            )
+            .await;
+        }
+        RefundState::Failed => {
+            settle_refund(
+                state,
+                &payment,
+                &row,
+                Some(route),
+                paymux_model::RefundStatus::Failed,
+                None,
+                Some((info.channel_state, "the channel did not refund".into())),
+            )
+            .await;
+        }
+        RefundState::Processing => {}
+    }
+    Ok(())
 }

@@ -190,10 +190,12 @@ impl Application {
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 = payments::api::router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::auth::authenticate,
-    ));
+    let v1 = payments::api::router()
+        .merge(crate::refunds::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))

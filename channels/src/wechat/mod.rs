@@ -652,6 +652,13 @@ impl Channel for WechatPay {
         };
         if resp.status != 200 {
             return match Self::error_of(&resp) {
+                ChannelError::Rejected { code, message }
+                    if QUERY_CODES.contains(&code.as_str()) =>
+                {
+                    RefundOutcome::Unknown {
+                        reason: format!("{code}: {message}"),
+                    }
+                }
                 ChannelError::Rejected { code, message } => RefundOutcome::Failed { code, message },
                 e => RefundOutcome::Unknown {
                     reason: e.to_string(),

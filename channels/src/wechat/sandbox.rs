@@ -128,6 +128,8 @@ struct Inner {
     opts: SandboxOptions,
     faults: FaultSwitch,
     notifier: Notifier,
+    /// Refunds of the sandbox are applied one at a time (check and reserve in one step).
+    refund_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running WeChat sandbox (its state); [`WechatSandbox::router`] serves it.
@@ -214,6 +216,7 @@ impl WechatSandbox {
             opts,
             faults,
             notifier,
+            refund_lock: tokio::sync::Mutex::new(()),
         })))
     }
 
@@ -1000,6 +1003,7 @@ async fn refund(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
                 .ok_or_else(|| ApiError::new(404, "RESOURCE_NOT_EXISTS", "订单不存在"))?,
             (None, None) => return Err(ApiError::new(400, "PARAM_ERROR", "transaction_id 和 out_trade_no 必须二选一")),
         };
+        let _serial = sb.0.refund_lock.lock().await;
         if let Some(existing) = sb.refund_json(&b.out_refund_no).await? {
             let same = existing.out_trade_no.as_deref() == Some(no.as_str()) && existing.amount.as_ref().is_some_and(|a| a.refund == b.amount.refund);
             return if same { sb.ok(&serde_json::to_value(existing).expect("json")) } else { Err(ApiError::new(400, "INVALID_REQUEST", "商户退款单号重复")) };

@@ -381,9 +381,9 @@ pub async fn create_payment(
                 row.id
             ),
         )),
-        WriteOutcome::Retry | WriteOutcome::Transitioned(_) => Err(ApiError::unavailable(
-            "create raced with a rolled-back writer",
-        )),
+        WriteOutcome::Retry | WriteOutcome::Transitioned(_) | WriteOutcome::Refund(_) => Err(
+            ApiError::unavailable("create raced with a rolled-back writer"),
+        ),
     }
 }
 

@@ -8,3 +8,4 @@ mod helpers;
 mod ops;
 mod payments;
 mod qr_notify;
+mod refunds;

@@ -1,0 +1,184 @@
+//! Refunds end to end through the sandboxes: partial and repeated, idempotent, never above the paid
+//! amount even when fifty race, settled by the channel's answer, notification or query, posted once.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{MerchantClient, Reply, TestApp, fresh_database, spawn_with, test_config};
+
+async fn app() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.code_pay_poll_interval_ms = 50;
+    spawn_with(db, config).await
+}
+
+async fn paid(m: &MerchantClient, order_no: &str, amount: i64, code: &str) -> String {
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": order_no, "amount": amount, "currency": "CNY", "subject": "书",
+            "method": "code_scan", "auth_code": code,
+        }))
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{:?}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+async fn refund(m: &MerchantClient, payment: &str, no: &str, amount: i64) -> Reply {
+    m.send(
+        Method::POST,
+        &format!("/v1/payments/{payment}/refunds"),
+        Some(&json!({"merchant_refund_no": no, "amount": amount, "reason": "退货"})),
+    )
+    .await
+}
+
+async fn wait_refund(m: &MerchantClient, id: &str) -> Value {
+    for _ in 0..200 {
+        let r = m
+            .send(Method::GET, &format!("/v1/refunds/{id}"), None)
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["status"] != "processing" {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("refund {id} never became final");
+}
+
+async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    db.close().await;
+    assert!(report.is_clean(), "{}: {report}", app.backend());
+    report
+}
+
+#[tokio::test]
+async fn partial_refunds_idempotent_and_bounded() {
+    let app = app().await;
+    let m = app.merchant("Books").await;
+    let pid = paid(&m, "r-1", 1_000, "134567890123456789").await;
+
+    let r = refund(&m, &pid, "rf-1", 300).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let rid = r.body["id"].as_str().unwrap().to_string();
+    let done = wait_refund(&m, &rid).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["channel_refund_no"].as_str().is_some());
+
+    // Idempotent by merchant_refund_no; the number cannot be reused for something else.
+    let again = refund(&m, &pid, "rf-1", 300).await;
+    assert_eq!(
+        (again.status.as_u16(), &again.body["id"]),
+        (200, &json!(rid))
+    );
+    let other = refund(&m, &pid, "rf-1", 301).await;
+    assert_eq!(
+        (other.status.as_u16(), other.code()),
+        (409, "idempotency_conflict")
+    );
+
+    // More than what is left: 422.
+    let over = refund(&m, &pid, "rf-2", 701).await;
+    assert_eq!(
+        (over.status.as_u16(), over.code()),
+        (422, "refund_exceeds_paid"),
+        "{:?}",
+        over.body
+    );
+    let rest = refund(&m, &pid, "rf-3", 700).await;
+    assert_eq!(rest.status, 201);
+    assert_eq!(
+        wait_refund(&m, rest.body["id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+    assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 1_000);
+
+    // Bad input.
+    let bad = m
+        .send(
+            Method::POST,
+            &format!("/v1/payments/{pid}/refunds"),
+            Some(&json!({"merchant_refund_no": "x", "amount": 0})),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let missing = refund(&m, "0190b1e0-0000-7000-8000-000000000000", "rf-9", 1).await;
+    assert_eq!(missing.status, 404);
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 3, "one payment, two refunds");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_refunds_never_exceed_the_paid_amount() {
+    let app = app().await;
+    let m = app.merchant("Books").await;
+    let pid = paid(&m, "r-2", 500, "134567890123456789").await;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let m = m.clone();
+            let pid = pid.clone();
+            tokio::spawn(async move { refund(&m, &pid, &format!("race-{i}"), 20).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            201 => created.push(r.body["id"].as_str().unwrap().to_string()),
+            422 => {
+                assert_eq!(r.code(), "refund_exceeds_paid");
+                refused += 1;
+            }
+            other => panic!("{other}: {:?}", r.body),
+        }
+    }
+    assert_eq!((created.len(), refused), (25, 25));
+    for id in &created {
+        assert_eq!(wait_refund(&m, id).await["status"], "succeeded");
+    }
+    assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 500);
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 26);
+}
+
+#[tokio::test]
+async fn unpaid_payments_cannot_be_refunded_and_alipay_refunds_at_once() {
+    let app = app().await;
+    let m = app.merchant("Books").await;
+    let r = m
+        .create_payment(&json!({"merchant_order_no": "r-3", "amount": 100, "currency": "CNY", "subject": "x", "method": "qr_merchant", "wallet": "wechat"}))
+        .await;
+    let unpaid = refund(&m, r.body["id"].as_str().unwrap(), "u-1", 10).await;
+    assert_eq!(
+        (unpaid.status.as_u16(), unpaid.code()),
+        (409, "invalid_state"),
+        "{:?}",
+        unpaid.body
+    );
+
+    let pid = paid(&m, "r-4", 888, "281234567890123456").await;
+    let r = refund(&m, &pid, "a-1", 888).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        wait_refund(&m, r.body["id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+    // Another merchant cannot see it.
+    let other = app.merchant("Other").await;
+    let hidden = other
+        .send(
+            Method::GET,
+            &format!("/v1/refunds/{}", r.body["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(hidden.status, 404);
+    audit(&app).await;
+}
