@@ -1,0 +1,1 @@
+//! The UnionPay QR sandbox (placeholder).
