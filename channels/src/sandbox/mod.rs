@@ -383,22 +383,26 @@ mod tests {
 #[derive(Clone)]
 pub struct Sandboxes {
     pub wechat: crate::wechat::sandbox::WechatSandbox,
+    pub unionpay: crate::unionpay::sandbox::UnionPaySandbox,
 }
 
 impl Sandboxes {
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         Ok(Self {
             wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await?,
+            unionpay: crate::unionpay::sandbox::UnionPaySandbox::start(opts.clone()).await?,
         })
     }
 
-    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, …
+    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, `/unionpay/gateway/api/…`, …
     pub fn router(&self) -> axum::Router {
-        axum::Router::new().nest("/wechat", self.wechat.router())
+        axum::Router::new()
+            .nest("/wechat", self.wechat.router())
+            .nest("/unionpay", self.unionpay.router())
     }
 
     /// `(channel, path prefix)` of every sandbox, for start-up messages.
     pub fn mounts(&self) -> Vec<(&'static str, &'static str)> {
-        vec![("WeChat Pay v3", "/wechat")]
+        vec![("WeChat Pay v3", "/wechat"), ("UnionPay QR", "/unionpay")]
     }
 }
