@@ -48,6 +48,7 @@
 //! failed or cancelled (`origRespMsg` says which). Refunds are `05` for a moment, then `00`. A cancel
 //! is done synchronously. A paid order cancelled (payer `1005` reversed, say) answers `01` from then
 //! on; its money goes back, and the daily file lists that as a `04` line under the cancel's `orderId`.
+//! Cancelling an order that already failed (or was cancelled) answers `00` and changes nothing.
 //!
 //! # Notifications
 //!
@@ -296,7 +297,6 @@ struct TxnRow {
     qr_no: Option<String>,
     qr_code: Option<String>,
     back_url: String,
-    cancelled_by: Option<String>,
     created_at: i64,
     success_time: Option<i64>,
 }
@@ -318,7 +318,6 @@ impl TxnRow {
             qr_no: r.get("qr_no"),
             qr_code: r.get("qr_code"),
             back_url: r.get("back_url"),
-            cancelled_by: r.get("cancelled_by"),
             created_at: r.get("created_at"),
             success_time: r.get("success_time"),
         }
@@ -940,8 +939,8 @@ impl UnionPaySandbox {
                 }
                 (remaining, fee_back)
             }
-            _ if orig.cancelled_by.is_some() => (0, 0),
-            _ => return Err(Refusal::new("35", "原交易状态不正确")),
+            // Already failed or cancelled: nothing moved, nothing to give back.
+            _ => (0, 0),
         };
         sqlx::query(
             "INSERT INTO txns (order_id, txn_time, txn_type, txn_sub_type, query_id, orig_query_id, amount, fee,
