@@ -87,7 +87,27 @@ impl Routes {
         );
         let alipay_adapter =
             paymux_channels::alipay::Alipay::new(alipay_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let unionpay = sandboxes.unionpay.account();
+        let unionpay_id = ChannelAccountId::from(Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("paymux:sandbox:unionpay:{}", unionpay.mer_id).as_bytes(),
+        ));
+        let unionpay_cfg = unionpay.client_config(
+            &format!("{base_url}/sandbox/unionpay"),
+            Some(format!("{base_url}/notify/{unionpay_id}")),
+        );
+        let unionpay_adapter = paymux_channels::unionpay::UnionPay::new(unionpay_cfg)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self::new(vec![
+            (
+                WalletBrand::Unionpay,
+                Route {
+                    id: unionpay_id,
+                    name: "unionpay sandbox",
+                    channel: Arc::new(unionpay_adapter),
+                    cost_rate_bps,
+                },
+            ),
             (
                 WalletBrand::Wechat,
                 Route {

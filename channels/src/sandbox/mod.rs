@@ -384,6 +384,7 @@ mod tests {
 pub struct Sandboxes {
     pub wechat: crate::wechat::sandbox::WechatSandbox,
     pub alipay: crate::alipay::sandbox::AlipaySandbox,
+    pub unionpay: crate::unionpay::sandbox::UnionPaySandbox,
 }
 
 impl Sandboxes {
@@ -391,18 +392,25 @@ impl Sandboxes {
         Ok(Self {
             wechat: crate::wechat::sandbox::WechatSandbox::start(opts.clone()).await?,
             alipay: crate::alipay::sandbox::AlipaySandbox::start(opts.clone()).await?,
+            unionpay: crate::unionpay::sandbox::UnionPaySandbox::start(opts.clone()).await?,
         })
     }
 
-    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, `/alipay/gateway.do`, …
+    /// All sandboxes, each under its channel's name: `/wechat/v3/…`, `/alipay/gateway.do`,
+    /// `/unionpay/gateway/api/…`.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .nest("/wechat", self.wechat.router())
             .nest("/alipay", self.alipay.router())
+            .nest("/unionpay", self.unionpay.router())
     }
 
     /// `(channel, path prefix)` of every sandbox, for start-up messages.
     pub fn mounts(&self) -> Vec<(&'static str, &'static str)> {
-        vec![("WeChat Pay v3", "/wechat"), ("Alipay", "/alipay")]
+        vec![
+            ("WeChat Pay v3", "/wechat"),
+            ("Alipay", "/alipay"),
+            ("UnionPay QR", "/unionpay"),
+        ]
     }
 }

@@ -13,6 +13,8 @@
 //! | [`C2bCreateRequest`] (主扫, merchant QR) | `01` | `07` | `000000` | `08` | `txnAmt`, `currencyCode=156`, `backUrl` | [`C2bCreateResponse`]: `qrCode` |
 //! | [`QueryRequest`] | `00` | `00` | `000000` | — | `orderId` + `txnTime` of the original order | [`QueryResponse`]: `origRespCode` is the order's state |
 //! | [`RefundRequest`] | `04` | `00` | `000000` | `08` | `origQryId`, `txnAmt`, `currencyCode=156`, `backUrl` | [`RefundResponse`]: `respCode=00` means accepted |
+//! | [`CancelRequest`] (消费撤销) | `31` | `00` | `000000` | `08` | `origQryId`, `txnAmt` (the whole payment), `currencyCode=156`, `backUrl` | [`CancelResponse`]: `respCode=00` means done |
+//! | [`FileTransRequest`] (daily file) | `76` | `01` | `000000` | — | `settleDate` (`MMdd`), `fileType=00`; no `orderId` | [`FileTransResponse`]: `fileContent` (base64 of the file) |
 //! | [`BackNotification`] (form POST to `backUrl`) | `01` / `04` | | | | `respCode`, `queryId`, `txnAmt`, `settleAmt`, `settleDate` (`MMdd`), `origQryId` (refunds) | reply HTTP 200 with the text `ok` ([`notification_reply`]) |
 //!
 //! Messages travel as `application/x-www-form-urlencoded` UTF-8 bodies ([`encode_form`],
@@ -65,6 +67,14 @@ pub const SUB_TYPE_B2C: &str = "06";
 pub const SUB_TYPE_C2B: &str = "07";
 /// The `txnTime` format.
 pub const TXN_TIME_FORMAT: &str = "%Y%m%d%H%M%S";
+/// `txnType` of a cancel (消费撤销).
+pub const TXN_TYPE_CANCEL: &str = "31";
+/// `txnType` of a file download.
+pub const TXN_TYPE_FILE: &str = "76";
+/// `txnSubType` of a file download.
+pub const SUB_TYPE_FILE: &str = "01";
+/// `fileType` of the daily transaction file.
+pub const FILE_TYPE_DAILY: &str = "00";
 /// Most digits an amount field may have.
 pub const MAX_AMOUNT_DIGITS: usize = 12;
 
@@ -1029,6 +1039,254 @@ impl RefundResponse {
                 message: self.resp_msg.clone(),
             },
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cancel (消费撤销)
+
+/// Cancel a payment (消费撤销, `txnType=31`), named by its `queryId`: a payment still waiting for the
+/// payer is closed, a paid one is undone and the payer gets the money back. `txnAmt` is the payment's
+/// whole amount. ACP accepts a cancel on the payment's own day only; later, money goes back by refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub mer_id: String,
+    /// The cancel's own order number.
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    /// The payment's amount, fen.
+    pub txn_amt: i64,
+    /// The payment's `queryId`.
+    pub orig_qry_id: String,
+    pub back_url: String,
+}
+
+impl CancelRequest {
+    pub fn to_fields(&self) -> Result<Fields, MessageError> {
+        check_ids(&self.mer_id, &self.order_id)?;
+        check_query_id("origQryId", &self.orig_qry_id)?;
+        check_url("backUrl", &self.back_url)?;
+        let mut f = envelope(
+            TXN_TYPE_CANCEL,
+            "00",
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put(&mut f, "channelType", CHANNEL_TYPE_MOBILE);
+        put(
+            &mut f,
+            "txnAmt",
+            format_positive_fen("txnAmt", self.txn_amt)?,
+        );
+        put(&mut f, "currencyCode", CURRENCY_CNY);
+        put(&mut f, "origQryId", self.orig_qry_id.as_str());
+        put(&mut f, "backUrl", self.back_url.as_str());
+        Ok(f)
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_CANCEL, "00")?;
+        r.expect("channelType", CHANNEL_TYPE_MOBILE)?;
+        r.expect("currencyCode", CURRENCY_CNY)?;
+        let txn_amt = r.fen("txnAmt")?;
+        if txn_amt == 0 {
+            return Err(invalid("txnAmt", "must be positive"));
+        }
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            txn_amt,
+            orig_qry_id: r.query_id("origQryId")?,
+            back_url: r.url("backUrl")?,
+        })
+    }
+}
+
+/// The gateway's answer to a [`CancelRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelResponse {
+    pub mer_id: String,
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    pub resp_code: String,
+    pub resp_msg: String,
+    /// The cancel's own `queryId`, when assigned.
+    pub query_id: Option<String>,
+    pub orig_qry_id: Option<String>,
+    pub txn_amt: Option<i64>,
+}
+
+impl CancelResponse {
+    pub fn to_fields(&self) -> Fields {
+        let mut f = envelope(
+            TXN_TYPE_CANCEL,
+            "00",
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put_resp(&mut f, &self.resp_code, &self.resp_msg);
+        put_opt(&mut f, "queryId", self.query_id.as_deref());
+        put_opt(&mut f, "origQryId", self.orig_qry_id.as_deref());
+        put_opt(&mut f, "txnAmt", self.txn_amt.map(|a| a.to_string()));
+        f
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_CANCEL, "00")?;
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            resp_code: r.resp_code("respCode")?,
+            resp_msg: r.text("respMsg"),
+            query_id: r.opt_query_id("queryId")?,
+            orig_qry_id: r.opt_query_id("origQryId")?,
+            txn_amt: r.opt_fen("txnAmt")?,
+        })
+    }
+
+    /// `00` / `A6` → done, `03`–`05` → `ChannelError::Unknown`, others → `ChannelError::Rejected`.
+    pub fn result(&self) -> Result<(), ChannelError> {
+        match classify(&self.resp_code) {
+            RespClass::Success => Ok(()),
+            RespClass::InProgress => Err(ChannelError::Unknown(describe(
+                &self.resp_code,
+                &self.resp_msg,
+            ))),
+            RespClass::Failed => Err(ChannelError::Rejected {
+                code: self.resp_code.clone(),
+                message: self.resp_msg.clone(),
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Daily file download
+
+/// Ask for the daily transaction file of a settlement date (`txnType=76`, `txnSubType=01`,
+/// `fileType=00`). ACP names the day by `settleDate` `MMdd` only: the year is the latest one in which
+/// that day is not in the future. There is no `orderId`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTransRequest {
+    pub mer_id: String,
+    pub txn_time: NaiveDateTime,
+    /// `MMdd`.
+    pub settle_date: String,
+}
+
+impl FileTransRequest {
+    pub fn to_fields(&self) -> Result<Fields, MessageError> {
+        check_mer_id(&self.mer_id)?;
+        check_settle_date(&self.settle_date)?;
+        Ok(file_envelope(
+            &self.mer_id,
+            self.txn_time,
+            &self.settle_date,
+        ))
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_FILE, SUB_TYPE_FILE)?;
+        r.expect("fileType", FILE_TYPE_DAILY)?;
+        let settle_date = r.req("settleDate")?;
+        check_settle_date(settle_date)?;
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            txn_time: r.time("txnTime")?,
+            settle_date: settle_date.to_string(),
+        })
+    }
+}
+
+fn file_envelope(mer_id: &str, txn_time: NaiveDateTime, settle_date: &str) -> Fields {
+    let mut f = Fields::new();
+    put(&mut f, "version", VERSION);
+    put(&mut f, "encoding", ENCODING);
+    put(&mut f, "txnType", TXN_TYPE_FILE);
+    put(&mut f, "txnSubType", SUB_TYPE_FILE);
+    put(&mut f, "bizType", BIZ_TYPE_QR);
+    put(&mut f, "accessType", ACCESS_TYPE_MERCHANT);
+    put(&mut f, "merId", mer_id);
+    put(&mut f, "txnTime", format_txn_time(txn_time));
+    put(&mut f, "settleDate", settle_date);
+    put(&mut f, "fileType", FILE_TYPE_DAILY);
+    f
+}
+
+/// The gateway's answer to a [`FileTransRequest`]: the file as base64 in `fileContent`.
+///
+/// ACP sends a zip, deflated and base64-encoded; our file is the plain UTF-8 text of [`super::bill`]
+/// base64-encoded (standard alphabet, padded) — small enough not to need compression, and the
+/// answer's signature covers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTransResponse {
+    pub mer_id: String,
+    pub txn_time: NaiveDateTime,
+    pub settle_date: String,
+    pub resp_code: String,
+    pub resp_msg: String,
+    pub file_name: Option<String>,
+    /// Base64 of the file.
+    pub file_content: Option<String>,
+}
+
+impl FileTransResponse {
+    pub fn to_fields(&self) -> Fields {
+        let mut f = file_envelope(&self.mer_id, self.txn_time, &self.settle_date);
+        put_resp(&mut f, &self.resp_code, &self.resp_msg);
+        put_opt(&mut f, "fileName", self.file_name.as_deref());
+        put_opt(&mut f, "fileContent", self.file_content.as_deref());
+        f
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_FILE, SUB_TYPE_FILE)?;
+        r.expect("fileType", FILE_TYPE_DAILY)?;
+        let settle_date = r.req("settleDate")?;
+        check_settle_date(settle_date)?;
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            txn_time: r.time("txnTime")?,
+            settle_date: settle_date.to_string(),
+            resp_code: r.resp_code("respCode")?,
+            resp_msg: r.text("respMsg"),
+            file_name: r.opt("fileName").map(str::to_string),
+            file_content: r.opt("fileContent").map(str::to_string),
+        })
+    }
+
+    /// The file's bytes: `00` / `A6` with a base64 `fileContent`; `03`–`05` →
+    /// `ChannelError::Unknown`; others (e.g. `98`, no file) → `ChannelError::Rejected`.
+    pub fn file(&self) -> Result<Vec<u8>, ChannelError> {
+        match classify(&self.resp_code) {
+            RespClass::Success => {}
+            RespClass::InProgress => {
+                return Err(ChannelError::Unknown(describe(
+                    &self.resp_code,
+                    &self.resp_msg,
+                )));
+            }
+            RespClass::Failed => {
+                return Err(ChannelError::Rejected {
+                    code: self.resp_code.clone(),
+                    message: self.resp_msg.clone(),
+                });
+            }
+        }
+        let content = self
+            .file_content
+            .as_deref()
+            .ok_or_else(|| ChannelError::Protocol("file answer 00 without `fileContent`".into()))?;
+        crate::crypto::b64_decode(content.trim())
+            .ok_or_else(|| ChannelError::Protocol("`fileContent` is not base64".into()))
     }
 }
 

@@ -214,3 +214,23 @@ async fn an_alipay_code_pays_through_the_alipay_sandbox() {
     assert_eq!(p["status"], "succeeded");
     assert_books_clean(&app).await;
 }
+
+#[tokio::test]
+async fn a_unionpay_code_is_accepted_then_found_paid() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    // UnionPay's answer to a code payment only means "accepted": paymux queries for the result.
+    let r = m
+        .create_payment(&code_body("y-1", 1_500, "6212345678901234567"))
+        .await;
+    assert!(matches!(r.status.as_u16(), 201 | 202), "{:?}", r.body);
+    assert_eq!(r.body["wallet"], "unionpay");
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "succeeded", "{p}");
+    let r = m
+        .create_payment(&code_body("y-2", 100, "6212345678901231003"))
+        .await;
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "failed", "{p}");
+    assert_books_clean(&app).await;
+}
