@@ -78,6 +78,9 @@ pub struct Config {
     pub sandbox_fee_rate_bps: u32,
     /// Divides the sandboxes' delays (notification retries, password wait); 1 = real time.
     pub sandbox_time_compression: u32,
+    /// Faults the sandboxes inject from the start (`[sandbox_faults]` table; changeable at run time
+    /// with `PUT /sandbox/<channel>/sandbox/faults`).
+    pub sandbox_faults: paymux_channels::sandbox::Faults,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             sandbox: true,
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
+            sandbox_faults: paymux_channels::sandbox::Faults::default(),
         }
     }
 }
@@ -183,6 +187,7 @@ impl Config {
             data_dir: self.data_dir.join("sandbox"),
             fee_rate_bps: self.sandbox_fee_rate_bps,
             time_compression: self.sandbox_time_compression.max(1),
+            faults: self.sandbox_faults.clone(),
             ..Default::default()
         }
     }
@@ -199,6 +204,22 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url(), "sqlite://paymux-data/paymux.sqlite");
         assert!(!c.is_postgres());
+    }
+
+    #[test]
+    fn sandbox_faults_come_from_a_toml_table() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "paymux.toml",
+                "[sandbox_faults]\nerror_5xx_pct = 2.5\nlatency_max_ms = 40\n",
+            )?;
+            let c = Config::load(Some(std::path::Path::new("paymux.toml"))).expect("valid");
+            assert_eq!(c.sandbox_options().faults.error_5xx_pct, 2.5);
+            assert_eq!(c.sandbox_options().faults.latency_max_ms, 40);
+            jail.create_file("bad.toml", "[sandbox_faults]\nerror_pct = 1.0\n")?;
+            assert!(Config::load(Some(std::path::Path::new("bad.toml"))).is_err());
+            Ok(())
+        });
     }
 
     #[test]
