@@ -78,6 +78,16 @@ pub struct Config {
     pub sandbox_fee_rate_bps: u32,
     /// Divides the sandboxes' delays (notification retries, password wait); 1 = real time.
     pub sandbox_time_compression: u32,
+    /// Webhooks: how often the dispatcher looks for due events.
+    pub webhook_poll_interval_ms: u64,
+    /// Webhooks: most events claimed per round.
+    pub webhook_batch_max: u32,
+    /// Webhooks: deliveries in flight at once (per node).
+    pub webhook_concurrency: usize,
+    /// Webhooks: timeout of one delivery request.
+    pub webhook_timeout_ms: u64,
+    /// Webhooks: multiplies the retry schedule (0 s, 15 s, 1 min, … 24 h); 1 = as documented.
+    pub webhook_retry_schedule_scale: f64,
 }
 
 impl Default for Config {
@@ -106,6 +116,11 @@ impl Default for Config {
             sandbox: true,
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
+            webhook_poll_interval_ms: 500,
+            webhook_batch_max: 100,
+            webhook_concurrency: 16,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_schedule_scale: 1.0,
         }
     }
 }
@@ -136,6 +151,11 @@ const KEYS: &[&str] = &[
     "sandbox",
     "sandbox_fee_rate_bps",
     "sandbox_time_compression",
+    "webhook_poll_interval_ms",
+    "webhook_batch_max",
+    "webhook_concurrency",
+    "webhook_timeout_ms",
+    "webhook_retry_schedule_scale",
 ];
 
 impl Config {
