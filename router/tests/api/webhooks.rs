@@ -373,3 +373,53 @@ async fn a_failed_payment_and_a_closed_one_are_announced() {
         .count();
     assert_eq!(closed, 1, "closing twice announces once");
 }
+
+#[tokio::test]
+async fn an_expired_payment_is_announced_closed() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let hook = Receiver::start(200).await;
+    let c = m
+        .create_payment(&json!({
+            "merchant_order_no": "w-6", "amount": 300, "currency": "CNY", "subject": "茶",
+            "method": "qr_merchant", "notify_url": hook.url, "expires_in_seconds": 1,
+        }))
+        .await;
+    assert_eq!(c.status, 201, "{:?}", c.body);
+    let got = hook.acknowledged("payment.closed").await;
+    assert_signed(&m, &got);
+    let body = body_of(&got);
+    assert_eq!(body["data"]["id"], c.body["id"]);
+    assert_eq!(body["data"]["closed_reason"], "expired");
+}
+
+#[test]
+fn the_retry_schedule_and_the_signature() {
+    use paymux::webhooks::{DispatcherConfig, RETRY_SCHEDULE_S, signature_header};
+    let c = DispatcherConfig {
+        poll_interval: Duration::from_millis(500),
+        batch_max: 100,
+        concurrency: 16,
+        timeout: Duration::from_secs(10),
+        retry_scale: 1.0,
+    };
+    assert_eq!(c.next_attempt_at(1, 0), Some(15_000_000));
+    assert_eq!(c.next_attempt_at(2, 0), Some(60_000_000));
+    assert_eq!(c.next_attempt_at(9, 0), Some(86_400_000_000));
+    assert_eq!(c.next_attempt_at(10, 0), None, "ten attempts, then give up");
+    assert_eq!(RETRY_SCHEDULE_S.len(), 10);
+    // v1 is the HMAC over t + "." + body.
+    assert_eq!(
+        signature_header(b"key", 1, b"x"),
+        format!(
+            "t=1,v1={}",
+            hex::encode(
+                ring::hmac::sign(
+                    &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"key"),
+                    b"1.x"
+                )
+                .as_ref()
+            )
+        )
+    );
+}
