@@ -315,7 +315,7 @@ fn answer_creates(
 }
 
 macro_rules! execute_body {
-    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path, $rcreate:path, $rsettle:path) => {{
+    ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path, $rcreate:path, $rsettle:path, $enqueue:path) => {{
         let n = $ops.len();
         let mut out: Vec<Option<WriteOutcome>> = (0..n).map(|_| None).collect();
         let Plan {
@@ -346,7 +346,10 @@ macro_rules! execute_body {
             answer_creates(creates, &inserted, &stored, &mut out);
         }
         let now = now_us();
+        // Webhook events of the commands that win, written to the outbox in this transaction.
+        let mut events: Vec<crate::webhooks::Pending> = Vec::new();
         for (key, items) in transitions {
+            let event = crate::webhooks::payment_event(key.to);
             let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
             let moved: std::collections::HashSet<Uuid> = $transition(&mut *$conn, &key, &ids, now)
                 .await?
@@ -355,15 +358,20 @@ macro_rules! execute_body {
             // Two commands for the same payment in one batch: only the first can win.
             let mut won = std::collections::HashSet::new();
             for (i, id) in items {
-                out[i] = Some(WriteOutcome::Transitioned(
-                    moved.contains(&id) && won.insert(id),
-                ));
+                let moved = moved.contains(&id) && won.insert(id);
+                if moved && let Some(t) = event {
+                    events.push(crate::webhooks::Pending::Payment(id, t));
+                }
+                out[i] = Some(WriteOutcome::Transitioned(moved));
             }
         }
         let mut entries = Vec::new();
         for (i, r) in refund_settles {
             let (moved, entry) = $rsettle(&mut *$conn, &r, now).await?;
             entries.extend(entry);
+            if moved && let Some(t) = crate::webhooks::refund_event(r.to) {
+                events.push(crate::webhooks::Pending::Refund(r.refund_id.into(), t));
+            }
             out[i] = Some(WriteOutcome::Transitioned(moved));
         }
         if !settles.is_empty() || !entries.is_empty() {
@@ -372,6 +380,9 @@ macro_rules! execute_body {
                 let moved = $settle(&mut *$conn, &st, now).await? && won.insert(st.payment_id);
                 if moved && let Some(entry) = &st.entry {
                     entries.push(entry.clone());
+                }
+                if moved && let Some(t) = crate::webhooks::payment_event(st.to) {
+                    events.push(crate::webhooks::Pending::Payment(st.payment_id.into(), t));
                 }
                 out[i] = Some(WriteOutcome::Transitioned(moved));
             }
@@ -392,6 +403,7 @@ macro_rules! execute_body {
                 }
             }
         }
+        $enqueue(&mut *$conn, &events, now).await?;
         Ok(out
             .into_iter()
             .map(|o| o.expect("every command answered"))
@@ -413,7 +425,8 @@ async fn execute_pg(
         paymux_ledger::post_postgres,
         repo::attach_qr_pg,
         crate::refunds::create_pg,
-        crate::refunds::settle_pg
+        crate::refunds::settle_pg,
+        crate::webhooks::enqueue_pg
     )
 }
 
@@ -431,6 +444,7 @@ async fn execute_sqlite(
         paymux_ledger::post_sqlite,
         repo::attach_qr_sqlite,
         crate::refunds::create_sqlite,
-        crate::refunds::settle_sqlite
+        crate::refunds::settle_sqlite,
+        crate::webhooks::enqueue_sqlite
     )
 }

@@ -41,6 +41,19 @@ pub enum Command {
     /// The ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Merchant webhooks.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Make an event due for delivery now, with a fresh retry schedule (also when it was delivered
+    /// or given up on).
+    Resend {
+        #[arg(long)]
+        event_id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +105,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !report.is_clean() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Webhook(WebhookCommand::Resend { event_id }) => {
+            let db = open_database(&config).await?;
+            let found = crate::webhooks::resend(&db, event_id).await?;
+            db.close().await;
+            anyhow::ensure!(found, "no webhook event {event_id}");
+            println!("webhook event {event_id} is due for delivery now");
             Ok(())
         }
         Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {

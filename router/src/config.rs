@@ -81,6 +81,16 @@ pub struct Config {
     /// Faults the sandboxes inject from the start (`[sandbox_faults]` table; changeable at run time
     /// with `PUT /sandbox/<channel>/sandbox/faults`).
     pub sandbox_faults: paymux_channels::sandbox::Faults,
+    /// Webhooks: how often the dispatcher looks for due events.
+    pub webhook_poll_interval_ms: u64,
+    /// Webhooks: most events claimed per round.
+    pub webhook_batch_max: u32,
+    /// Webhooks: deliveries in flight at once (per node).
+    pub webhook_concurrency: usize,
+    /// Webhooks: timeout of one delivery request.
+    pub webhook_timeout_ms: u64,
+    /// Webhooks: multiplies the retry schedule (0 s, 15 s, 1 min, … 24 h); 1 = as documented.
+    pub webhook_retry_schedule_scale: f64,
 }
 
 impl Default for Config {
@@ -110,6 +120,11 @@ impl Default for Config {
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
             sandbox_faults: paymux_channels::sandbox::Faults::default(),
+            webhook_poll_interval_ms: 500,
+            webhook_batch_max: 100,
+            webhook_concurrency: 16,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_schedule_scale: 1.0,
         }
     }
 }
@@ -140,6 +155,11 @@ const KEYS: &[&str] = &[
     "sandbox",
     "sandbox_fee_rate_bps",
     "sandbox_time_compression",
+    "webhook_poll_interval_ms",
+    "webhook_batch_max",
+    "webhook_concurrency",
+    "webhook_timeout_ms",
+    "webhook_retry_schedule_scale",
 ];
 
 impl Config {

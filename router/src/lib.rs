@@ -13,6 +13,7 @@
 //!   settlement (final state + ledger entry in one transaction).
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
+//! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
 pub mod batcher;
@@ -30,6 +31,7 @@ pub mod refunds;
 pub mod startup;
 pub mod sweeper;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::sync::Arc;
 

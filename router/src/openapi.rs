@@ -14,10 +14,12 @@ use crate::payments::api;
             with signature = lowercase hex HMAC-SHA256(key_secret, METHOD\\nPATH_AND_QUERY\\ntimestamp\\nnonce\\nhex(SHA-256(body))\\n). \
             Errors are application/problem+json with a stable `code`."
     ),
-    paths(api::create_payment, api::get_payment, api::list_payments, api::close_payment),
+    paths(api::create_payment, api::get_payment, api::list_payments, api::close_payment,
+        crate::webhooks::list_webhooks),
     components(schemas(crate::error::Problem, paymux_model::ErrorCode)),
     modifiers(&SecurityAddon),
-    tags((name = "payments", description = "Create, read and close payments"))
+    tags((name = "payments", description = "Create, read and close payments"),
+        (name = "webhooks", description = "Events sent to a payment's notify_url, and their delivery state"))
 )]
 pub struct ApiDoc;
 

@@ -100,12 +100,20 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let background = vec![tokio::spawn(sweeper::run(
-            db.clone(),
-            Duration::from_millis(config.sweeper_interval_ms.max(10)),
-            config.sweeper_batch_max.max(1),
-            stop_rx,
-        ))];
+        let background = vec![
+            tokio::spawn(sweeper::run(
+                db.clone(),
+                Duration::from_millis(config.sweeper_interval_ms.max(10)),
+                config.sweeper_batch_max.max(1),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::webhooks::run(
+                db.clone(),
+                secrets.clone(),
+                crate::webhooks::DispatcherConfig::from_config(&config),
+                stop_rx,
+            )),
+        ];
         let sandboxes = if config.sandbox {
             Some(
                 paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
@@ -192,6 +200,7 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     let v1 = payments::api::router()
         .merge(crate::refunds::router())
+        .merge(crate::webhooks::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,

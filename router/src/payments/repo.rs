@@ -284,26 +284,40 @@ pub async fn list(
 }
 
 /// Closes up to `limit` `created` payments past their expiry in one statement; returns their ids.
+/// Their `payment.closed` webhook events are written in the same transaction.
 pub async fn close_expired(db: &Db, now_us: i64, limit: u32) -> sqlx::Result<Vec<Uuid>> {
     const SQL: &str = "UPDATE payments SET status = 'closed', updated_at_us = $1, closed_reason = 'expired' \
          WHERE id IN (SELECT id FROM payments WHERE status = 'created' AND expires_at_us <= $1 LIMIT $2) \
          AND status = 'created' RETURNING id";
     let limit = i64::from(limit);
+    let events = |ids: &[Uuid]| -> Vec<crate::webhooks::Pending> {
+        ids.iter()
+            .map(|id| crate::webhooks::Pending::Payment(*id, "payment.closed"))
+            .collect()
+    };
     match db {
         Db::Sqlite(pool) => {
-            sqlx::query_scalar(SQL)
+            let mut tx = pool.begin().await?;
+            let ids: Vec<Uuid> = sqlx::query_scalar(SQL)
                 .bind(now_us)
                 .bind(limit)
-                .fetch_all(pool)
-                .await
+                .fetch_all(&mut *tx)
+                .await?;
+            crate::webhooks::enqueue_sqlite(&mut tx, &events(&ids), now_us).await?;
+            tx.commit().await?;
+            Ok(ids)
         }
         Db::Postgres(pool) => {
             let sql = SQL.replace("LIMIT $2)", "LIMIT $2 FOR UPDATE SKIP LOCKED)");
-            sqlx::query_scalar(&sql)
+            let mut tx = pool.begin().await?;
+            let ids: Vec<Uuid> = sqlx::query_scalar(&sql)
                 .bind(now_us)
                 .bind(limit)
-                .fetch_all(pool)
-                .await
+                .fetch_all(&mut *tx)
+                .await?;
+            crate::webhooks::enqueue_pg(&mut tx, &events(&ids), now_us).await?;
+            tx.commit().await?;
+            Ok(ids)
         }
     }
 }

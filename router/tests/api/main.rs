@@ -9,3 +9,4 @@ mod ops;
 mod payments;
 mod qr_notify;
 mod refunds;
+mod webhooks;

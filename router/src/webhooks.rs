@@ -1,0 +1,669 @@
+//! Merchant webhooks: a transactional outbox and its dispatcher.
+//!
+//! - **Outbox.** When a payment or refund reaches a final state, the write batcher inserts one
+//!   `webhook_outbox` row per event in the SAME transaction as the compare-and-set that won
+//!   ([`enqueue_pg`] / [`enqueue_sqlite`], a multi-row insert per batch). Payments without a
+//!   `notify_url` get no rows. An event is therefore never lost nor sent for a change that was
+//!   rolled back.
+//! - **Dispatcher** ([`run`]). Claims due rows in batches (on PostgreSQL with
+//!   `FOR UPDATE SKIP LOCKED`, so every node may run one), leasing them by moving their
+//!   `next_attempt_at_us` past the request timeout, POSTs each payload to the payment's `notify_url`
+//!   with `Paymux-Event-Id` and `Paymux-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key_secret,
+//!   t + "." + body)>` (the merchant's current key), with bounded concurrency and a per-request
+//!   timeout. A 2xx answer is delivery; anything else is retried after [`RETRY_SCHEDULE_S`]
+//!   (scaled by `webhook_retry_schedule_scale`); after the last attempt the event stays
+//!   undelivered until an operator resends it ([`resend`], `paymux webhook resend`). Every attempt
+//!   is logged in `webhook_deliveries`.
+//! - **API.** `GET /v1/webhooks?payment_id=…` lists a merchant's events with their delivery state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use paymux_model::{PaymentId, PaymentStatus, RefundStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::QueryBuilder;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Merchant;
+use crate::crypto::SecretBox;
+use crate::db::{Db, now_us, us_to_datetime};
+use crate::error::{ApiError, ApiResult};
+use crate::payments::model::{PAYMENT_COLUMNS, Payment, PaymentRow};
+use crate::refunds::{REFUND_COLUMNS, Refund, RefundRow};
+
+/// Delay before each attempt, counted from the previous failure (the first attempt is at once):
+/// 0 s, 15 s, 1 min, 5 min, 15 min, 1 h, 3 h, 6 h, 12 h, 24 h — ten attempts over about two days.
+pub const RETRY_SCHEDULE_S: [u64; 10] = [0, 15, 60, 300, 900, 3600, 10_800, 21_600, 43_200, 86_400];
+
+/// What caused an event, as the batcher saw it win its compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Payment(Uuid, &'static str),
+    Refund(Uuid, &'static str),
+}
+
+/// The event type of a payment that reached `to`, when merchants are told about it.
+pub fn payment_event(to: PaymentStatus) -> Option<&'static str> {
+    match to {
+        PaymentStatus::Succeeded => Some("payment.succeeded"),
+        PaymentStatus::Failed => Some("payment.failed"),
+        PaymentStatus::Closed => Some("payment.closed"),
+        _ => None,
+    }
+}
+
+pub fn refund_event(to: RefundStatus) -> Option<&'static str> {
+    match to {
+        RefundStatus::Succeeded => Some("refund.succeeded"),
+        RefundStatus::Failed => Some("refund.failed"),
+        _ => None,
+    }
+}
+
+/// An outbox row to insert.
+struct NewEvent {
+    id: Uuid,
+    merchant_id: Uuid,
+    payment_id: Uuid,
+    event_type: &'static str,
+    notify_url: String,
+    payload: String,
+}
+
+fn build_events(
+    pending: &[Pending],
+    payments: &HashMap<Uuid, PaymentRow>,
+    refunds: &HashMap<Uuid, RefundRow>,
+    now_us: i64,
+) -> Vec<NewEvent> {
+    let created_at = us_to_datetime(now_us);
+    let mut out = Vec::new();
+    for p in pending {
+        let (payment, event_type, data) = match p {
+            Pending::Payment(id, t) => {
+                let Some(row) = payments.get(id) else {
+                    continue;
+                };
+                (row, *t, serde_json::to_value(Payment::from(row)))
+            }
+            Pending::Refund(id, t) => {
+                let Some(refund) = refunds.get(id) else {
+                    continue;
+                };
+                let Some(row) = payments.get(&refund.payment_id) else {
+                    continue;
+                };
+                (row, *t, serde_json::to_value(Refund::from(refund)))
+            }
+        };
+        let (Some(url), Ok(data)) = (&payment.notify_url, data) else {
+            continue;
+        };
+        let id = Uuid::now_v7();
+        let payload = serde_json::json!({
+            "id": id,
+            "type": event_type,
+            "created_at": created_at,
+            "data": data,
+        });
+        out.push(NewEvent {
+            id,
+            merchant_id: payment.merchant_id,
+            payment_id: payment.id,
+            event_type,
+            notify_url: url.clone(),
+            payload: payload.to_string(),
+        });
+    }
+    out
+}
+
+/// Rows per statement (SQLite allows 32,766 parameters; an outbox row binds 9).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+macro_rules! enqueue_sql {
+    ($name:ident, $conn:ty, $db:ty) => {
+        /// Writes the outbox rows of a batch's winning transitions, in the batch's transaction. The
+        /// payments and refunds are read back after their update, so the payload is what the API shows.
+        pub async fn $name(conn: &mut $conn, pending: &[Pending], now_us: i64) -> sqlx::Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let refund_ids: Vec<Uuid> = pending
+                .iter()
+                .filter_map(|p| match p {
+                    Pending::Refund(id, _) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            let mut refunds: HashMap<Uuid, RefundRow> = HashMap::new();
+            for chunk in refund_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new(format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id IN ("));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for r in qb.build_query_as::<RefundRow>().fetch_all(&mut *conn).await? {
+                    refunds.insert(r.id, r);
+                }
+            }
+            let mut payment_ids: Vec<Uuid> = pending
+                .iter()
+                .filter_map(|p| match p {
+                    Pending::Payment(id, _) => Some(*id),
+                    _ => None,
+                })
+                .chain(refunds.values().map(|r| r.payment_id))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            payment_ids.sort();
+            let mut payments: HashMap<Uuid, PaymentRow> = HashMap::new();
+            for chunk in payment_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE notify_url IS NOT NULL AND id IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for r in qb.build_query_as::<PaymentRow>().fetch_all(&mut *conn).await? {
+                    payments.insert(r.id, r);
+                }
+            }
+            let events = build_events(pending, &payments, &refunds, now_us);
+            for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO webhook_outbox (id, merchant_id, payment_id, event_type, notify_url, payload, \
+                     created_at_us, next_attempt_at_us, attempts) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.id)
+                        .push_bind(e.merchant_id)
+                        .push_bind(e.payment_id)
+                        .push_bind(e.event_type)
+                        .push_bind(&e.notify_url)
+                        .push_bind(&e.payload)
+                        .push_bind(now_us)
+                        .push_bind(now_us)
+                        .push_bind(0i32);
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+            if !events.is_empty() {
+                metrics::counter!("paymux_webhook_events_total").increment(events.len() as u64);
+            }
+            Ok(())
+        }
+    };
+}
+
+enqueue_sql!(enqueue_pg, sqlx::PgConnection, sqlx::Postgres);
+enqueue_sql!(enqueue_sqlite, sqlx::SqliteConnection, sqlx::Sqlite);
+
+// ---------------------------------------------------------------------------------------------
+// Dispatcher
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatcherConfig {
+    pub poll_interval: Duration,
+    pub batch_max: u32,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    /// Multiplies [`RETRY_SCHEDULE_S`] (tests compress it).
+    pub retry_scale: f64,
+}
+
+impl DispatcherConfig {
+    pub fn from_config(c: &crate::config::Config) -> DispatcherConfig {
+        DispatcherConfig {
+            poll_interval: Duration::from_millis(c.webhook_poll_interval_ms.max(10)),
+            batch_max: c.webhook_batch_max.max(1),
+            concurrency: c.webhook_concurrency.max(1),
+            timeout: Duration::from_millis(c.webhook_timeout_ms.max(1)),
+            retry_scale: if c.webhook_retry_schedule_scale.is_finite() {
+                c.webhook_retry_schedule_scale.max(0.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    /// When the next attempt is due after `attempts_done` failed ones; `None`: give up.
+    pub fn next_attempt_at(&self, attempts_done: i32, now_us: i64) -> Option<i64> {
+        let delay_s = *RETRY_SCHEDULE_S.get(usize::try_from(attempts_done).ok()?)?;
+        Some(now_us + (delay_s as f64 * 1e6 * self.retry_scale) as i64)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    merchant_id: Uuid,
+    notify_url: String,
+    payload: String,
+    attempts: i32,
+}
+
+/// The result of one attempt.
+struct Attempt {
+    status: Option<u16>,
+    error: Option<String>,
+    at_us: i64,
+    duration_ms: i64,
+}
+
+impl Attempt {
+    fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// `t=<unix seconds>,v1=<lowercase hex HMAC-SHA256(secret, t + "." + body)>`.
+pub fn signature_header(secret: &[u8], t: i64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(t.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
+}
+
+struct Dispatcher {
+    db: Db,
+    secrets: Arc<SecretBox>,
+    config: DispatcherConfig,
+    http: reqwest::Client,
+    keys: moka::future::Cache<Uuid, Option<Vec<u8>>>,
+}
+
+/// Delivers due events until `stop` changes. Safe on every node at once (claims are leases).
+pub async fn run(
+    db: Db,
+    secrets: Arc<SecretBox>,
+    config: DispatcherConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("paymux-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(error = %err, "webhook dispatcher cannot build its HTTP client");
+            return;
+        }
+    };
+    let d = Dispatcher {
+        db,
+        secrets,
+        config,
+        http,
+        keys: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(10))
+            .build(),
+    };
+    let mut ticker = tokio::time::interval(config.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            match d.claim().await {
+                Ok(rows) => {
+                    let full = rows.len() >= config.batch_max as usize;
+                    futures::stream::iter(rows)
+                        .for_each_concurrent(config.concurrency, |row| d.deliver(row))
+                        .await;
+                    if !full || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming webhook events failed; retrying next tick");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
+        const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1 WHERE id IN \
+            (SELECT id FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= $2 \
+             ORDER BY next_attempt_at_us LIMIT $3) \
+            RETURNING id, merchant_id, notify_url, payload, attempts";
+        let now = now_us();
+        // The lease: a node that dies mid-delivery leaves the row due again after it.
+        let lease_until = now + (self.config.timeout.as_micros() as i64) + 30_000_000;
+        let limit = i64::from(self.config.batch_max);
+        match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Postgres(pool) => {
+                let sql = SQL.replace("LIMIT $3)", "LIMIT $3 FOR UPDATE SKIP LOCKED)");
+                sqlx::query_as(&sql)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+    }
+
+    /// The merchant's current (newest active) key secret, decrypted; cached briefly.
+    async fn secret(&self, merchant_id: Uuid) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(hit) = self.keys.get(&merchant_id).await {
+            return Ok(hit);
+        }
+        const SQL: &str = "SELECT key_id, secret_nonce, secret_ciphertext FROM merchant_keys \
+            WHERE merchant_id = $1 AND status = 'active' ORDER BY created_at_us DESC LIMIT 1";
+        let row: Option<(String, Vec<u8>, Vec<u8>)> = match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(merchant_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(merchant_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        let secret = match row {
+            Some((key_id, nonce, ciphertext)) => {
+                Some(self.secrets.open(&nonce, &ciphertext, key_id.as_bytes())?)
+            }
+            None => None,
+        };
+        self.keys.insert(merchant_id, secret.clone()).await;
+        Ok(secret)
+    }
+
+    async fn deliver(&self, row: Claimed) {
+        let started = Instant::now();
+        let at_us = now_us();
+        let (status, error) = match self.secret(row.merchant_id).await {
+            Ok(Some(secret)) => {
+                let t = chrono::Utc::now().timestamp();
+                let result = self
+                    .http
+                    .post(&row.notify_url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header("Paymux-Event-Id", row.id.to_string())
+                    .header(
+                        "Paymux-Signature",
+                        signature_header(&secret, t, row.payload.as_bytes()),
+                    )
+                    .body(row.payload.clone())
+                    .send()
+                    .await;
+                match result {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        // Read (a bounded part of) the answer so the connection can be reused.
+                        let _ = resp.bytes().await;
+                        let error = (!status.is_success()).then(|| format!("HTTP {status}"));
+                        (Some(status.as_u16()), error)
+                    }
+                    Err(err) => (None, Some(describe(&err))),
+                }
+            }
+            Ok(None) => (None, Some("the merchant has no active key".to_string())),
+            Err(err) => (None, Some(format!("merchant key: {err}"))),
+        };
+        let attempt = Attempt {
+            status,
+            error,
+            at_us,
+            duration_ms: started.elapsed().as_millis() as i64,
+        };
+        let outcome = if attempt.delivered() {
+            "delivered"
+        } else {
+            "failed"
+        };
+        metrics::counter!("paymux_webhook_attempts_total", "outcome" => outcome).increment(1);
+        if let Err(err) = self.record(&row, &attempt).await {
+            tracing::warn!(error = %err, event_id = %row.id, "recording a webhook attempt failed");
+        }
+    }
+
+    async fn record(&self, row: &Claimed, a: &Attempt) -> sqlx::Result<()> {
+        let attempts = row.attempts + 1;
+        let (delivered_at, next_at) = if a.delivered() {
+            (Some(now_us()), None)
+        } else {
+            (None, self.config.next_attempt_at(attempts, now_us()))
+        };
+        if !a.delivered() {
+            match next_at {
+                Some(_) => {
+                    tracing::info!(event_id = %row.id, attempts, error = ?a.error, "webhook not acknowledged; will retry")
+                }
+                None => {
+                    tracing::warn!(event_id = %row.id, attempts, error = ?a.error, "webhook not acknowledged; giving up")
+                }
+            }
+        }
+        const INSERT: &str = "INSERT INTO webhook_deliveries (outbox_id, attempt, at_us, http_status, error, duration_ms) \
+            VALUES ($1, $2, $3, $4, $5, $6)";
+        const UPDATE: &str = "UPDATE webhook_outbox SET attempts = $1, last_status = $2, last_error = $3, \
+            delivered_at_us = $4, next_attempt_at_us = $5 WHERE id = $6";
+        let status = a.status.map(i32::from);
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                sqlx::query(INSERT)
+                    .bind(row.id)
+                    .bind(attempts)
+                    .bind(a.at_us)
+                    .bind(status)
+                    .bind(&a.error)
+                    .bind(a.duration_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(UPDATE)
+                    .bind(attempts)
+                    .bind(status)
+                    .bind(&a.error)
+                    .bind(delivered_at)
+                    .bind(next_at)
+                    .bind(row.id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(pool) => run!(pool),
+            Db::Postgres(pool) => run!(pool),
+        }
+    }
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timeout".into()
+    } else if err.is_connect() {
+        format!("connect: {err}")
+    } else {
+        err.to_string()
+    }
+}
+
+/// Makes an event due now (delivered or not, given up or not) with a fresh retry schedule.
+/// Returns whether the event exists.
+pub async fn resend(db: &Db, event_id: Uuid) -> sqlx::Result<bool> {
+    const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1, delivered_at_us = NULL, attempts = 0 \
+        WHERE id = $2";
+    let now = now_us();
+    let n = match db {
+        Db::Sqlite(pool) => sqlx::query(SQL)
+            .bind(now)
+            .bind(event_id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Db::Postgres(pool) => sqlx::query(SQL)
+            .bind(now)
+            .bind(event_id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    };
+    Ok(n == 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// API
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/webhooks", get(list_webhooks))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct EventRow {
+    id: Uuid,
+    payment_id: Uuid,
+    event_type: String,
+    created_at_us: i64,
+    next_attempt_at_us: Option<i64>,
+    attempts: i32,
+    delivered_at_us: Option<i64>,
+    last_status: Option<i32>,
+    last_error: Option<String>,
+}
+
+/// A webhook event and its delivery state.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WebhookEvent {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub payment_id: PaymentId,
+    /// `pending` (an attempt is due), `delivered` (acknowledged with 2xx) or `failed` (every
+    /// attempt failed; an operator can resend it).
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// HTTP status of the last attempt (none when it did not get an answer).
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+impl From<&EventRow> for WebhookEvent {
+    fn from(r: &EventRow) -> WebhookEvent {
+        let status = if r.delivered_at_us.is_some() {
+            "delivered"
+        } else if r.next_attempt_at_us.is_some() {
+            "pending"
+        } else {
+            "failed"
+        };
+        WebhookEvent {
+            id: r.id,
+            event_type: r.event_type.clone(),
+            payment_id: PaymentId::from_uuid(r.payment_id),
+            status: status.into(),
+            attempts: r.attempts,
+            created_at: us_to_datetime(r.created_at_us),
+            delivered_at: r.delivered_at_us.map(us_to_datetime),
+            next_attempt_at: r
+                .delivered_at_us
+                .is_none()
+                .then_some(r.next_attempt_at_us)
+                .flatten()
+                .map(us_to_datetime),
+            last_status: r.last_status,
+            last_error: r.last_error.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub payment_id: Option<PaymentId>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookEventList {
+    pub data: Vec<WebhookEvent>,
+    pub has_more: bool,
+}
+
+/// List the merchant's webhook events, newest first, optionally for one payment.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("paymux_hmac" = [])),
+    params(("payment_id" = Option<String>, Query, description = "Only this payment's events"),
+           ("limit" = Option<u32>, Query, description = "1–100, default 20")),
+    responses((status = 200, body = WebhookEventList)))]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    Extension(merchant): Extension<Merchant>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<WebhookEventList>> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation("limit", "`limit` must be 1–100"));
+    }
+    let sql = "SELECT id, payment_id, event_type, created_at_us, next_attempt_at_us, attempts, \
+        delivered_at_us, last_status, last_error FROM webhook_outbox WHERE merchant_id = $1 \
+        AND ($2 IS NULL OR payment_id = $2) ORDER BY id DESC LIMIT $3";
+    let merchant_id: Uuid = merchant.id.into();
+    let payment: Option<Uuid> = q.payment_id.map(Into::into);
+    let fetch = i64::from(limit) + 1;
+    let mut rows: Vec<EventRow> = match &state.db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(sql)
+                .bind(merchant_id)
+                .bind(payment)
+                .bind(fetch)
+                .fetch_all(pool)
+                .await?
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(&sql.replace("$2 IS NULL", "$2::uuid IS NULL"))
+                .bind(merchant_id)
+                .bind(payment)
+                .bind(fetch)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok(Json(WebhookEventList {
+        data: rows.iter().map(WebhookEvent::from).collect(),
+        has_more,
+    }))
+}

@@ -1,0 +1,425 @@
+//! Merchant webhooks end to end: payments and refunds through the sandboxes with a `notify_url`
+//! pointing at a receiver started here; the outbox row is written with the state change, delivered
+//! signed, retried until acknowledged, listed by the API and resent by the operator.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{MerchantClient, TestApp, fresh_database, spawn_with, test_config};
+
+async fn app() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.code_pay_poll_interval_ms = 50;
+    config.webhook_poll_interval_ms = 25;
+    config.webhook_timeout_ms = 2_000;
+    // 15 s becomes 30 ms, 1 min 120 ms, …
+    config.webhook_retry_schedule_scale = 0.002;
+    spawn_with(db, config).await
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    event_id: String,
+    signature: String,
+    body: String,
+    /// What the receiver answered.
+    answered: u16,
+}
+
+/// A merchant's webhook endpoint: answers with `status` (changeable) and records every request.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    status: Arc<AtomicU16>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Receiver {
+        let status = Arc::new(AtomicU16::new(status));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (s, g) = (status.clone(), got.clone());
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let (s, g) = (s.clone(), g.clone());
+                async move {
+                    let answered = s.load(Ordering::SeqCst);
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    g.lock().unwrap().push(Received {
+                        event_id: h("paymux-event-id"),
+                        signature: h("paymux-signature"),
+                        body,
+                        answered,
+                    });
+                    StatusCode::from_u16(answered).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            status,
+            got,
+        }
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until a request for `event_type` was acknowledged with 2xx; returns it.
+    async fn acknowledged(&self, event_type: &str) -> Received {
+        for _ in 0..400 {
+            if let Some(r) = self
+                .all()
+                .into_iter()
+                .find(|r| (200..300).contains(&r.answered) && body_of(r)["type"] == event_type)
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no acknowledged {event_type}; got {:?}", self.all());
+    }
+}
+
+fn body_of(r: &Received) -> Value {
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Checks `Paymux-Signature: t=…,v1=…` against the merchant's key secret.
+fn assert_signed(m: &MerchantClient, r: &Received) {
+    let (t, v1) = r
+        .signature
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+        .unwrap_or_else(|| panic!("bad signature header {:?}", r.signature));
+    let t: i64 = t.parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - t).abs() < 60);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, m.creds.key_secret.as_bytes());
+    let expected = ring::hmac::sign(&key, format!("{t}.{}", r.body).as_bytes());
+    assert_eq!(v1, hex::encode(expected.as_ref()), "signature verifies");
+}
+
+fn code_body(order_no: &str, code: &str, notify_url: &str) -> Value {
+    json!({
+        "merchant_order_no": order_no, "amount": 1_200, "currency": "CNY", "subject": "咖啡",
+        "method": "code_scan", "auth_code": code, "notify_url": notify_url,
+    })
+}
+
+async fn events(m: &MerchantClient, payment_id: &str) -> Vec<Value> {
+    let r = m
+        .send(
+            Method::GET,
+            &format!("/v1/webhooks?payment_id={payment_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["data"].as_array().unwrap().clone()
+}
+
+/// Waits until the listed event has reached `status`.
+async fn wait_event_status(m: &MerchantClient, payment_id: &str, status: &str) -> Vec<Value> {
+    for _ in 0..200 {
+        let e = events(m, payment_id).await;
+        if !e.is_empty() && e.iter().all(|e| e["status"] == status) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "events of {payment_id} never all {status}: {:?}",
+        events(m, payment_id).await
+    );
+}
+
+#[tokio::test]
+async fn a_paid_code_payment_is_announced_once_signed() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let hook = Receiver::start(200).await;
+    let r = m
+        .create_payment(&code_body("w-1", "134567890123456789", &hook.url))
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{:?}", r.body);
+    let pid = r.body["id"].as_str().unwrap();
+
+    let got = hook.acknowledged("payment.succeeded").await;
+    assert_signed(&m, &got);
+    let body = body_of(&got);
+    assert_eq!(body["id"].as_str().unwrap(), got.event_id);
+    assert_eq!(body["data"]["id"], pid);
+    assert_eq!(body["data"]["status"], "succeeded");
+    assert_eq!(body["data"]["amount"], 1_200);
+    assert!(body["created_at"].as_str().is_some());
+
+    let listed = wait_event_status(&m, pid, "delivered").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["type"], "payment.succeeded");
+    assert_eq!(listed[0]["attempts"], 1);
+    assert_eq!(listed[0]["last_status"], 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hook.all().len(), 1, "delivered exactly once");
+
+    // Another merchant sees none of it; a payment without notify_url has no events.
+    let other = app.merchant("Other").await;
+    assert!(events(&other, pid).await.is_empty());
+    let quiet = m
+        .create_payment(&json!({
+            "merchant_order_no": "w-quiet", "amount": 100, "currency": "CNY", "subject": "茶",
+            "method": "code_scan", "auth_code": "134567890123456789",
+        }))
+        .await;
+    assert_eq!(quiet.body["status"], "succeeded");
+    assert!(
+        events(&m, quiet.body["id"].as_str().unwrap())
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_the_event_after_a_retry() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let hook = Receiver::start(500).await;
+    let r = m
+        .create_payment(&code_body("w-2", "134567890123456789", &hook.url))
+        .await;
+    let pid = r.body["id"].as_str().unwrap().to_string();
+    // Wait for at least two refused attempts (recorded), then bring the receiver up.
+    let mut pending = Vec::new();
+    for _ in 0..400 {
+        pending = events(&m, &pid).await;
+        if pending.first().and_then(|e| e["attempts"].as_i64()) >= Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending[0]["status"], "pending", "{pending:?}");
+    assert_eq!(pending[0]["last_error"], "HTTP 500 Internal Server Error");
+    hook.status.store(200, Ordering::SeqCst);
+
+    let got = hook.acknowledged("payment.succeeded").await;
+    assert_signed(&m, &got);
+    let listed = wait_event_status(&m, &pid, "delivered").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = hook.all();
+    assert_eq!(
+        all.iter().filter(|r| r.answered == 200).count(),
+        1,
+        "exactly one acknowledged delivery: {all:?}"
+    );
+    assert!(
+        all.iter().all(|r| r.event_id == got.event_id),
+        "retries carry the same event id"
+    );
+    let attempts = listed[0]["attempts"].as_i64().unwrap();
+    assert_eq!(attempts as usize, all.len(), "every attempt counted");
+
+    // Every attempt is in the delivery log.
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let logged: i64 = match &db {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries")
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        paymux::db::Db::Postgres(p) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries")
+                .fetch_one(p)
+                .await
+                .unwrap()
+        }
+    };
+    db.close().await;
+    assert_eq!(logged as usize, all.len());
+
+    // The operator resends it (`paymux webhook resend`): delivered a second time, same event.
+    resend_cli(&app, &got.event_id).await.unwrap();
+    for _ in 0..400 {
+        if hook.all().iter().filter(|r| r.answered == 200).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let acked: Vec<_> = hook
+        .all()
+        .into_iter()
+        .filter(|r| r.answered == 200)
+        .collect();
+    assert_eq!(acked.len(), 2, "resent once");
+    assert_eq!(acked[1].event_id, got.event_id);
+    assert!(
+        resend_cli(&app, "0190b1e0-0000-7000-8000-000000000000")
+            .await
+            .is_err(),
+        "an unknown event is an error"
+    );
+}
+
+/// `paymux --config <file> webhook resend --event-id ID`, run in this process (the file names the
+/// test's database).
+async fn resend_cli(app: &TestApp, event_id: &str) -> anyhow::Result<()> {
+    use clap::Parser;
+    let file = app.db.dir.path().join("resend.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\ndatabase_url = {:?}\ndemo_merchant = false\nsandbox = false\n",
+            app.db.dir.path().display().to_string(),
+            app.db.url
+        ),
+    )
+    .unwrap();
+    let cli = paymux::cli::Cli::try_parse_from([
+        "paymux",
+        "--config",
+        file.to_str().unwrap(),
+        "webhook",
+        "resend",
+        "--event-id",
+        event_id,
+    ])
+    .unwrap();
+    paymux::cli::run(cli).await
+}
+
+#[tokio::test]
+async fn a_refund_is_announced() {
+    let app = app().await;
+    let m = app.merchant("Books").await;
+    let hook = Receiver::start(200).await;
+    let r = m
+        .create_payment(&code_body("w-3", "134567890123456789", &hook.url))
+        .await;
+    let pid = r.body["id"].as_str().unwrap().to_string();
+    hook.acknowledged("payment.succeeded").await;
+    let rf = m
+        .send(
+            Method::POST,
+            &format!("/v1/payments/{pid}/refunds"),
+            Some(&json!({"merchant_refund_no": "rf-1", "amount": 500})),
+        )
+        .await;
+    assert_eq!(rf.status, 201, "{:?}", rf.body);
+    let got = hook.acknowledged("refund.succeeded").await;
+    assert_signed(&m, &got);
+    let body = body_of(&got);
+    assert_eq!(body["data"]["id"], rf.body["id"]);
+    assert_eq!(body["data"]["payment_id"], pid.as_str());
+    assert_eq!(body["data"]["status"], "succeeded");
+    assert_eq!(body["data"]["amount"], 500);
+    let listed = wait_event_status(&m, &pid, "delivered").await;
+    let types: Vec<&str> = listed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["refund.succeeded", "payment.succeeded"],
+        "newest first"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_payment_and_a_closed_one_are_announced() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let hook = Receiver::start(204).await;
+    let r = m
+        .create_payment(&code_body("w-4", "134567890123451003", &hook.url))
+        .await;
+    assert_eq!(r.body["status"], "failed", "{:?}", r.body);
+    let got = hook.acknowledged("payment.failed").await;
+    assert_signed(&m, &got);
+    let body = body_of(&got);
+    assert_eq!(body["data"]["id"], r.body["id"]);
+    assert_eq!(body["data"]["status"], "failed");
+    assert!(body["data"]["failure_code"].as_str().is_some());
+
+    let c = m
+        .create_payment(&json!({
+            "merchant_order_no": "w-5", "amount": 300, "currency": "CNY", "subject": "茶",
+            "method": "qr_merchant", "notify_url": hook.url,
+        }))
+        .await;
+    assert_eq!(c.status, 201, "{:?}", c.body);
+    let cid = c.body["id"].as_str().unwrap();
+    assert_eq!(m.close_payment(cid).await.status, 200);
+    assert_eq!(m.close_payment(cid).await.status, 200);
+    let got = hook.acknowledged("payment.closed").await;
+    assert_eq!(body_of(&got)["data"]["closed_reason"], "closed_by_merchant");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed = hook
+        .all()
+        .into_iter()
+        .filter(|r| body_of(r)["type"] == "payment.closed")
+        .count();
+    assert_eq!(closed, 1, "closing twice announces once");
+}
+
+#[tokio::test]
+async fn an_expired_payment_is_announced_closed() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let hook = Receiver::start(200).await;
+    let c = m
+        .create_payment(&json!({
+            "merchant_order_no": "w-6", "amount": 300, "currency": "CNY", "subject": "茶",
+            "method": "qr_merchant", "notify_url": hook.url, "expires_in_seconds": 1,
+        }))
+        .await;
+    assert_eq!(c.status, 201, "{:?}", c.body);
+    let got = hook.acknowledged("payment.closed").await;
+    assert_signed(&m, &got);
+    let body = body_of(&got);
+    assert_eq!(body["data"]["id"], c.body["id"]);
+    assert_eq!(body["data"]["closed_reason"], "expired");
+}
+
+#[test]
+fn the_retry_schedule_and_the_signature() {
+    use paymux::webhooks::{DispatcherConfig, RETRY_SCHEDULE_S, signature_header};
+    let c = DispatcherConfig {
+        poll_interval: Duration::from_millis(500),
+        batch_max: 100,
+        concurrency: 16,
+        timeout: Duration::from_secs(10),
+        retry_scale: 1.0,
+    };
+    assert_eq!(c.next_attempt_at(1, 0), Some(15_000_000));
+    assert_eq!(c.next_attempt_at(2, 0), Some(60_000_000));
+    assert_eq!(c.next_attempt_at(9, 0), Some(86_400_000_000));
+    assert_eq!(c.next_attempt_at(10, 0), None, "ten attempts, then give up");
+    assert_eq!(RETRY_SCHEDULE_S.len(), 10);
+    // v1 is the HMAC over t + "." + body.
+    assert_eq!(
+        signature_header(b"key", 1, b"x"),
+        format!(
+            "t=1,v1={}",
+            hex::encode(
+                ring::hmac::sign(
+                    &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"key"),
+                    b"1.x"
+                )
+                .as_ref()
+            )
+        )
+    );
+}
