@@ -71,16 +71,26 @@ impl Application {
         let config = Arc::new(config);
         let db = open_database(&config).await?;
         let secrets = Arc::new(secret_box(&config)?);
-        let nonces = match &config.redis_url {
+        let redis = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.expose()).context("parse redis_url")?;
-                let conn = redis::aio::ConnectionManager::new(client)
-                    .await
-                    .context("connect to Redis")?;
-                NonceStore::Redis(conn)
+                Some(
+                    redis::aio::ConnectionManager::new(client)
+                        .await
+                        .context("connect to Redis")?,
+                )
             }
+            None => None,
+        };
+        let nonces = match &redis {
+            Some(conn) => NonceStore::Redis(conn.clone()),
             None => NonceStore::local(),
         };
+        let limiter = crate::ratelimit::RateLimiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+            redis,
+        );
         let demo_merchant = if config.demo_merchant && merchants::count(&db).await? == 0 {
             Some(merchants::create_merchant(&db, &secrets, "Demo Merchant").await?)
         } else {
@@ -131,6 +141,7 @@ impl Application {
             nonces,
             metrics: telemetry::metrics_handle(),
             routes,
+            limiter,
         };
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {
@@ -192,6 +203,10 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     let v1 = payments::api::router()
         .merge(crate::refunds::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod code_scan;
 mod helpers;
+mod limits;
 mod ops;
 mod payments;
 mod qr_notify;
