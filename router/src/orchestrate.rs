@@ -249,6 +249,30 @@ fn outcome_name(o: &PayOutcome) -> &'static str {
     }
 }
 
+/// Settles a payment the channel reports paid (`trade.state` is `Succeeded`) as `succeeded` with its
+/// ledger entry — a payment that was closed meanwhile becomes a late success. A trade whose amount
+/// is not the payment's is left alone for operations (`Ok(false)`).
+pub async fn settle_paid(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    trade: paymux_channels::Trade,
+) -> ApiResult<bool> {
+    if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+        tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount; left for operations");
+        return Ok(false);
+    }
+    settle_succeeded(
+        state,
+        row,
+        route,
+        trade.channel_trade_no,
+        trade.paid_at.map(|t| t.timestamp_micros()),
+    )
+    .await?;
+    Ok(true)
+}
+
 async fn settle_succeeded(
     state: &AppState,
     row: &PaymentRow,

@@ -110,12 +110,6 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let background = vec![tokio::spawn(sweeper::run(
-            db.clone(),
-            Duration::from_millis(config.sweeper_interval_ms.max(10)),
-            config.sweeper_batch_max.max(1),
-            stop_rx,
-        ))];
         let sandboxes = if config.sandbox {
             Some(
                 paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
@@ -143,6 +137,7 @@ impl Application {
             routes,
             limiter,
         };
+        let background = vec![tokio::spawn(sweeper::run(state.clone(), stop_rx))];
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {
             app_router = app_router.nest_service("/sandbox", sb.router());

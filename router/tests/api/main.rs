@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod code_scan;
+mod expiry;
 mod helpers;
 mod limits;
 mod ops;
