@@ -423,7 +423,7 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
     let payment_id = PaymentId::from(row.id);
     match route.channel.create_order(&req).await {
         Ok(paymux_channels::CreatedOrder::Qr { code_url }) => {
-            state
+            let attached = state
                 .batcher
                 .submit(WriteOp::AttachQr {
                     payment_id,
@@ -432,6 +432,14 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
                 })
                 .await
                 .map_err(ApiError::unavailable)?;
+            if attached == crate::batcher::WriteOutcome::Transitioned(false) {
+                // The payment was closed (expired) while the channel created the order, so the
+                // sweeper never saw the order: close it at the channel too. Should the payer have
+                // paid it already, the channel's notification is a late success, posted and flagged.
+                if let Err(e) = route.channel.close(&out_trade_no(row.id)).await {
+                    tracing::warn!(payment_id = %row.id, error = %e, "closing the order of a payment closed meanwhile");
+                }
+            }
             Ok(())
         }
         Ok(other) => Err(ApiError::internal(format!(
