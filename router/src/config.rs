@@ -41,7 +41,7 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// Maximum database connections in the pool.
     pub database_max_connections: u32,
-    /// `redis://…`: enables Redis for nonces (and later rate limits and caches). Unset: in-process.
+    /// `redis://…`: enables Redis for nonces and rate limits (shared by every node). Unset: in-process.
     pub redis_url: Option<Secret>,
     /// 32-byte master key (base64 or 64 hex digits) that encrypts merchant secrets at rest.
     /// Unset: a key generated once into `<data_dir>/master.key`.
@@ -64,6 +64,12 @@ pub struct Config {
     pub sweeper_interval_ms: u64,
     /// Most payments the sweeper closes per round.
     pub sweeper_batch_max: u32,
+    /// Most payments with a channel order the sweeper closes at their channels at once.
+    pub sweeper_channel_concurrency: usize,
+    /// Requests per second each merchant may send to `/v1/*` (sustained); 0 disables the limit.
+    pub rate_limit_per_second: u32,
+    /// Requests a merchant may send at once above the sustained rate (the bucket size).
+    pub rate_limit_burst: u32,
     /// Log format: `text` or `json`.
     pub log_format: String,
     /// The merchant fee rate in basis points (60 = 0.6%), posted to the ledger with every payment.
@@ -112,6 +118,9 @@ impl Default for Config {
             batch_queue_capacity: 65536,
             sweeper_interval_ms: 1000,
             sweeper_batch_max: 1000,
+            sweeper_channel_concurrency: 16,
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
             log_format: "text".into(),
             merchant_fee_rate_bps: 60,
             code_pay_poll_interval_ms: 5_000,
@@ -148,6 +157,9 @@ const KEYS: &[&str] = &[
     "batch_queue_capacity",
     "sweeper_interval_ms",
     "sweeper_batch_max",
+    "sweeper_channel_concurrency",
+    "rate_limit_per_second",
+    "rate_limit_burst",
     "log_format",
     "merchant_fee_rate_bps",
     "code_pay_poll_interval_ms",

@@ -5,6 +5,7 @@
 //! - [`config`]: defaults, TOML file and `PAYMUX_*` environment variables.
 //! - [`db`]: SQLite or PostgreSQL behind one enum; migrations.
 //! - [`auth`]: merchant request signatures and replay protection; [`merchants`]: merchants and keys.
+//! - [`ratelimit`]: per-merchant request rate limits (in-process, or shared in Redis).
 //! - [`batcher`]: the write batcher — every hot-path write goes through it, one transaction per batch.
 //! - [`payments`]: the payments API, model and SQL; [`sweeper`]: closes expired payments.
 //! - [`error`]: the one error type at the edge (`application/problem+json`).
@@ -27,6 +28,7 @@ pub mod merchants;
 pub mod openapi;
 pub mod orchestrate;
 pub mod payments;
+pub mod ratelimit;
 pub mod refunds;
 pub mod startup;
 pub mod sweeper;
@@ -45,4 +47,6 @@ pub struct AppState {
     pub nonces: auth::NonceStore,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub routes: orchestrate::Routes,
+    /// Per-merchant request rate limits on `/v1/*`.
+    pub limiter: ratelimit::RateLimiter,
 }

@@ -249,6 +249,30 @@ fn outcome_name(o: &PayOutcome) -> &'static str {
     }
 }
 
+/// Settles a payment the channel reports paid (`trade.state` is `Succeeded`) as `succeeded` with its
+/// ledger entry — a payment that was closed meanwhile becomes a late success. A trade whose amount
+/// is not the payment's is left alone for operations (`Ok(false)`).
+pub async fn settle_paid(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    trade: paymux_channels::Trade,
+) -> ApiResult<bool> {
+    if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+        tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount; left for operations");
+        return Ok(false);
+    }
+    settle_succeeded(
+        state,
+        row,
+        route,
+        trade.channel_trade_no,
+        trade.paid_at.map(|t| t.timestamp_micros()),
+    )
+    .await?;
+    Ok(true)
+}
+
 async fn settle_succeeded(
     state: &AppState,
     row: &PaymentRow,
@@ -399,7 +423,7 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
     let payment_id = PaymentId::from(row.id);
     match route.channel.create_order(&req).await {
         Ok(paymux_channels::CreatedOrder::Qr { code_url }) => {
-            state
+            let attached = state
                 .batcher
                 .submit(WriteOp::AttachQr {
                     payment_id,
@@ -408,6 +432,14 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
                 })
                 .await
                 .map_err(ApiError::unavailable)?;
+            if attached == crate::batcher::WriteOutcome::Transitioned(false) {
+                // The payment was closed (expired) while the channel created the order, so the
+                // sweeper never saw the order: close it at the channel too. Should the payer have
+                // paid it already, the channel's notification is a late success, posted and flagged.
+                if let Err(e) = route.channel.close(&out_trade_no(row.id)).await {
+                    tracing::warn!(payment_id = %row.id, error = %e, "closing the order of a payment closed meanwhile");
+                }
+            }
             Ok(())
         }
         Ok(other) => Err(ApiError::internal(format!(

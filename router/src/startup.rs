@@ -71,16 +71,26 @@ impl Application {
         let config = Arc::new(config);
         let db = open_database(&config).await?;
         let secrets = Arc::new(secret_box(&config)?);
-        let nonces = match &config.redis_url {
+        let redis = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.expose()).context("parse redis_url")?;
-                let conn = redis::aio::ConnectionManager::new(client)
-                    .await
-                    .context("connect to Redis")?;
-                NonceStore::Redis(conn)
+                Some(
+                    redis::aio::ConnectionManager::new(client)
+                        .await
+                        .context("connect to Redis")?,
+                )
             }
+            None => None,
+        };
+        let nonces = match &redis {
+            Some(conn) => NonceStore::Redis(conn.clone()),
             None => NonceStore::local(),
         };
+        let limiter = crate::ratelimit::RateLimiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+            redis,
+        );
         let demo_merchant = if config.demo_merchant && merchants::count(&db).await? == 0 {
             Some(merchants::create_merchant(&db, &secrets, "Demo Merchant").await?)
         } else {
@@ -100,20 +110,6 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let background = vec![
-            tokio::spawn(sweeper::run(
-                db.clone(),
-                Duration::from_millis(config.sweeper_interval_ms.max(10)),
-                config.sweeper_batch_max.max(1),
-                stop_rx.clone(),
-            )),
-            tokio::spawn(crate::webhooks::run(
-                db.clone(),
-                secrets.clone(),
-                crate::webhooks::DispatcherConfig::from_config(&config),
-                stop_rx,
-            )),
-        ];
         let sandboxes = if config.sandbox {
             Some(
                 paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
@@ -135,11 +131,21 @@ impl Application {
             config: config.clone(),
             db: db.clone(),
             batcher,
-            keys: Arc::new(KeyStore::new(db.clone(), secrets)),
+            keys: Arc::new(KeyStore::new(db.clone(), secrets.clone())),
             nonces,
             metrics: telemetry::metrics_handle(),
             routes,
+            limiter,
         };
+        let background = vec![
+            tokio::spawn(sweeper::run(state.clone(), stop_rx.clone())),
+            tokio::spawn(crate::webhooks::run(
+                db.clone(),
+                secrets.clone(),
+                crate::webhooks::DispatcherConfig::from_config(&config),
+                stop_rx,
+            )),
+        ];
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {
             app_router = app_router.nest_service("/sandbox", sb.router());
@@ -201,6 +207,10 @@ pub fn router(state: AppState) -> Router {
     let v1 = payments::api::router()
         .merge(crate::refunds::router())
         .merge(crate::webhooks::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,

@@ -1,39 +1,270 @@
-//! Closes `created` payments whose `expires_at` has passed, a batch per statement. Safe to run on
-//! every node at once: the UPDATE is compare-and-set and, on PostgreSQL, skips locked rows.
+//! Closes `created` payments whose `expires_at` has passed.
+//!
+//! - Payments with no channel order: a batch per statement. Safe to run on every node at once: the
+//!   UPDATE is compare-and-set and, on PostgreSQL, skips locked rows.
+//! - Payments with an order at a channel (`channel_account_id` set, e.g. `qr_merchant` with a
+//!   wallet) are closed AT THE CHANNEL FIRST (`sweeper_channel_concurrency` calls at once), then
+//!   locally through the write batcher (compare-and-set, so nodes racing on one payment are
+//!   harmless). When the channel refuses to close because the order was paid, or its query says so,
+//!   the payment is settled as `succeeded` instead: money that moved is never closed. Payments whose
+//!   channel gives no clear answer stay `created` and are tried again later, with a backoff.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use paymux_channels::{ChannelError, TradeState};
+use paymux_model::{ChannelAccountId, PaymentId, PaymentStatus};
 use tokio::sync::watch;
+use uuid::Uuid;
 
+use crate::AppState;
+use crate::batcher::WriteOp;
 use crate::db::{Db, now_us};
+use crate::orchestrate::{self, Route};
+use crate::payments::model::PaymentRow;
 use crate::payments::repo;
 
-pub async fn run(db: Db, interval: Duration, batch_max: u32, mut stop: watch::Receiver<bool>) {
+/// The first and the longest wait before a payment whose channel gave no clear answer is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(state.config.sweeper_interval_ms.max(10));
+    let batch_max = state.config.sweeper_batch_max.max(1);
+    let concurrency = state.config.sweeper_channel_concurrency.max(1);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retries = Retries::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        // Keep going while full batches come back, so a backlog drains without waiting a tick.
-        loop {
-            match repo::close_expired(&db, now_us(), batch_max).await {
-                Ok(closed) => {
-                    if !closed.is_empty() {
-                        metrics::counter!("paymux_payments_expired_total")
-                            .increment(closed.len() as u64);
-                        tracing::info!(closed = closed.len(), "closed expired payments");
-                    }
-                    if closed.len() < batch_max as usize || *stop.borrow() {
-                        break;
-                    }
+        close_local(&state.db, batch_max, &stop).await;
+        close_channel_orders(&state, batch_max, concurrency, &mut retries).await;
+    }
+}
+
+/// Payments without a channel order. Keeps going while full batches come back, so a backlog drains
+/// without waiting a tick.
+async fn close_local(db: &Db, batch_max: u32, stop: &watch::Receiver<bool>) {
+    loop {
+        match repo::close_expired(db, now_us(), batch_max).await {
+            Ok(closed) => {
+                if !closed.is_empty() {
+                    metrics::counter!("paymux_payments_expired_total")
+                        .increment(closed.len() as u64);
+                    tracing::info!(closed = closed.len(), "closed expired payments");
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "expiry sweep failed; retrying next tick");
+                if closed.len() < batch_max as usize || *stop.borrow() {
                     break;
                 }
             }
+            Err(err) => {
+                tracing::warn!(error = %err, "expiry sweep failed; retrying next tick");
+                break;
+            }
         }
+    }
+}
+
+/// When each payment whose channel gave no clear answer may be tried again.
+#[derive(Default)]
+struct Retries(HashMap<Uuid, (u32, Instant)>);
+
+impl Retries {
+    fn due(&self, id: Uuid, now: Instant) -> bool {
+        self.0.get(&id).is_none_or(|(_, at)| *at <= now)
+    }
+
+    fn later(&mut self, id: Uuid, now: Instant) {
+        let attempts = self.0.get(&id).map_or(0, |(n, _)| *n);
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << attempts.min(16))
+            .min(RETRY_MAX);
+        self.0.insert(id, (attempts + 1, now + wait));
+        // Payments closed or paid elsewhere (another node, a notification) are never `done` here.
+        if self.0.len() > 10_000 {
+            self.0.retain(|_, (_, at)| *at + RETRY_MAX > now);
+        }
+    }
+
+    fn done(&mut self, id: Uuid) {
+        self.0.remove(&id);
+    }
+}
+
+/// What happened to one expired payment with a channel order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Closed at the channel (or the channel had no open order), then closed here.
+    Closed,
+    /// The channel says it was paid: settled as `succeeded`.
+    Paid,
+    /// No clear answer (channel unreachable, order still open, route unknown): try again later.
+    Later,
+}
+
+async fn close_channel_orders(
+    state: &AppState,
+    batch_max: u32,
+    concurrency: usize,
+    retries: &mut Retries,
+) {
+    let rows = match repo::expired_channel_orders(&state.db, now_us(), batch_max).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "expiry sweep of channel orders failed; retrying next tick");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let due: Vec<PaymentRow> = rows
+        .into_iter()
+        .filter(|r| retries.due(r.id, now))
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let results: Vec<(Uuid, Expiry)> = futures::stream::iter(due)
+        .map(|row| async move {
+            let id = row.id;
+            (id, expire_channel_order(state, row).await)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let (mut closed, mut paid) = (0u64, 0u64);
+    for (id, outcome) in results {
+        match outcome {
+            Expiry::Closed => {
+                closed += 1;
+                retries.done(id);
+            }
+            Expiry::Paid => {
+                paid += 1;
+                retries.done(id);
+            }
+            Expiry::Later => retries.later(id, now),
+        }
+    }
+    if closed > 0 {
+        metrics::counter!("paymux_payments_expired_total").increment(closed);
+    }
+    if paid > 0 {
+        metrics::counter!("paymux_payments_paid_at_expiry_total").increment(paid);
+    }
+    if closed + paid > 0 {
+        tracing::info!(
+            closed,
+            paid,
+            "expired payments with channel orders closed at their channels"
+        );
+    }
+}
+
+/// Closes one payment's order at its channel, then the payment; or settles it if it was paid.
+async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
+    let Some(route) = row
+        .channel_account_id
+        .and_then(|a| state.routes.by_id(ChannelAccountId::from(a)))
+    else {
+        tracing::warn!(payment_id = %row.id, channel_account_id = ?row.channel_account_id,
+            "expired payment's channel account is not configured; cannot close it at the channel");
+        return Expiry::Later;
+    };
+    let no = orchestrate::out_trade_no(row.id);
+    let refused = match route.channel.close(&no).await {
+        Ok(()) => return close_here(state, &row).await,
+        Err(e) => e,
+    };
+    // Refused (paid, already closed, unknown order) or no answer: the channel's query decides.
+    match route.channel.query(&no).await {
+        Ok(trade) => match trade.state {
+            TradeState::Succeeded => settle(state, &row, &route, trade).await,
+            TradeState::Closed | TradeState::Failed => close_here(state, &row).await,
+            TradeState::NotPaid | TradeState::UserPaying => {
+                tracing::warn!(payment_id = %row.id, channel = route.name, error = %refused,
+                    "the channel did not close an unpaid order; trying again later");
+                Expiry::Later
+            }
+        },
+        // The channel has no such order (Alipay creates a pre-created trade only when the payer
+        // scans): nothing can be paid any more — the order carried the same expiry to the channel.
+        Err(ChannelError::Rejected { code, .. }) if order_not_found(&code) => {
+            close_here(state, &row).await
+        }
+        Err(e) => {
+            tracing::warn!(payment_id = %row.id, channel = route.name, close_error = %refused, query_error = %e,
+                "closing an expired payment at its channel: no answer; trying again later");
+            Expiry::Later
+        }
+    }
+}
+
+fn order_not_found(code: &str) -> bool {
+    let c = code.to_ascii_uppercase().replace('_', "");
+    c.ends_with("ORDERNOTEXIST") || c.ends_with("TRADENOTEXIST")
+}
+
+async fn close_here(state: &AppState, row: &PaymentRow) -> Expiry {
+    let op = WriteOp::Transition {
+        payment_id: PaymentId::from(row.id),
+        to: PaymentStatus::Closed,
+        closed_reason: Some("expired".into()),
+    };
+    match state.batcher.submit(op).await {
+        Ok(_) => Expiry::Closed,
+        Err(e) => {
+            tracing::warn!(payment_id = %row.id, error = %e, "closing an expired payment");
+            Expiry::Later
+        }
+    }
+}
+
+async fn settle(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    trade: paymux_channels::Trade,
+) -> Expiry {
+    tracing::info!(payment_id = %row.id, channel = route.name, "paid at the channel at expiry: settling as succeeded");
+    match orchestrate::settle_paid(state, row, route, trade).await {
+        Ok(true) => Expiry::Paid,
+        Ok(false) => Expiry::Later,
+        Err(e) => {
+            tracing::error!(payment_id = %row.id, error = ?e, "settling a payment paid at expiry");
+            Expiry::Later
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_codes() {
+        assert!(order_not_found("ORDERNOTEXIST"));
+        assert!(order_not_found("ACQ.TRADE_NOT_EXIST"));
+        assert!(order_not_found("ORDER_NOT_EXIST"));
+        assert!(!order_not_found("ORDERPAID"));
+        assert!(!order_not_found("SYSTEMERROR"));
+    }
+
+    #[test]
+    fn retries_back_off() {
+        let mut r = Retries::default();
+        let id = Uuid::new_v4();
+        let t0 = Instant::now();
+        assert!(r.due(id, t0));
+        r.later(id, t0);
+        assert!(!r.due(id, t0));
+        assert!(r.due(id, t0 + RETRY_FIRST));
+        r.later(id, t0);
+        assert!(!r.due(id, t0 + RETRY_FIRST));
+        r.done(id);
+        assert!(r.due(id, t0));
     }
 }

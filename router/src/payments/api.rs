@@ -268,6 +268,7 @@ pub struct ListQuery {
         (status = 401, description = "Authentication failed", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order number was used with different content", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the merchant's rate limit: retry after `Retry-After` seconds", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_payment(
     State(state): State<AppState>,

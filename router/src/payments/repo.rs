@@ -284,10 +284,13 @@ pub async fn list(
 }
 
 /// Closes up to `limit` `created` payments past their expiry in one statement; returns their ids.
+/// Closes expired `created` payments that have no channel order (those are closed at their channel
+/// first, see [`expired_channel_orders`]).
 /// Their `payment.closed` webhook events are written in the same transaction.
 pub async fn close_expired(db: &Db, now_us: i64, limit: u32) -> sqlx::Result<Vec<Uuid>> {
     const SQL: &str = "UPDATE payments SET status = 'closed', updated_at_us = $1, closed_reason = 'expired' \
-         WHERE id IN (SELECT id FROM payments WHERE status = 'created' AND expires_at_us <= $1 LIMIT $2) \
+         WHERE id IN (SELECT id FROM payments WHERE status = 'created' AND expires_at_us <= $1 \
+         AND channel_account_id IS NULL LIMIT $2) \
          AND status = 'created' RETURNING id";
     let limit = i64::from(limit);
     let events = |ids: &[Uuid]| -> Vec<crate::webhooks::Pending> {
@@ -318,6 +321,36 @@ pub async fn close_expired(db: &Db, now_us: i64, limit: u32) -> sqlx::Result<Vec
             crate::webhooks::enqueue_pg(&mut tx, &events(&ids), now_us).await?;
             tx.commit().await?;
             Ok(ids)
+        }
+    }
+}
+
+/// Expired `created` payments with an order at a channel (`channel_account_id` set), oldest
+/// expiry first, at most `limit`.
+pub async fn expired_channel_orders(
+    db: &Db,
+    now_us: i64,
+    limit: u32,
+) -> sqlx::Result<Vec<PaymentRow>> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = 'created' AND expires_at_us <= $1 \
+         AND channel_account_id IS NOT NULL ORDER BY expires_at_us LIMIT $2"
+    );
+    let limit = i64::from(limit);
+    match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(&sql)
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(&sql)
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
         }
     }
 }

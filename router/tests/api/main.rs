@@ -4,7 +4,9 @@
 mod auth;
 mod cli;
 mod code_scan;
+mod expiry;
 mod helpers;
+mod limits;
 mod ops;
 mod payments;
 mod qr_notify;
