@@ -179,3 +179,67 @@ async fn a_wallet_without_a_channel_is_no_route() {
     let found = m.find_by_order_no("q-5").await;
     assert_eq!(found.body["data"].as_array().map(Vec::len), Some(0));
 }
+
+/// A notification signed with the channel's real key but for another amount is refused and changes
+/// nothing; the same notification with the right amount is applied (so the refusal was the amount).
+#[tokio::test]
+async fn a_validly_signed_notification_with_a_wrong_amount_is_refused() {
+    use paymux_channels::crypto::RsaSigner;
+    use paymux_channels::wechat::sandbox::SandboxAccount;
+    use paymux_channels::wechat::sign::{EncryptedResource, PlatformSignature};
+
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-6", 500, "wechat")).await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let account = r.body["channel_account_id"].as_str().unwrap().to_string();
+    let acct = SandboxAccount::load_or_create(&app.config.data_dir.join("sandbox")).unwrap();
+    let signer = RsaSigner::from_pem(&acct.platform_private_key).unwrap();
+    let notify = |total: i64| {
+        let plain = json!({
+            "appid": acct.appid, "mchid": acct.mchid, "out_trade_no": id.replace('-', ""),
+            "transaction_id": "4200000000202611230000000001", "trade_type": "NATIVE",
+            "trade_state": "SUCCESS", "success_time": "2026-11-23T10:00:00+08:00",
+            "amount": {"total": total, "currency": "CNY"},
+        });
+        let resource = EncryptedResource::encrypt(
+            acct.api_v3_key.as_bytes(),
+            "transaction",
+            "transaction",
+            plain.to_string().as_bytes(),
+        )
+        .unwrap();
+        let body = json!({
+            "id": format!("n-{total}"), "create_time": "2026-11-23T10:00:01+08:00",
+            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS",
+            "summary": "支付成功", "resource": resource,
+        })
+        .to_string();
+        let sig = PlatformSignature::sign(
+            &signer,
+            &acct.platform_serial,
+            chrono::Utc::now().timestamp(),
+            body.as_bytes(),
+        );
+        (sig, body)
+    };
+    let send = |(sig, body): (PlatformSignature, String)| {
+        app.http
+            .post(format!("{}/notify/{account}", app.base))
+            .header("wechatpay-timestamp", sig.timestamp)
+            .header("wechatpay-nonce", sig.nonce)
+            .header("wechatpay-serial", sig.serial)
+            .header("wechatpay-signature", sig.signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let wrong = send(notify(1)).await.unwrap();
+    assert!(!wrong.status().is_success(), "{}", wrong.status());
+    assert_eq!(m.get_payment(&id).await.body["status"], "created");
+    assert_eq!(audit(&app).await.ledger.entries, 0);
+    let right = send(notify(500)).await.unwrap();
+    assert!(right.status().is_success(), "{}", right.status());
+    wait_status(&m, &id, "succeeded").await;
+    assert_eq!(audit(&app).await.ledger.entries, 1);
+}
