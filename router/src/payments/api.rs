@@ -269,6 +269,7 @@ pub struct ListQuery {
         (status = 409, description = "The order number was used with different content", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the merchant's rate limit: retry after `Retry-After` seconds", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`channel_unavailable`: the route's channel is failing (circuit breaker open); nothing was written, retry after `Retry-After` seconds", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_payment(
     State(state): State<AppState>,
@@ -281,12 +282,13 @@ pub async fn create_payment(
     let code_wallet = match (&req.auth_code, req.method) {
         (Some(code), PayMethod::CodeScan | PayMethod::SoundWave) => {
             let wallet = crate::orchestrate::wallet_of_code(code, req.wallet)?;
-            if state.routes.get(wallet).is_none() {
+            let Some(route) = state.routes.get(wallet) else {
                 return Err(ApiError::new(
                     ErrorCode::NoRoute,
                     format!("no channel for {wallet} payment codes"),
                 ));
-            }
+            };
+            route.admit_new_payment()?;
             Some(wallet)
         }
         _ => None,
@@ -294,12 +296,13 @@ pub async fn create_payment(
     // C2B with a known wallet goes to that wallet's channel: the route must exist.
     let qr_wallet = match (req.method, req.wallet) {
         (PayMethod::QrMerchant, Some(w)) => {
-            if state.routes.get(w).is_none() {
+            let Some(route) = state.routes.get(w) else {
                 return Err(ApiError::new(
                     ErrorCode::NoRoute,
                     format!("no channel for {w}"),
                 ));
-            }
+            };
+            route.admit_new_payment()?;
             Some(w)
         }
         _ => None,
