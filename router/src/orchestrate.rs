@@ -5,6 +5,8 @@
 //!
 //! Routes are the sandbox channel accounts of this server (every merchant reaches the sandboxes
 //! mounted under `/sandbox`); per-merchant channel accounts and routing rules are not built yet.
+//! Every channel call goes through a [`Route`] method that records it on the route's circuit
+//! breaker ([`crate::health`]); only new payments are refused while it is open.
 
 use std::collections::HashMap;
 use std::sync::Arc;

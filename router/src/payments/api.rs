@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use paymux_model::{Currency, ErrorCode, PayMethod, PaymentId, PaymentStatus, WalletBrand};
+use paymux_model::{
+    Currency, ErrorCode, MerchantId, PayMethod, PaymentId, PaymentStatus, WalletBrand,
+};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Payment, PaymentRow};
@@ -288,7 +290,9 @@ pub async fn create_payment(
                     format!("no channel for {wallet} payment codes"),
                 ));
             };
-            route.admit_new_payment()?;
+            if let Err(refused) = route.admit_new_payment() {
+                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
+            }
             Some(wallet)
         }
         _ => None,
@@ -302,7 +306,9 @@ pub async fn create_payment(
                     format!("no channel for {w}"),
                 ));
             };
-            route.admit_new_payment()?;
+            if let Err(refused) = route.admit_new_payment() {
+                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
+            }
             Some(w)
         }
         _ => None,
@@ -388,6 +394,22 @@ pub async fn create_payment(
         WriteOutcome::Retry | WriteOutcome::Transitioned(_) | WriteOutcome::Refund(_) => Err(
             ApiError::unavailable("create raced with a rolled-back writer"),
         ),
+    }
+}
+
+/// A route whose breaker is open refuses new payments; the same request sent again still gets
+/// its existing payment (the write batcher answers `Existing` / `Conflict` without writing).
+async fn refused_unless_repeat(
+    state: &AppState,
+    merchant: MerchantId,
+    merchant_order_no: &str,
+    refused: ApiError,
+) -> ApiResult<()> {
+    let existing = repo::list(&state.db, merchant, Some(merchant_order_no), None, 1).await?;
+    if existing.is_empty() {
+        Err(refused)
+    } else {
+        Ok(())
     }
 }
 

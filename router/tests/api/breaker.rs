@@ -96,6 +96,16 @@ async fn a_failing_channel_opens_its_breaker_then_probes_close_it() {
         let found = m.find_by_order_no(no).await;
         assert_eq!(found.body["data"].as_array().map(Vec::len), Some(0), "{no}");
     }
+    // The same request as before still answers with its payment.
+    let r = m
+        .create_payment(&code_body("b-0", "134567890123456789"))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["status"].as_str()),
+        (200, Some("processing")),
+        "{:?}",
+        r.body
+    );
     // Other routes are not affected.
     let r = m
         .create_payment(&code_body("b-alipay", "281234567890123456"))
