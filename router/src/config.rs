@@ -97,6 +97,16 @@ pub struct Config {
     pub webhook_timeout_ms: u64,
     /// Webhooks: multiplies the retry schedule (0 s, 15 s, 1 min, … 24 h); 1 = as documented.
     pub webhook_retry_schedule_scale: f64,
+    /// Circuit breaker per channel account: opens at this error rate (%) in its 30 s window…
+    pub breaker_error_rate_pct: u32,
+    /// …once the window holds at least this many calls.
+    pub breaker_min_calls: u32,
+    /// How long an open breaker fails new payments fast before it lets probes through.
+    pub breaker_open_ms: u64,
+    /// New payments let through while half-open; as many successes close the breaker.
+    pub breaker_half_open_probes: u32,
+    /// Also opens when the window's p95 call latency is over this; 0 disables.
+    pub breaker_latency_p95_ms: u64,
 }
 
 impl Default for Config {
@@ -134,6 +144,11 @@ impl Default for Config {
             webhook_concurrency: 16,
             webhook_timeout_ms: 10_000,
             webhook_retry_schedule_scale: 1.0,
+            breaker_error_rate_pct: 50,
+            breaker_min_calls: 20,
+            breaker_open_ms: 30_000,
+            breaker_half_open_probes: 3,
+            breaker_latency_p95_ms: 0,
         }
     }
 }
@@ -172,6 +187,11 @@ const KEYS: &[&str] = &[
     "webhook_concurrency",
     "webhook_timeout_ms",
     "webhook_retry_schedule_scale",
+    "breaker_error_rate_pct",
+    "breaker_min_calls",
+    "breaker_open_ms",
+    "breaker_half_open_probes",
+    "breaker_latency_p95_ms",
 ];
 
 impl Config {

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub detail: String,
     /// The request field at fault (validation errors).
     pub field: Option<String>,
+    /// `Retry-After` (seconds), for answers that say when to try again.
+    pub retry_after: Option<u64>,
 }
 
 /// The problem document (RFC 9457).
@@ -35,6 +37,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -43,11 +46,18 @@ impl ApiError {
             code,
             detail: detail.into(),
             field: Some(field.into()),
+            retry_after: None,
         }
     }
 
     pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
         ApiError::field(ErrorCode::ValidationFailed, field, detail)
+    }
+
+    /// With `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn not_found(what: &str) -> ApiError {
@@ -113,6 +123,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.code == ErrorCode::AuthMissing || self.code.http_status() == 401 {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -14,6 +14,7 @@
 //!   settlement (final state + ledger entry in one transaction).
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
+//! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod ledger_audit;
 pub mod merchants;
 pub mod openapi;

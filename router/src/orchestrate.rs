@@ -5,12 +5,14 @@
 //!
 //! Routes are the sandbox channel accounts of this server (every merchant reaches the sandboxes
 //! mounted under `/sandbox`); per-merchant channel accounts and routing rules are not built yet.
+//! Every channel call goes through a [`Route`] method that records it on the route's circuit
+//! breaker ([`crate::health`]); only new payments are refused while it is open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paymux_channels::{Channel, OrderRequest, PayOutcome, TradeState};
+use paymux_channels::{Channel, ChannelError, OrderRequest, PayOutcome, TradeState};
 use paymux_model::{
     ChannelAccountId, ErrorCode, MerchantId, Money, PaymentId, PaymentStatus, WalletBrand,
 };
@@ -28,6 +30,86 @@ pub struct Route {
     pub channel: Arc<dyn Channel>,
     /// What the channel charges, in basis points.
     pub cost_rate_bps: u32,
+    /// The account's circuit breaker: every call below is recorded on it.
+    pub breaker: crate::health::Breaker,
+}
+
+/// The channel calls, each recorded on the route's breaker (outcome and latency).
+impl Route {
+    pub async fn pay_with_code(&self, order: &OrderRequest, auth_code: &str) -> PayOutcome {
+        let call = self.channel.pay_with_code(order, auth_code);
+        self.breaker
+            .observe("pay_with_code", call, crate::health::pay_errs)
+            .await
+    }
+
+    pub async fn create_order(
+        &self,
+        req: &paymux_channels::CreateOrder,
+    ) -> Result<paymux_channels::CreatedOrder, ChannelError> {
+        let call = self.channel.create_order(req);
+        self.breaker
+            .observe("create_order", call, crate::health::result_errs)
+            .await
+    }
+
+    pub async fn query(&self, out_trade_no: &str) -> Result<paymux_channels::Trade, ChannelError> {
+        let call = self.channel.query(out_trade_no);
+        self.breaker
+            .observe("query", call, crate::health::result_errs)
+            .await
+    }
+
+    pub async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+        let call = self.channel.close(out_trade_no);
+        self.breaker
+            .observe("close", call, crate::health::result_errs)
+            .await
+    }
+
+    pub async fn reverse(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+        let call = self.channel.reverse(out_trade_no);
+        self.breaker
+            .observe("reverse", call, crate::health::result_errs)
+            .await
+    }
+
+    pub async fn refund(
+        &self,
+        req: &paymux_channels::RefundRequest,
+    ) -> paymux_channels::RefundOutcome {
+        let call = self.channel.refund(req);
+        self.breaker
+            .observe("refund", call, crate::health::refund_errs)
+            .await
+    }
+
+    pub async fn query_refund(
+        &self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+    ) -> Result<paymux_channels::RefundInfo, ChannelError> {
+        let call = self.channel.query_refund(out_trade_no, out_refund_no);
+        self.breaker
+            .observe("query_refund", call, crate::health::result_errs)
+            .await
+    }
+
+    /// New payments only (never follow-ups): `503 channel_unavailable` with `Retry-After` while
+    /// the breaker is open.
+    pub fn admit_new_payment(&self) -> ApiResult<()> {
+        self.breaker.admit().map_err(|wait| {
+            let secs = crate::ratelimit::retry_after_seconds(wait);
+            ApiError::new(
+                ErrorCode::ChannelUnavailable,
+                format!(
+                    "the {} channel is failing; new payments are refused for now, retry after {secs} s",
+                    self.name
+                ),
+            )
+            .retry_after(secs)
+        })
+    }
 }
 
 /// Routes by wallet, and by channel account (for notifications).
@@ -55,6 +137,11 @@ impl Routes {
         self.by_id.get(&id).cloned()
     }
 
+    /// Every route's breaker (for `/metrics`).
+    pub fn breakers(&self) -> impl Iterator<Item = &crate::health::Breaker> {
+        self.by_id.values().map(|r| &r.breaker)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_wallet.is_empty()
     }
@@ -64,6 +151,7 @@ impl Routes {
         sandboxes: &paymux_channels::sandbox::Sandboxes,
         base_url: &str,
         cost_rate_bps: u32,
+        breaker: &crate::health::BreakerConfig,
     ) -> anyhow::Result<Self> {
         let wechat = sandboxes.wechat.account();
         let id = ChannelAccountId::from(Uuid::new_v5(
@@ -104,6 +192,7 @@ impl Routes {
                 Route {
                     id: unionpay_id,
                     name: "unionpay sandbox",
+                    breaker: crate::health::Breaker::new("unionpay sandbox", breaker.clone()),
                     channel: Arc::new(unionpay_adapter),
                     cost_rate_bps,
                 },
@@ -113,6 +202,7 @@ impl Routes {
                 Route {
                     id,
                     name: "wechat sandbox",
+                    breaker: crate::health::Breaker::new("wechat sandbox", breaker.clone()),
                     channel: Arc::new(adapter),
                     cost_rate_bps,
                 },
@@ -122,6 +212,7 @@ impl Routes {
                 Route {
                     id: alipay_id,
                     name: "alipay sandbox",
+                    breaker: crate::health::Breaker::new("alipay sandbox", breaker.clone()),
                     channel: Arc::new(alipay_adapter),
                     cost_rate_bps,
                 },
@@ -211,7 +302,7 @@ pub async fn code_scan(state: &AppState, row: PaymentRow, auth_code: &str) -> Ap
         .await
         .map_err(ApiError::unavailable)?;
     let order = order_of(&row);
-    let outcome = route.channel.pay_with_code(&order, auth_code).await;
+    let outcome = route.pay_with_code(&order, auth_code).await;
     metrics::counter!("paymux_channel_pay_outcomes_total", "channel" => route.name, "outcome" => outcome_name(&outcome)).increment(1);
     match outcome {
         PayOutcome::Succeeded { trade } => {
@@ -339,7 +430,7 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
     let no = out_trade_no(row.id);
     loop {
         tokio::time::sleep(f.poll_interval).await;
-        match route.channel.query(&no).await {
+        match route.query(&no).await {
             Ok(t) => match t.state {
                 TradeState::Succeeded => {
                     if let Err(e) = settle_succeeded(
@@ -375,10 +466,10 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
         }
     }
     // Deadline: reverse, then believe the channel's last word.
-    if let Err(e) = route.channel.reverse(&no).await {
+    if let Err(e) = route.reverse(&no).await {
         tracing::warn!(payment_id = %row.id, error = %e, "reversing a code payment at its deadline");
     }
-    match route.channel.query(&no).await {
+    match route.query(&no).await {
         Ok(t) if t.state == TradeState::Succeeded => {
             let _ = settle_succeeded(
                 &state,
@@ -421,7 +512,7 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
         kind: paymux_channels::CreateKind::Qr,
     };
     let payment_id = PaymentId::from(row.id);
-    match route.channel.create_order(&req).await {
+    match route.create_order(&req).await {
         Ok(paymux_channels::CreatedOrder::Qr { code_url }) => {
             let attached = state
                 .batcher
@@ -436,7 +527,7 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
                 // The payment was closed (expired) while the channel created the order, so the
                 // sweeper never saw the order: close it at the channel too. Should the payer have
                 // paid it already, the channel's notification is a late success, posted and flagged.
-                if let Err(e) = route.channel.close(&out_trade_no(row.id)).await {
+                if let Err(e) = route.close(&out_trade_no(row.id)).await {
                     tracing::warn!(payment_id = %row.id, error = %e, "closing the order of a payment closed meanwhile");
                 }
             }
@@ -578,7 +669,7 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
         reason: row.reason.clone(),
         notify_url: None,
     };
-    match route.channel.refund(&req).await {
+    match route.refund(&req).await {
         RefundOutcome::Succeeded { refund } => {
             settle_refund(
                 state,
@@ -669,7 +760,6 @@ async fn refund_follow_up(
             return;
         }
         match route
-            .channel
             .query_refund(&out_trade_no(payment.id), &out_trade_no(row.id))
             .await
         {
@@ -714,7 +804,7 @@ async fn refund_follow_up(
                     notify_url: None,
                 };
                 if let paymux_channels::RefundOutcome::Failed { code, message } =
-                    route.channel.refund(&req).await
+                    route.refund(&req).await
                 {
                     settle_refund(
                         &state,

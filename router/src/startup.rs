@@ -124,6 +124,7 @@ impl Application {
                 sb,
                 &config.public_base_url(addr),
                 config.sandbox_fee_rate_bps,
+                &crate::health::BreakerConfig::of(&config),
             )?,
             None => crate::orchestrate::Routes::default(),
         };
@@ -254,7 +255,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        state.metrics.render() + &crate::health::render_states(state.routes.breakers()),
     )
 }
 

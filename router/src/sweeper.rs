@@ -175,12 +175,12 @@ async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
         return Expiry::Later;
     };
     let no = orchestrate::out_trade_no(row.id);
-    let refused = match route.channel.close(&no).await {
+    let refused = match route.close(&no).await {
         Ok(()) => return close_here(state, &row).await,
         Err(e) => e,
     };
     // Refused (paid, already closed, unknown order) or no answer: the channel's query decides.
-    match route.channel.query(&no).await {
+    match route.query(&no).await {
         Ok(trade) => match trade.state {
             TradeState::Succeeded => settle(state, &row, &route, trade).await,
             TradeState::Closed | TradeState::Failed => close_here(state, &row).await,

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use paymux_model::{Currency, ErrorCode, PayMethod, PaymentId, PaymentStatus, WalletBrand};
+use paymux_model::{
+    Currency, ErrorCode, MerchantId, PayMethod, PaymentId, PaymentStatus, WalletBrand,
+};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Payment, PaymentRow};
@@ -269,6 +271,7 @@ pub struct ListQuery {
         (status = 409, description = "The order number was used with different content", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the merchant's rate limit: retry after `Retry-After` seconds", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`channel_unavailable`: the route's channel is failing (circuit breaker open); nothing was written, retry after `Retry-After` seconds", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_payment(
     State(state): State<AppState>,
@@ -281,11 +284,14 @@ pub async fn create_payment(
     let code_wallet = match (&req.auth_code, req.method) {
         (Some(code), PayMethod::CodeScan | PayMethod::SoundWave) => {
             let wallet = crate::orchestrate::wallet_of_code(code, req.wallet)?;
-            if state.routes.get(wallet).is_none() {
+            let Some(route) = state.routes.get(wallet) else {
                 return Err(ApiError::new(
                     ErrorCode::NoRoute,
                     format!("no channel for {wallet} payment codes"),
                 ));
+            };
+            if let Err(refused) = route.admit_new_payment() {
+                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
             }
             Some(wallet)
         }
@@ -294,11 +300,14 @@ pub async fn create_payment(
     // C2B with a known wallet goes to that wallet's channel: the route must exist.
     let qr_wallet = match (req.method, req.wallet) {
         (PayMethod::QrMerchant, Some(w)) => {
-            if state.routes.get(w).is_none() {
+            let Some(route) = state.routes.get(w) else {
                 return Err(ApiError::new(
                     ErrorCode::NoRoute,
                     format!("no channel for {w}"),
                 ));
+            };
+            if let Err(refused) = route.admit_new_payment() {
+                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
             }
             Some(w)
         }
@@ -385,6 +394,22 @@ pub async fn create_payment(
         WriteOutcome::Retry | WriteOutcome::Transitioned(_) | WriteOutcome::Refund(_) => Err(
             ApiError::unavailable("create raced with a rolled-back writer"),
         ),
+    }
+}
+
+/// A route whose breaker is open refuses new payments; the same request sent again still gets
+/// its existing payment (the write batcher answers `Existing` / `Conflict` without writing).
+async fn refused_unless_repeat(
+    state: &AppState,
+    merchant: MerchantId,
+    merchant_order_no: &str,
+    refused: ApiError,
+) -> ApiResult<()> {
+    let existing = repo::list(&state.db, merchant, Some(merchant_order_no), None, 1).await?;
+    if existing.is_empty() {
+        Err(refused)
+    } else {
+        Ok(())
     }
 }
 

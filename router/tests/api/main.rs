@@ -2,6 +2,7 @@
 //! PostgreSQL + Redis when `PAYMUX_TEST_DATABASE_URL` / `PAYMUX_TEST_REDIS_URL` are set), over HTTP.
 
 mod auth;
+mod breaker;
 mod cli;
 mod code_scan;
 mod expiry;
