@@ -1044,7 +1044,8 @@ async fn refund(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        // The refund completes shortly after, and notifies.
+        // The answer is the refund as accepted (PROCESSING); it completes shortly after, and notifies.
+        let rec = sb.refund_json(&b.out_refund_no).await?.ok_or_else(|| ApiError::new(500, "SYSTEMERROR", "系统错误"))?;
         let sb2 = sb.clone();
         let out_refund_no = b.out_refund_no.clone();
         let delay = sb.0.opts.compress(Duration::from_secs(2));
@@ -1052,7 +1053,6 @@ async fn refund(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
             tokio::time::sleep(delay).await;
             let _ = sb2.complete_refund(&out_refund_no).await;
         });
-        let rec = sb.refund_json(&b.out_refund_no).await?.ok_or_else(|| ApiError::new(500, "SYSTEMERROR", "系统错误"))?;
         sb.ok(&serde_json::to_value(rec).expect("json"))
     }
     .await;
