@@ -115,7 +115,7 @@ impl Env {
     }
 
     async fn wait_for<T>(&self, mut f: impl FnMut(&[Notification]) -> Option<T>) -> T {
-        for _ in 0..200 {
+        for _ in 0..800 {
             if let Some(v) = f(&self.received.lock().unwrap()) {
                 return v;
             }

@@ -28,7 +28,7 @@ fn code_body(order_no: &str, amount: i64, code: &str) -> Value {
 }
 
 async fn wait_final(m: &MerchantClient, id: &str) -> Value {
-    for _ in 0..200 {
+    for _ in 0..800 {
         let r = m.get_payment(id).await;
         if matches!(
             r.body["status"].as_str(),

@@ -27,7 +27,7 @@ fn qr_body(order_no: &str, amount: i64, wallet: &str) -> Value {
 }
 
 async fn wait_status(m: &MerchantClient, id: &str, status: &str) -> Value {
-    for _ in 0..200 {
+    for _ in 0..800 {
         let r = m.get_payment(id).await;
         if r.body["status"] == status {
             return r.body;

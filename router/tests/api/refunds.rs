@@ -37,7 +37,7 @@ async fn refund(m: &MerchantClient, payment: &str, no: &str, amount: i64) -> Rep
 }
 
 async fn wait_refund(m: &MerchantClient, id: &str) -> Value {
-    for _ in 0..200 {
+    for _ in 0..800 {
         let r = m
             .send(Method::GET, &format!("/v1/refunds/{id}"), None)
             .await;
