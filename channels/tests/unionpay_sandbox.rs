@@ -49,7 +49,8 @@ impl Env {
         let opts = SandboxOptions {
             data_dir: dir.path().to_path_buf(),
             time_compression: 1000,
-            password_wait_secs: 1,
+            // 0.5 s of password wait: long enough for a reversal to come first on a busy machine.
+            password_wait_secs: 500,
             ..SandboxOptions::default()
         };
         let sandbox = UnionPaySandbox::start(opts).await.unwrap();
@@ -168,7 +169,7 @@ fn code(suffix: &str) -> String {
 
 async fn settle(up: &UnionPay, out: &str) -> TradeState {
     let mut state = TradeState::UserPaying;
-    for _ in 0..150 {
+    for _ in 0..1000 {
         state = up.query(out).await.unwrap().state;
         if state != TradeState::UserPaying {
             break;

@@ -45,7 +45,8 @@ impl Env {
         let opts = SandboxOptions {
             data_dir: dir.path().to_path_buf(),
             time_compression: 1000,
-            password_wait_secs: 1,
+            // 0.5 s of password wait: the "still waiting" checks come first on a busy machine.
+            password_wait_secs: 500,
             ..SandboxOptions::default()
         };
         let sandbox = WechatSandbox::start(opts).await.unwrap();
@@ -319,7 +320,7 @@ async fn payment_codes_choose_the_payer() {
     ));
     assert_eq!(wx.query(&out).await.unwrap().state, TradeState::UserPaying);
     let mut state = TradeState::UserPaying;
-    for _ in 0..100 {
+    for _ in 0..1000 {
         state = wx.query(&out).await.unwrap().state;
         if state != TradeState::UserPaying {
             break;
