@@ -57,8 +57,7 @@ use super::notify::TIME_FORMAT;
 use super::sign;
 use crate::crypto::{self, RsaSigner, RsaVerifier};
 use crate::sandbox::{
-    self, Delivery, FaultSwitch, Faults, Notifier, PayerBehaviour, SandboxOptions, fee_fen,
-    refund_fee_fen,
+    self, Delivery, FaultSwitch, Notifier, PayerBehaviour, SandboxOptions, fee_fen, refund_fee_fen,
 };
 use crate::{BillKind, BillRecord};
 
@@ -366,19 +365,13 @@ impl AlipaySandbox {
     /// Loads (or creates) the app account and opens the books under `opts.data_dir/alipay`.
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         let account = SandboxAccount::load_or_create(&opts.data_dir)?;
-        let db = sandbox::open_books(&opts.data_dir.join("alipay").join("books.sqlite")).await?;
-        for stmt in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
-            sqlx::query(stmt).execute(&db).await?;
-        }
+        let db = sandbox::open_books_with_schema(
+            &opts.data_dir.join("alipay").join("books.sqlite"),
+            SCHEMA,
+        )
+        .await?;
         let faults = FaultSwitch::new(opts.faults.clone());
-        let notifier = Notifier::new(
-            RETRY_SCHEDULE_SECS
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            opts.time_compression,
-            faults.clone(),
-        );
+        let notifier = sandbox::notifier(&RETRY_SCHEDULE_SECS, &opts, &faults);
         Ok(Self(Arc::new(Inner {
             app_key: RsaVerifier::from_pem(&account.app_public_key)?,
             alipay: RsaSigner::from_pem(&account.alipay_private_key)?,
@@ -417,10 +410,11 @@ impl AlipaySandbox {
         let tools = axum::Router::new()
             .route("/sandbox/bill/{token}", get(bill_file))
             .route("/sandbox/pay", post(wallet_pay))
-            .route("/sandbox/faults", get(get_faults).put(put_faults))
             .route("/sandbox/notifications/{no}", post(resend))
             .route("/sandbox/account", get(public_account));
-        api.merge(tools).with_state(self.clone())
+        api.merge(tools)
+            .merge(sandbox::faults_router(self.0.faults.clone()))
+            .with_state(self.clone())
     }
 
     /// A signed gateway answer: always HTTP 200, the node before `sign`.
@@ -1501,25 +1495,11 @@ async fn wallet_pay(State(sb): State<AlipaySandbox>, Json(p): Json<WalletPay>) -
     }
 }
 
-async fn get_faults(State(sb): State<AlipaySandbox>) -> Json<Faults> {
-    Json(sb.0.faults.get())
-}
-
-async fn put_faults(State(sb): State<AlipaySandbox>, Json(f): Json<Faults>) -> Json<Faults> {
-    sb.0.faults.set(f);
-    Json(sb.0.faults.get())
-}
-
-#[derive(Debug, Deserialize)]
-struct Times {
-    times: Option<u32>,
-}
-
 /// Re-sends a paid order's notification `times` times (duplicates on demand).
 async fn resend(
     State(sb): State<AlipaySandbox>,
     UrlPath(no): UrlPath<String>,
-    Query(t): Query<Times>,
+    Query(t): Query<sandbox::Times>,
 ) -> Response {
     match sb.load(&no).await {
         Ok(Some(tr)) if tr.is_paid() => {

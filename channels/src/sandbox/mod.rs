@@ -414,3 +414,50 @@ impl Sandboxes {
         ]
     }
 }
+
+/// Opens (creating) a sandbox's books and applies its schema (`;`-separated statements).
+pub async fn open_books_with_schema(path: &Path, schema: &str) -> Result<SqlitePool, sqlx::Error> {
+    let db = open_books(path).await?;
+    for stmt in schema.split(';').filter(|s| !s.trim().is_empty()) {
+        sqlx::query(stmt).execute(&db).await?;
+    }
+    Ok(db)
+}
+
+/// A notifier with a channel's retry schedule (seconds after the first attempt).
+pub fn notifier(schedule_secs: &[u64], opts: &SandboxOptions, faults: &FaultSwitch) -> Notifier {
+    Notifier::new(
+        schedule_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        opts.time_compression,
+        faults.clone(),
+    )
+}
+
+/// `GET`/`PUT /sandbox/faults` for a sandbox's fault switch, to merge into its router.
+pub fn faults_router<S: Clone + Send + Sync + 'static>(faults: FaultSwitch) -> axum::Router<S> {
+    async fn get_faults(State(f): State<FaultSwitch>) -> axum::Json<Faults> {
+        axum::Json(f.get())
+    }
+    async fn put_faults(
+        State(f): State<FaultSwitch>,
+        axum::Json(new): axum::Json<Faults>,
+    ) -> axum::Json<Faults> {
+        f.set(new);
+        axum::Json(f.get())
+    }
+    axum::Router::new()
+        .route(
+            "/sandbox/faults",
+            axum::routing::get(get_faults).put(put_faults),
+        )
+        .with_state(faults)
+}
+
+/// `?times=N` of the notification-resend endpoints.
+#[derive(Debug, Deserialize)]
+pub struct Times {
+    pub times: Option<u32>,
+}

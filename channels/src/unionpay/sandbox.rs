@@ -90,8 +90,7 @@ use super::messages::{
 use super::sign::{GeneratedKey, SignKey, SignMethod, VerifyKeys};
 use super::{Fields, sign};
 use crate::sandbox::{
-    self, Delivery, FaultSwitch, Faults, Notifier, PayerBehaviour, SandboxOptions, fee_fen,
-    refund_fee_fen,
+    self, Delivery, FaultSwitch, Notifier, PayerBehaviour, SandboxOptions, fee_fen, refund_fee_fen,
 };
 use crate::types::{BillKind, BillRecord};
 
@@ -389,19 +388,13 @@ const ECHOED: [&str; 11] = [
 impl UnionPaySandbox {
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         let account = SandboxAccount::load_or_create(&opts.data_dir)?;
-        let db = sandbox::open_books(&opts.data_dir.join("unionpay").join("books.sqlite")).await?;
-        for stmt in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
-            sqlx::query(stmt).execute(&db).await?;
-        }
+        let db = sandbox::open_books_with_schema(
+            &opts.data_dir.join("unionpay").join("books.sqlite"),
+            SCHEMA,
+        )
+        .await?;
         let faults = FaultSwitch::new(opts.faults.clone());
-        let notifier = Notifier::new(
-            RETRY_SCHEDULE_SECS
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            opts.time_compression,
-            faults.clone(),
-        );
+        let notifier = sandbox::notifier(&RETRY_SCHEDULE_SECS, &opts, &faults);
         Ok(Self(Arc::new(Inner {
             merchant_keys: account.merchant_keys()?,
             signer: SignKey::rsa_from_pem(
@@ -440,10 +433,11 @@ impl UnionPaySandbox {
             ));
         let tools = axum::Router::new()
             .route("/sandbox/pay", post(wallet_pay))
-            .route("/sandbox/faults", get(get_faults).put(put_faults))
             .route("/sandbox/notifications/{no}", post(resend))
             .route("/sandbox/account", get(public_account));
-        api.merge(tools).with_state(self.clone())
+        api.merge(tools)
+            .merge(sandbox::faults_router(self.0.faults.clone()))
+            .with_state(self.clone())
     }
 
     /// Signs an answer and renders it.
@@ -1164,25 +1158,11 @@ async fn wallet_pay(State(sb): State<UnionPaySandbox>, Json(p): Json<WalletPay>)
     }
 }
 
-async fn get_faults(State(sb): State<UnionPaySandbox>) -> Json<Faults> {
-    Json(sb.0.faults.get())
-}
-
-async fn put_faults(State(sb): State<UnionPaySandbox>, Json(f): Json<Faults>) -> Json<Faults> {
-    sb.0.faults.set(f);
-    Json(sb.0.faults.get())
-}
-
-#[derive(Debug, Deserialize)]
-struct Times {
-    times: Option<u32>,
-}
-
 /// Re-sends a paid order's (or a succeeded refund's) notification `times` times.
 async fn resend(
     State(sb): State<UnionPaySandbox>,
     UrlPath(no): UrlPath<String>,
-    Query(t): Query<Times>,
+    Query(t): Query<sandbox::Times>,
 ) -> Response {
     match sb.load(&no).await {
         Ok(Some(row)) if row.success_time.is_some() && row.txn_type != "31" => {

@@ -41,8 +41,7 @@ use super::sign::{self, EncryptedResource, PlatformSignature};
 use super::{Payer, RefundAmount, RefundRecord, Transaction, TransactionAmount, WechatConfig};
 use crate::crypto::{self, RsaSigner, RsaVerifier};
 use crate::sandbox::{
-    self, Delivery, FaultSwitch, Faults, Notifier, PayerBehaviour, SandboxOptions, fee_fen,
-    refund_fee_fen,
+    self, Delivery, FaultSwitch, Notifier, PayerBehaviour, SandboxOptions, fee_fen, refund_fee_fen,
 };
 
 /// WeChat's notification retry schedule after the first attempt.
@@ -195,19 +194,13 @@ impl From<sqlx::Error> for ApiError {
 impl WechatSandbox {
     pub async fn start(opts: SandboxOptions) -> anyhow::Result<Self> {
         let account = SandboxAccount::load_or_create(&opts.data_dir)?;
-        let db = sandbox::open_books(&opts.data_dir.join("wechat").join("books.sqlite")).await?;
-        for stmt in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
-            sqlx::query(stmt).execute(&db).await?;
-        }
+        let db = sandbox::open_books_with_schema(
+            &opts.data_dir.join("wechat").join("books.sqlite"),
+            SCHEMA,
+        )
+        .await?;
         let faults = FaultSwitch::new(opts.faults.clone());
-        let notifier = Notifier::new(
-            RETRY_SCHEDULE_SECS
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            opts.time_compression,
-            faults.clone(),
-        );
+        let notifier = sandbox::notifier(&RETRY_SCHEDULE_SECS, &opts, &faults);
         Ok(Self(Arc::new(Inner {
             merchant_key: RsaVerifier::from_pem(&account.merchant_public_key)?,
             platform: RsaSigner::from_pem(&account.platform_private_key)?,
@@ -259,10 +252,11 @@ impl WechatSandbox {
             ));
         let tools = axum::Router::new()
             .route("/sandbox/pay", post(wallet_pay))
-            .route("/sandbox/faults", get(get_faults).put(put_faults))
             .route("/sandbox/notifications/{no}", post(resend))
             .route("/sandbox/account", get(public_account));
-        api.merge(tools).with_state(self.clone())
+        api.merge(tools)
+            .merge(sandbox::faults_router(self.0.faults.clone()))
+            .with_state(self.clone())
     }
 
     fn sign_response(&self, status: StatusCode, body: Vec<u8>) -> Response {
@@ -1315,25 +1309,11 @@ async fn wallet_pay(State(sb): State<WechatSandbox>, Json(p): Json<WalletPay>) -
     }
 }
 
-async fn get_faults(State(sb): State<WechatSandbox>) -> Json<Faults> {
-    Json(sb.0.faults.get())
-}
-
-async fn put_faults(State(sb): State<WechatSandbox>, Json(f): Json<Faults>) -> Json<Faults> {
-    sb.0.faults.set(f);
-    Json(sb.0.faults.get())
-}
-
-#[derive(Debug, Deserialize)]
-struct Times {
-    times: Option<u32>,
-}
-
 /// Re-sends a paid order's notification `times` times (duplicates on demand).
 async fn resend(
     State(sb): State<WechatSandbox>,
     UrlPath(no): UrlPath<String>,
-    Query(t): Query<Times>,
+    Query(t): Query<sandbox::Times>,
 ) -> Response {
     match sb.load(&no).await {
         Ok(Some(tr)) if matches!(tr.trade_state.as_str(), "SUCCESS" | "REFUND") => {
