@@ -12,6 +12,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub struct SecretBox {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// HMAC key from which purpose-bound keys are derived ([`SecretBox::derive_key`]).
+    kdf: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -27,7 +29,17 @@ impl SecretBox {
         SecretBox {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
+            kdf: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, master_key),
         }
+    }
+
+    /// A 32-byte key for one purpose, derived from the master key (HMAC-SHA256 of the label), so
+    /// that no two uses share a key and the master key itself never leaves this box.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.kdf, label.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Returns `(nonce, ciphertext‖tag)`. `aad` binds the ciphertext to its row (e.g. the key id), so

@@ -15,6 +15,7 @@
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
+//! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod ledger_audit;
 pub mod merchants;
 pub mod openapi;
 pub mod orchestrate;
+pub mod paylink;
 pub mod payments;
 pub mod ratelimit;
 pub mod refunds;
@@ -51,4 +53,6 @@ pub struct AppState {
     pub routes: orchestrate::Routes,
     /// Per-merchant request rate limits on `/v1/*`.
     pub limiter: ratelimit::RateLimiter,
+    /// Payment links `/p/{token}` (C2B without a wallet).
+    pub paylinks: paylink::PayLinks,
 }

@@ -137,6 +137,7 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             routes,
             limiter,
+            paylinks: crate::paylink::PayLinks::new(&secrets, &config.public_base_url(addr)),
         };
         let background = vec![
             tokio::spawn(sweeper::run(state.clone(), stop_rx.clone())),
@@ -219,6 +220,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
+        .route("/p/{token}", get(crate::paylink::show))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -370,7 +370,7 @@ pub async fn create_payment(
                 } else {
                     StatusCode::ACCEPTED
                 };
-                return Ok((status, Json(Payment::from(&row))));
+                return Ok((status, Json(state.paylinks.present(&row))));
             }
             if let Some(wallet) = qr_wallet {
                 let id = PaymentId::from(row.id);
@@ -378,11 +378,16 @@ pub async fn create_payment(
                 let row = repo::get(&state.db, merchant.id, id)
                     .await?
                     .ok_or_else(|| ApiError::not_found("payment"))?;
-                return Ok((StatusCode::CREATED, Json(Payment::from(&row))));
+                return Ok((StatusCode::CREATED, Json(state.paylinks.present(&row))));
             }
-            Ok((StatusCode::CREATED, Json(Payment::from(row.as_ref()))))
+            Ok((
+                StatusCode::CREATED,
+                Json(state.paylinks.present(row.as_ref())),
+            ))
         }
-        WriteOutcome::Existing(row) => Ok((StatusCode::OK, Json(Payment::from(row.as_ref())))),
+        WriteOutcome::Existing(row) => {
+            Ok((StatusCode::OK, Json(state.paylinks.present(row.as_ref()))))
+        }
         WriteOutcome::Conflict(row) => Err(ApiError::field(
             ErrorCode::IdempotencyConflict,
             "merchant_order_no",
@@ -426,7 +431,7 @@ pub async fn get_payment(
     let row = repo::get(&state.db, merchant.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment"))?;
-    Ok(Json(Payment::from(&row)))
+    Ok(Json(state.paylinks.present(&row)))
 }
 
 /// List payments, newest first; filter by `merchant_order_no`.
@@ -454,7 +459,7 @@ pub async fn list_payments(
     let data = rows
         .iter()
         .take(limit as usize)
-        .map(Payment::from)
+        .map(|r| state.paylinks.present(r))
         .collect();
     Ok(Json(PaymentList { data, has_more }))
 }
@@ -489,7 +494,7 @@ pub async fn close_payment(
         .await?
         .ok_or_else(|| ApiError::not_found("payment"))?;
     match row.status() {
-        PaymentStatus::Closed => Ok(Json(Payment::from(&row))),
+        PaymentStatus::Closed => Ok(Json(state.paylinks.present(&row))),
         other => Err(ApiError::new(
             ErrorCode::InvalidState,
             format!("payment is {other} and cannot be closed"),

@@ -83,8 +83,11 @@ pub struct Payment {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// For `qr_merchant` with a `wallet`: the content of the QR code to show (the channel's own code).
+    /// For `qr_merchant`: the content of the QR code to show — with a `wallet`, the channel's own
+    /// code; without, the payment's link (`pay_url`), which any wallet app can open.
     pub qr_code: Option<String>,
+    /// For `qr_merchant` without a `wallet`: the aggregated payment page `<public_base_url>/p/<token>`.
+    pub pay_url: Option<String>,
 }
 
 impl From<&PaymentRow> for Payment {
@@ -118,6 +121,7 @@ impl From<&PaymentRow> for Payment {
             updated_at: us_to_datetime(r.updated_at_us),
             paid_at: r.paid_at_us.map(us_to_datetime),
             qr_code: r.qr_code.clone(),
+            pay_url: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod expiry;
 mod helpers;
 mod limits;
 mod ops;
+mod paylink;
 mod payments;
 mod qr_notify;
 mod refunds;
