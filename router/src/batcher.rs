@@ -314,6 +314,26 @@ fn answer_creates(
     }
 }
 
+/// The settle commands of a batch in rounds: round k holds the k-th command of each payment, grouped
+/// by target status (indices into `settles`, in batch order).
+fn settle_rounds(settles: &[(usize, Box<Settle>)]) -> Vec<Vec<(PaymentStatus, Vec<usize>)>> {
+    let mut seen: HashMap<PaymentId, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<(PaymentStatus, Vec<usize>)>> = Vec::new();
+    for (k, (_, st)) in settles.iter().enumerate() {
+        let n = seen.entry(st.payment_id).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        let round = &mut rounds[*n];
+        match round.iter_mut().find(|(to, _)| *to == st.to) {
+            Some((_, g)) => g.push(k),
+            None => round.push((st.to, vec![k])),
+        }
+        *n += 1;
+    }
+    rounds
+}
+
 macro_rules! execute_body {
     ($conn:expr, $ops:expr, $insert:path, $find:path, $transition:path, $settle:path, $post:path, $attach:path, $rcreate:path, $rsettle:path, $enqueue:path) => {{
         let n = $ops.len();
@@ -375,16 +395,28 @@ macro_rules! execute_body {
             out[i] = Some(WriteOutcome::Transitioned(moved));
         }
         if !settles.is_empty() || !entries.is_empty() {
-            let mut won = std::collections::HashSet::new();
-            for (i, st) in settles {
-                let moved = $settle(&mut *$conn, &st, now).await? && won.insert(st.payment_id);
-                if moved && let Some(entry) = &st.entry {
-                    entries.push(entry.clone());
+            // One statement per round and target status; a round holds each payment at most
+            // once, so a payment settled twice in one batch sees its commands in their order.
+            for round in settle_rounds(&settles) {
+                for (to, group) in round {
+                    let rows: Vec<&Settle> = group.iter().map(|&k| settles[k].1.as_ref()).collect();
+                    let moved: std::collections::HashSet<Uuid> =
+                        $settle(&mut *$conn, to, &rows, now)
+                            .await?
+                            .into_iter()
+                            .collect();
+                    for k in group {
+                        let (i, st) = &settles[k];
+                        let moved = moved.contains(&Uuid::from(st.payment_id));
+                        if moved && let Some(entry) = &st.entry {
+                            entries.push(entry.clone());
+                        }
+                        if moved && let Some(t) = crate::webhooks::payment_event(st.to) {
+                            events.push(crate::webhooks::Pending::Payment(st.payment_id.into(), t));
+                        }
+                        out[*i] = Some(WriteOutcome::Transitioned(moved));
+                    }
                 }
-                if moved && let Some(t) = crate::webhooks::payment_event(st.to) {
-                    events.push(crate::webhooks::Pending::Payment(st.payment_id.into(), t));
-                }
-                out[i] = Some(WriteOutcome::Transitioned(moved));
             }
             if !entries.is_empty() {
                 let results = $post(&mut *$conn, &entries, paymux_ledger::PostOptions::default())

@@ -362,67 +362,95 @@ pub fn index_by_order_no(rows: Vec<PaymentRow>) -> HashMap<(Uuid, String), Payme
         .collect()
 }
 
-const SETTLE_SQL_PG: &str = "UPDATE payments SET status = $1, channel_account_id = $2, \
-    channel_trade_no = COALESCE($3, channel_trade_no), failure_code = $4, failure_message = $5, \
-    paid_at_us = $6, late_success = (status = 'closed'), updated_at_us = $7 \
-    WHERE id = $8 AND status = ANY($9) RETURNING id";
-
-/// Compare-and-set a payment to the channel's final answer. A success after `closed` is a late
-/// success: money that moved, flagged for operations.
+/// Compare-and-set payments to their channels' final answers, one statement for all of them: `to`
+/// is the same for every element and no payment appears twice (the batcher groups them so). A
+/// success after `closed` is a late success: money that moved, flagged for operations. Returns the
+/// payments that moved.
 pub async fn settle_pg(
     conn: &mut PgConnection,
-    s: &crate::batcher::Settle,
+    to: PaymentStatus,
+    settles: &[&crate::batcher::Settle],
     now_us: i64,
-) -> sqlx::Result<bool> {
-    let from: Vec<&str> = PaymentStatus::allowed_sources(s.to)
+) -> sqlx::Result<Vec<Uuid>> {
+    let from: Vec<&str> = PaymentStatus::allowed_sources(to)
         .iter()
         .map(|x| x.as_str())
         .collect();
-    let id: Uuid = s.payment_id.into();
-    let moved: Option<Uuid> = sqlx::query_scalar(SETTLE_SQL_PG)
-        .bind(s.to.as_str())
-        .bind(s.channel_account_id)
-        .bind(&s.channel_trade_no)
-        .bind(&s.failure_code)
-        .bind(&s.failure_message)
-        .bind(s.paid_at_us)
-        .bind(now_us)
-        .bind(id)
-        .bind(from)
-        .fetch_optional(conn)
-        .await?;
-    Ok(moved.is_some())
+    let ids: Vec<Uuid> = settles.iter().map(|s| s.payment_id.into()).collect();
+    let accounts: Vec<Uuid> = settles.iter().map(|s| s.channel_account_id).collect();
+    let trade_nos: Vec<Option<&str>> = settles
+        .iter()
+        .map(|s| s.channel_trade_no.as_deref())
+        .collect();
+    let codes: Vec<Option<&str>> = settles.iter().map(|s| s.failure_code.as_deref()).collect();
+    let messages: Vec<Option<&str>> = settles
+        .iter()
+        .map(|s| s.failure_message.as_deref())
+        .collect();
+    let paid: Vec<Option<i64>> = settles.iter().map(|s| s.paid_at_us).collect();
+    sqlx::query_scalar(
+        "UPDATE payments p SET status = $1, channel_account_id = v.account, \
+         channel_trade_no = COALESCE(v.trade_no, p.channel_trade_no), failure_code = v.code, \
+         failure_message = v.message, paid_at_us = v.paid, late_success = (p.status = 'closed'), \
+         updated_at_us = $2 \
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::int8[]) \
+           AS v(id, account, trade_no, code, message, paid) \
+         WHERE p.id = v.id AND p.status = ANY($9) RETURNING p.id",
+    )
+    .bind(to.as_str())
+    .bind(now_us)
+    .bind(ids)
+    .bind(accounts)
+    .bind(trade_nos)
+    .bind(codes)
+    .bind(messages)
+    .bind(paid)
+    .bind(from)
+    .fetch_all(conn)
+    .await
 }
 
 pub async fn settle_sqlite(
     conn: &mut SqliteConnection,
-    s: &crate::batcher::Settle,
+    to: PaymentStatus,
+    settles: &[&crate::batcher::Settle],
     now_us: i64,
-) -> sqlx::Result<bool> {
-    let from = PaymentStatus::allowed_sources(s.to);
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE payments SET status = ");
-    qb.push_bind(s.to.as_str())
-        .push(", channel_account_id = ")
-        .push_bind(s.channel_account_id)
-        .push(", channel_trade_no = COALESCE(")
-        .push_bind(s.channel_trade_no.clone())
-        .push(", channel_trade_no), failure_code = ")
-        .push_bind(s.failure_code.clone())
-        .push(", failure_message = ")
-        .push_bind(s.failure_message.clone())
-        .push(", paid_at_us = ")
-        .push_bind(s.paid_at_us)
-        .push(", late_success = (status = 'closed'), updated_at_us = ")
-        .push_bind(now_us)
-        .push(" WHERE id = ")
-        .push_bind(Uuid::from(s.payment_id))
-        .push(" AND status IN (");
-    let mut sep = qb.separated(", ");
-    for st in from {
-        sep.push_bind(st.as_str());
+) -> sqlx::Result<Vec<Uuid>> {
+    let mut moved = Vec::with_capacity(settles.len());
+    // Six parameters a row: stay well below SQLite's limit on bound parameters.
+    for chunk in settles.chunks(SQLITE_ROWS_PER_INSERT / 4) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("WITH v(id, account, trade_no, code, message, paid) AS (");
+        qb.push_values(chunk, |mut b, s| {
+            b.push_bind(Uuid::from(s.payment_id))
+                .push_bind(s.channel_account_id)
+                .push_bind(s.channel_trade_no.clone())
+                .push_bind(s.failure_code.clone())
+                .push_bind(s.failure_message.clone())
+                .push_bind(s.paid_at_us);
+        });
+        qb.push(") UPDATE payments SET status = ")
+            .push_bind(to.as_str())
+            .push(
+                ", channel_account_id = v.account, \
+                 channel_trade_no = COALESCE(v.trade_no, payments.channel_trade_no), \
+                 failure_code = v.code, failure_message = v.message, paid_at_us = v.paid, \
+                 late_success = (payments.status = 'closed'), updated_at_us = ",
+            )
+            .push_bind(now_us)
+            .push(" FROM v WHERE payments.id = v.id AND payments.status IN (");
+        let mut sep = qb.separated(", ");
+        for st in PaymentStatus::allowed_sources(to) {
+            sep.push_bind(st.as_str());
+        }
+        qb.push(") RETURNING payments.id");
+        moved.extend(
+            qb.build_query_scalar::<Uuid>()
+                .fetch_all(&mut *conn)
+                .await?,
+        );
     }
-    qb.push(")");
-    Ok(qb.build().execute(conn).await?.rows_affected() == 1)
+    Ok(moved)
 }
 
 /// Records a C2B payment's channel order while it is still `created`.

@@ -2,6 +2,7 @@
 //! PostgreSQL + Redis when `PAYMUX_TEST_DATABASE_URL` / `PAYMUX_TEST_REDIS_URL` are set), over HTTP.
 
 mod auth;
+mod batch_settle;
 mod breaker;
 mod cli;
 mod code_scan;

@@ -1,0 +1,105 @@
+//! The write batcher's settle step: many payments settled by one multi-row statement per target
+//! status, and several commands for one payment in the same batch applied in their order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paymux::batcher::{BatcherConfig, Settle, WriteBatcher, WriteOp, WriteOutcome};
+use paymux_model::{PaymentId, PaymentStatus};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::spawn_app;
+
+fn settle(id: &str, to: PaymentStatus, trade_no: &str) -> WriteOp {
+    WriteOp::Settle(Box::new(Settle {
+        payment_id: PaymentId::from(Uuid::parse_str(id).unwrap()),
+        to,
+        channel_account_id: Uuid::nil(),
+        channel_trade_no: Some(trade_no.to_string()),
+        failure_code: (to == PaymentStatus::Failed).then(|| "NOTENOUGH".to_string()),
+        failure_message: (to == PaymentStatus::Failed).then(|| "balance too low".to_string()),
+        paid_at_us: (to == PaymentStatus::Succeeded).then_some(1_700_000_000_000_000),
+        entry: None,
+    }))
+}
+
+#[tokio::test]
+async fn one_batch_settles_many_payments_and_keeps_each_payments_order() {
+    let app = spawn_app().await;
+    let m = app.merchant("Settle").await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let r = m
+            .create_payment(
+                &json!({"merchant_order_no": format!("s-{n}"), "amount": 100 + n,
+                "currency": "CNY", "subject": "x", "method": "qr_merchant"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // A batcher of our own on the same database that waits long enough to gather every command
+    // below into one batch.
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let batcher = Arc::new(WriteBatcher::start(
+        db.clone(),
+        BatcherConfig {
+            items_max: 1000,
+            linger: Duration::from_millis(300),
+            workers: 1,
+            queue_capacity: 1000,
+        },
+    ));
+    let mut ops = vec![
+        // Closed, then a late success for the same payment, in that order.
+        settle(&ids[0], PaymentStatus::Closed, "t0"),
+        settle(&ids[0], PaymentStatus::Succeeded, "t0"),
+        // The same success twice: the second finds it settled.
+        settle(&ids[1], PaymentStatus::Succeeded, "t1"),
+        settle(&ids[1], PaymentStatus::Succeeded, "t1"),
+        settle(&ids[2], PaymentStatus::Failed, "t2"),
+        // A payment that does not exist moves nothing.
+        settle(&Uuid::now_v7().to_string(), PaymentStatus::Succeeded, "tx"),
+    ];
+    for id in &ids[3..] {
+        ops.push(settle(id, PaymentStatus::Succeeded, &format!("t-{id}")));
+    }
+    let handles: Vec<_> = ops
+        .into_iter()
+        .map(|op| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(op).await.unwrap() })
+        })
+        .collect();
+    let mut moved = Vec::new();
+    for h in handles {
+        moved.push(h.await.unwrap() == WriteOutcome::Transitioned(true));
+    }
+    let mut expected = vec![true, true, true, false, true, false];
+    expected.extend(std::iter::repeat_n(true, ids.len() - 3));
+    assert_eq!(moved, expected);
+    batcher.shutdown().await;
+    db.close().await;
+
+    let p0 = m.get_payment(&ids[0]).await.body;
+    assert_eq!(p0["status"], "succeeded");
+    assert_eq!(p0["late_success"], true, "{p0}");
+    assert_eq!(p0["channel_trade_no"], "t0");
+    let p1 = m.get_payment(&ids[1]).await.body;
+    assert_eq!(
+        (p1["status"].as_str(), p1["late_success"].as_bool()),
+        (Some("succeeded"), Some(false))
+    );
+    assert!(p1["paid_at"].is_string(), "{p1}");
+    let p2 = m.get_payment(&ids[2]).await.body;
+    assert_eq!(p2["status"], "failed");
+    assert_eq!(p2["failure_code"], "NOTENOUGH");
+    assert!(p2["paid_at"].is_null());
+    for id in &ids[3..] {
+        let p = m.get_payment(id).await.body;
+        assert_eq!(p["status"], "succeeded", "{p}");
+        assert_eq!(p["channel_trade_no"], format!("t-{id}"));
+        assert_eq!(p["channel_account_id"], Uuid::nil().to_string());
+    }
+}
