@@ -78,6 +78,10 @@ pub struct Config {
     pub code_pay_poll_interval_ms: u64,
     /// …until this long after the charge, then reverse.
     pub code_pay_deadline_ms: u64,
+    /// City in static codes' EMVCo payloads (field 60, 1–15 characters).
+    pub code_city: String,
+    /// Merchant category code in static codes' EMVCo payloads (field 52, 4 digits).
+    pub code_mcc: String,
     /// Mount the channel sandboxes under `/sandbox/<channel>` in `paymux serve`.
     pub sandbox: bool,
     /// Sandbox fee rate in basis points of the order amount (60 = 0.6%).
@@ -135,6 +139,8 @@ impl Default for Config {
             merchant_fee_rate_bps: 60,
             code_pay_poll_interval_ms: 5_000,
             code_pay_deadline_ms: 45_000,
+            code_city: "Shanghai".into(),
+            code_mcc: "5999".into(),
             sandbox: true,
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
@@ -179,6 +185,8 @@ const KEYS: &[&str] = &[
     "merchant_fee_rate_bps",
     "code_pay_poll_interval_ms",
     "code_pay_deadline_ms",
+    "code_city",
+    "code_mcc",
     "sandbox",
     "sandbox_fee_rate_bps",
     "sandbox_time_compression",

@@ -16,11 +16,13 @@
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
 //! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet.
+//! - [`codes`]: static merchant codes (`/v1/codes`, the public `/c/{id}` page and images).
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
 pub mod batcher;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -15,10 +15,12 @@ use crate::payments::api;
             Errors are application/problem+json with a stable `code`."
     ),
     paths(api::create_payment, api::get_payment, api::list_payments, api::close_payment,
-        crate::webhooks::list_webhooks),
+        crate::webhooks::list_webhooks, crate::codes::create_code, crate::codes::list_codes,
+        crate::codes::get_code, crate::codes::disable_code),
     components(schemas(crate::error::Problem, paymux_model::ErrorCode)),
     modifiers(&SecurityAddon),
     tags((name = "payments", description = "Create, read and close payments"),
+        (name = "codes", description = "Static merchant codes: one printed code any wallet can scan"),
         (name = "webhooks", description = "Events sent to a payment's notify_url, and their delivery state"))
 )]
 pub struct ApiDoc;

@@ -76,6 +76,11 @@ impl PayLinks {
         (diff == 0).then_some(id)
     }
 
+    /// The public base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// `<public_base_url>/p/<token>`.
     pub fn url(&self, id: Uuid) -> String {
         format!("{}/p/{}", self.base_url, self.token(id))

@@ -69,6 +69,14 @@ pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let config = Arc::new(config);
+        // Static codes' EMVCo payloads carry these: refuse to start rather than fail each code.
+        paymux_qrcode::emv::static_merchant_code(&paymux_qrcode::emv::StaticCode::new(
+            "https://example.com/c/0",
+            "check",
+            config.code_city.clone(),
+            config.code_mcc.clone(),
+        ))
+        .map_err(|e| anyhow::anyhow!("code_city / code_mcc: {e}"))?;
         let db = open_database(&config).await?;
         let secrets = Arc::new(secret_box(&config)?);
         let redis = match &config.redis_url {
@@ -209,6 +217,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = payments::api::router()
         .merge(crate::refunds::router())
         .merge(crate::webhooks::router())
+        .merge(crate::codes::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::ratelimit::limit,
@@ -221,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
         .route("/p/{token}", get(crate::paylink::show))
+        .merge(crate::codes::public_router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -100,7 +100,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     }
 }
 
-fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
+pub(crate) fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
     let n = value.chars().count();
     if n == 0 || n > max_chars {
         return Err(ApiError::validation(
@@ -117,7 +117,7 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_id_text(field: &str, value: &str) -> ApiResult<()> {
+pub(crate) fn check_id_text(field: &str, value: &str) -> ApiResult<()> {
     if value.is_empty()
         || value.len() > 64
         || !value

@@ -6,6 +6,7 @@ mod batch_settle;
 mod breaker;
 mod cli;
 mod code_scan;
+mod codes;
 mod expiry;
 mod helpers;
 mod limits;
