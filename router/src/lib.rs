@@ -15,6 +15,8 @@
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
+//! - [`routing`]: merchants' channel accounts and routes — the live registry, the route choice, the
+//!   admin API under `/admin/v1`.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -32,6 +34,7 @@ pub mod orchestrate;
 pub mod payments;
 pub mod ratelimit;
 pub mod refunds;
+pub mod routing;
 pub mod startup;
 pub mod sweeper;
 pub mod telemetry;
@@ -48,7 +51,12 @@ pub struct AppState {
     pub keys: Arc<auth::KeyStore>,
     pub nonces: auth::NonceStore,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub routes: orchestrate::Routes,
+    /// The merchants' live channel accounts and routes.
+    pub routes: routing::Registry,
+    /// Encrypts merchant secrets and channel credentials at rest.
+    pub secrets: Arc<crypto::SecretBox>,
+    /// The admin API's bearer token (configured, or generated into the data directory).
+    pub admin_token: Option<config::Secret>,
     /// Per-merchant request rate limits on `/v1/*`.
     pub limiter: ratelimit::RateLimiter,
 }
