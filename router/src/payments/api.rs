@@ -285,9 +285,14 @@ pub async fn create_payment(
     let code_wallet = match (&req.auth_code, req.method) {
         (Some(code), PayMethod::CodeScan | PayMethod::SoundWave) => {
             let wallet = crate::orchestrate::wallet_of_code(code, req.wallet)?;
-            code_route =
-                admitted_route(&state, merchant.id, &req.merchant_order_no, wallet, req.method)
-                    .await?;
+            code_route = admitted_route(
+                &state,
+                merchant.id,
+                &req.merchant_order_no,
+                wallet,
+                req.method,
+            )
+            .await?;
             Some(wallet)
         }
         _ => None,

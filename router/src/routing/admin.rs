@@ -89,10 +89,14 @@ fn merchant_id(s: &str) -> ApiResult<MerchantId> {
 fn wallet_method(wallet: &str, method: &str) -> ApiResult<(WalletBrand, PayMethod)> {
     let w = wallet
         .parse()
-        .map_err(|e: paymux_model::enums::UnknownVariant| ApiError::validation("wallet", e.to_string()))?;
+        .map_err(|e: paymux_model::enums::UnknownVariant| {
+            ApiError::validation("wallet", e.to_string())
+        })?;
     let m = method
         .parse()
-        .map_err(|e: paymux_model::enums::UnknownVariant| ApiError::validation("method", e.to_string()))?;
+        .map_err(|e: paymux_model::enums::UnknownVariant| {
+            ApiError::validation("method", e.to_string())
+        })?;
     Ok((w, m))
 }
 
@@ -134,7 +138,9 @@ async fn get_account(
     Path((merchant, id)): Path<(String, String)>,
 ) -> ApiResult<Json<AccountView>> {
     let merchant = merchant_id(&merchant)?;
-    let id: Uuid = id.parse().map_err(|_| ApiError::not_found("channel account"))?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::not_found("channel account"))?;
     Ok(Json(store::get_account(&state.db, merchant, id).await?))
 }
 
@@ -144,7 +150,9 @@ async fn update_account(
     body: Bytes,
 ) -> ApiResult<Json<AccountView>> {
     let merchant = merchant_id(&merchant)?;
-    let id: Uuid = id.parse().map_err(|_| ApiError::not_found("channel account"))?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::not_found("channel account"))?;
     let patch: AccountPatch = parse_json(&body)?;
     let view = store::update_account(&state.db, &state.secrets, merchant, id, patch).await?;
     reload(&state).await;

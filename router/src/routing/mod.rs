@@ -408,10 +408,7 @@ impl Registry {
     }
 
     fn build_route(&self, secrets: &SecretBox, a: &store::AccountRow) -> anyhow::Result<Route> {
-        let kind: ChannelKind = a
-            .kind
-            .parse()
-            .map_err(|e| anyhow::anyhow!("kind: {e}"))?;
+        let kind: ChannelKind = a.kind.parse().map_err(|e| anyhow::anyhow!("kind: {e}"))?;
         let credentials = store::open_credentials(secrets, a)?;
         let channel = build_channel(
             kind,
@@ -536,7 +533,9 @@ impl Registry {
         let Some(ordered) = ordered.filter(|o| !o.is_empty()) else {
             return Err(ApiError::new(
                 ErrorCode::NoRoute,
-                format!("no enabled channel account routes {wallet} {method} payments for this merchant"),
+                format!(
+                    "no enabled channel account routes {wallet} {method} payments for this merchant"
+                ),
             ));
         };
         let mut wait: Option<Duration> = None;
@@ -563,7 +562,12 @@ impl Registry {
     }
 
     /// The enabled, capable accounts of the route, ordered by its rule; `None` without a route.
-    fn ordered(&self, merchant: Uuid, wallet: WalletBrand, method: PayMethod) -> Option<Vec<Arc<Route>>> {
+    fn ordered(
+        &self,
+        merchant: Uuid,
+        wallet: WalletBrand,
+        method: PayMethod,
+    ) -> Option<Vec<Arc<Route>>> {
         let snap = self.snapshot();
         let entry = snap.routes.get(&(merchant, wallet, method)).or_else(|| {
             (method == PayMethod::SoundWave)
@@ -681,10 +685,18 @@ mod tests {
     #[test]
     fn priority_and_lowest_cost() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut items = vec![(t(1, 5, 0), Cost(60)), (t(2, 1, 0), Cost(30)), (t(3, 2, 0), Cost(30))];
+        let mut items = vec![
+            (t(1, 5, 0), Cost(60)),
+            (t(2, 1, 0), Cost(30)),
+            (t(3, 2, 0), Cost(30)),
+        ];
         order(Rule::Priority, &mut items, &mut rng);
         assert_eq!(ids(&items), [2, 3, 1]);
-        let mut items = vec![(t(1, 0, 0), Cost(60)), (t(2, 3, 0), Cost(30)), (t(3, 2, 0), Cost(30))];
+        let mut items = vec![
+            (t(1, 0, 0), Cost(60)),
+            (t(2, 3, 0), Cost(30)),
+            (t(3, 2, 0), Cost(30)),
+        ];
         order(Rule::LowestCost, &mut items, &mut rng);
         assert_eq!(ids(&items), [3, 2, 1]);
     }
@@ -694,14 +706,21 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut firsts = HashMap::new();
         for _ in 0..1000 {
-            let mut items = vec![(t(1, 0, 3), Cost(0)), (t(2, 1, 1), Cost(0)), (t(3, 2, 0), Cost(0))];
+            let mut items = vec![
+                (t(1, 0, 3), Cost(0)),
+                (t(2, 1, 1), Cost(0)),
+                (t(3, 2, 0), Cost(0)),
+            ];
             order(Rule::Weighted, &mut items, &mut rng);
             assert_eq!(items.len(), 3);
             *firsts.entry(ids(&items)[0]).or_insert(0) += 1;
         }
         assert!(!firsts.contains_key(&3), "weight 0 is never drawn first");
         let a = firsts[&1];
-        assert!((650..850).contains(&a), "3:1 draws about 750 of 1000, got {a}");
+        assert!(
+            (650..850).contains(&a),
+            "3:1 draws about 750 of 1000, got {a}"
+        );
     }
 
     #[test]
@@ -710,7 +729,11 @@ mod tests {
         assert!(!code_decline_fails_over("NOTENOUGH"));
         assert!(!code_decline_fails_over("ACQ.BUYER_BALANCE_NOT_ENOUGH"));
         use paymux_channels::ChannelError;
-        assert!(create_error_fails_over(&ChannelError::Unreachable("refused".into())));
-        assert!(!create_error_fails_over(&ChannelError::Unknown("timeout".into())));
+        assert!(create_error_fails_over(&ChannelError::Unreachable(
+            "refused".into()
+        )));
+        assert!(!create_error_fails_over(&ChannelError::Unknown(
+            "timeout".into()
+        )));
     }
 }

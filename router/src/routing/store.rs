@@ -249,8 +249,8 @@ fn check_credentials(kind: ChannelKind, credentials: &serde_json::Value) -> ApiR
         ));
     }
     if super::is_sandbox(credentials) {
-        let sc: super::SandboxCredentials = serde_json::from_value(credentials.clone())
-            .map_err(|e| {
+        let sc: super::SandboxCredentials =
+            serde_json::from_value(credentials.clone()).map_err(|e| {
                 ApiError::validation(
                     "credentials",
                     format!("sandbox credentials: {}", super::safe_serde_message(&e)),
@@ -311,7 +311,10 @@ pub async fn create_account(
     let merchant = Uuid::from(merchant);
     merchant_exists(db, merchant).await?;
     let id = Uuid::now_v7();
-    let (nonce, ciphertext) = secrets.seal(&serde_json::to_vec(&new.credentials).map_err(anyhow::Error::from)?, &aad(id))?;
+    let (nonce, ciphertext) = secrets.seal(
+        &serde_json::to_vec(&new.credentials).map_err(anyhow::Error::from)?,
+        &aad(id),
+    )?;
     let now = now_us();
     let row = AccountRow {
         id,
@@ -424,7 +427,10 @@ pub async fn update_account(
             .parse()
             .map_err(|e| ApiError::internal(format!("stored kind: {e}")))?;
         check_credentials(kind, creds)?;
-        let (nonce, ct) = secrets.seal(&serde_json::to_vec(creds).map_err(anyhow::Error::from)?, &aad(id))?;
+        let (nonce, ct) = secrets.seal(
+            &serde_json::to_vec(creds).map_err(anyhow::Error::from)?,
+            &aad(id),
+        )?;
         row.credentials_nonce = nonce;
         row.credentials_ciphertext = ct;
     }
@@ -495,7 +501,10 @@ pub async fn set_route(
         if !kind.is_some_and(|k| super::kind_serves(k, wallet, method)) {
             return Err(ApiError::validation(
                 field,
-                format!("a {} account cannot take {wallet} {method} payments", a.kind),
+                format!(
+                    "a {} account cannot take {wallet} {method} payments",
+                    a.kind
+                ),
             ));
         }
         if t.priority > PRIORITY_MAX {

@@ -12,4 +12,5 @@ mod ops;
 mod payments;
 mod qr_notify;
 mod refunds;
+mod routing;
 mod webhooks;
