@@ -7,6 +7,7 @@ use paymux_model::MerchantId;
 
 use crate::config::Config;
 use crate::merchants;
+use crate::routing::store;
 use crate::startup::{Application, open_database, secret_box};
 
 #[derive(Debug, Parser)]
@@ -44,6 +45,86 @@ pub enum Command {
     /// Merchant webhooks.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// A merchant's channel accounts.
+    #[command(subcommand, name = "channel-account")]
+    ChannelAccount(ChannelAccountCommand),
+    /// A merchant's routes per (wallet, method).
+    #[command(subcommand)]
+    Route(RouteCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelAccountCommand {
+    /// Add a channel account and print it as JSON (never its credentials).
+    Add {
+        #[arg(long)]
+        merchant_id: MerchantId,
+        /// `wechat_v3`, `alipay` or `unionpay_qr`.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        /// What the channel charges, in basis points.
+        #[arg(long)]
+        cost_rate_bps: u32,
+        /// A JSON file with the adapter's client configuration (stored encrypted).
+        #[arg(long, conflicts_with = "sandbox", required_unless_present = "sandbox")]
+        credentials_file: Option<PathBuf>,
+        /// This server's sandbox of that kind instead of real credentials.
+        #[arg(long)]
+        sandbox: bool,
+        /// Add it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List a merchant's channel accounts as JSON.
+    List {
+        #[arg(long)]
+        merchant_id: MerchantId,
+    },
+    /// Let the account take new payments again.
+    Enable {
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+    /// Stop new payments on the account (its open payments, refunds and notifications go on).
+    Disable {
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Set (replace) the route for a wallet and method and print it as JSON.
+    Set {
+        #[arg(long)]
+        merchant_id: MerchantId,
+        #[arg(long)]
+        wallet: String,
+        #[arg(long)]
+        method: String,
+        /// `priority`, `weighted` or `lowest_cost`.
+        #[arg(long)]
+        rule: String,
+        /// `ACCOUNT_ID[:PRIORITY[:WEIGHT]]`, once per target.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+    },
+    /// List a merchant's routes as JSON.
+    List {
+        #[arg(long)]
+        merchant_id: MerchantId,
+    },
+    /// Delete the route for a wallet and method.
+    Delete {
+        #[arg(long)]
+        merchant_id: MerchantId,
+        #[arg(long)]
+        wallet: String,
+        #[arg(long)]
+        method: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +157,17 @@ pub enum MerchantCommand {
         #[arg(long)]
         merchant_id: MerchantId,
     },
+    /// Set the merchant's own fee rate (or go back to `merchant_fee_rate_bps`) and print it.
+    FeeRate {
+        #[arg(long)]
+        merchant_id: MerchantId,
+        /// Basis points (60 = 0.6 %).
+        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
+        bps: Option<u32>,
+        /// Use the configured `merchant_fee_rate_bps`.
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -92,7 +184,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Merchant(MerchantCommand::Create { name }) => {
             let db = open_database(&config).await?;
-            let creds = merchants::create_merchant(&db, &secret_box(&config)?, &name).await?;
+            let secrets = secret_box(&config)?;
+            let creds = merchants::create_merchant(&db, &secrets, &name).await?;
+            if config.sandbox {
+                // With the sandboxes mounted, a new merchant can pay through them at once.
+                store::provision_sandbox(
+                    &db,
+                    &secrets,
+                    creds.merchant_id,
+                    config.sandbox_fee_rate_bps,
+                )
+                .await
+                .map_err(api)?;
+            }
             println!("{}", serde_json::to_string_pretty(&creds)?);
             db.close().await;
             Ok(())
@@ -115,6 +219,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("webhook event {event_id} is due for delivery now");
             Ok(())
         }
+        Command::Merchant(MerchantCommand::FeeRate {
+            merchant_id,
+            bps,
+            default: _,
+        }) => {
+            let db = open_database(&config).await?;
+            let r = store::set_fee_rate(&db, merchant_id, bps).await;
+            db.close().await;
+            println!("{}", serde_json::to_string_pretty(&r.map_err(api)?)?);
+            Ok(())
+        }
+        Command::ChannelAccount(c) => channel_account(&config, c).await,
+        Command::Route(c) => route(&config, c).await,
         Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {
             let db = open_database(&config).await?;
             let creds = merchants::rotate_key(&db, &secret_box(&config)?, merchant_id).await?;
@@ -123,6 +240,157 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn api(e: crate::error::ApiError) -> anyhow::Error {
+    match &e.field {
+        Some(f) => anyhow::anyhow!("{} ({f}): {}", e.code, e.detail),
+        None => anyhow::anyhow!("{}: {}", e.code, e.detail),
+    }
+}
+
+async fn channel_account(config: &Config, c: ChannelAccountCommand) -> anyhow::Result<()> {
+    let db = open_database(config).await?;
+    let out = match c {
+        ChannelAccountCommand::Add {
+            merchant_id,
+            kind,
+            name,
+            cost_rate_bps,
+            credentials_file,
+            sandbox: _,
+            disabled,
+        } => {
+            let credentials = match credentials_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+                    serde_json::from_str(&text)
+                        .map_err(|_| anyhow::anyhow!("{} is not JSON", path.display()))?
+                }
+                None => serde_json::json!({"sandbox": true}),
+            };
+            let kind = kind.parse().map_err(|e| anyhow::anyhow!("--kind: {e}"))?;
+            let new = store::NewAccount {
+                name,
+                kind,
+                credentials,
+                cost_rate_bps,
+                enabled: Some(!disabled),
+            };
+            serde_json::to_value(
+                store::create_account(&db, &secret_box(config)?, merchant_id, new)
+                    .await
+                    .map_err(api)?,
+            )?
+        }
+        ChannelAccountCommand::List { merchant_id } => {
+            serde_json::to_value(store::list_accounts(&db, merchant_id).await.map_err(api)?)?
+        }
+        ChannelAccountCommand::Enable { id } => set_enabled(&db, config, id, true).await?,
+        ChannelAccountCommand::Disable { id } => set_enabled(&db, config, id, false).await?,
+    };
+    db.close().await;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn set_enabled(
+    db: &crate::db::Db,
+    config: &Config,
+    id: uuid::Uuid,
+    enabled: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let merchant = store::merchant_of_account(db, id).await.map_err(api)?;
+    let patch = store::AccountPatch {
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    let view = store::update_account(db, &secret_box(config)?, merchant, id, patch)
+        .await
+        .map_err(api)?;
+    Ok(serde_json::to_value(view)?)
+}
+
+/// `ACCOUNT_ID[:PRIORITY[:WEIGHT]]`.
+fn parse_target(s: &str) -> anyhow::Result<store::TargetSpec> {
+    let mut parts = s.split(':');
+    let id = parts.next().unwrap_or_default();
+    let channel_account_id = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--target {s}: {id:?} is not an account id"))?;
+    let num = |p: Option<&str>, default: u32| -> anyhow::Result<u32> {
+        match p {
+            None | Some("") => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--target {s}: {v:?} is not a number")),
+        }
+    };
+    let priority = num(parts.next(), 0)?;
+    let weight = num(parts.next(), 1)?;
+    anyhow::ensure!(
+        parts.next().is_none(),
+        "--target {s}: ACCOUNT_ID[:PRIORITY[:WEIGHT]]"
+    );
+    Ok(store::TargetSpec {
+        channel_account_id,
+        priority,
+        weight,
+    })
+}
+
+async fn route(config: &Config, c: RouteCommand) -> anyhow::Result<()> {
+    let db = open_database(config).await?;
+    let wm = |w: &str,
+              m: &str|
+     -> anyhow::Result<(paymux_model::WalletBrand, paymux_model::PayMethod)> {
+        Ok((
+            w.parse().map_err(|e| anyhow::anyhow!("--wallet: {e}"))?,
+            m.parse().map_err(|e| anyhow::anyhow!("--method: {e}"))?,
+        ))
+    };
+    let out = match c {
+        RouteCommand::Set {
+            merchant_id,
+            wallet,
+            method,
+            rule,
+            targets,
+        } => {
+            let (w, m) = wm(&wallet, &method)?;
+            let spec = store::RouteSpec {
+                rule: rule.parse().map_err(|e| anyhow::anyhow!("--rule: {e}"))?,
+                targets: targets
+                    .iter()
+                    .map(|t| parse_target(t))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            serde_json::to_value(
+                store::set_route(&db, merchant_id, w, m, spec)
+                    .await
+                    .map_err(api)?,
+            )?
+        }
+        RouteCommand::List { merchant_id } => {
+            serde_json::to_value(store::list_routes(&db, merchant_id).await.map_err(api)?)?
+        }
+        RouteCommand::Delete {
+            merchant_id,
+            wallet,
+            method,
+        } => {
+            let (w, m) = wm(&wallet, &method)?;
+            let found = store::delete_route(&db, merchant_id, w, m)
+                .await
+                .map_err(api)?;
+            anyhow::ensure!(found, "no {wallet} {method} route");
+            serde_json::json!({"deleted": true, "wallet": wallet, "method": method})
+        }
+    };
+    db.close().await;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -141,6 +409,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("  API:      {base}/v1");
     println!("  OpenAPI:  {base}/openapi.json");
     println!("  Metrics:  {base}/metrics");
+    if app.state().config.admin_token.is_none() {
+        println!(
+            "  Admin:    {base}/admin/v1  (Authorization: Bearer <the token in {}>)",
+            crate::startup::admin_token_path(app.state().config.as_ref()).display()
+        );
+    } else {
+        println!("  Admin:    {base}/admin/v1  (Authorization: Bearer <admin_token>)");
+    }
     if let Some(sb) = &app.sandboxes {
         for (name, prefix) in sb.mounts() {
             println!("  Sandbox:  {base}/sandbox{prefix}  ({name})");

@@ -212,16 +212,13 @@ fn present(state: &AppState, row: &CodeRow, merchant_name: &str) -> ApiResult<Co
     })
 }
 
-/// The wallets this server can take money from (a channel route exists), in display order.
-pub fn accepted_wallets(state: &AppState) -> Vec<WalletBrand> {
-    [
-        WalletBrand::Wechat,
-        WalletBrand::Alipay,
-        WalletBrand::Unionpay,
-    ]
-    .into_iter()
-    .filter(|w| state.routes.get(*w).is_some())
-    .collect()
+/// The wallets the code's merchant can take money from with static codes (a route exists), in
+/// display order.
+pub async fn accepted_wallets(state: &AppState, merchant: Uuid) -> Vec<WalletBrand> {
+    state
+        .routes
+        .wallets(merchant, paymux_model::PayMethod::QrStatic)
+        .await
 }
 
 macro_rules! on_db {
@@ -404,12 +401,12 @@ pub async fn list_codes(
     Ok(Json(CodeList { data, has_more }))
 }
 
-fn plate_of(state: &AppState, row: &CodeRow, merchant_name: &str, url: &str) -> Plate {
+async fn plate_of(state: &AppState, row: &CodeRow, merchant_name: &str, url: &str) -> Plate {
     Plate {
         merchant_name: merchant_name.to_string(),
         store_name: row.description.clone().or_else(|| row.store_id.clone()),
         payload: url.to_string(),
-        wallets: accepted_wallets(state),
+        wallets: accepted_wallets(state, row.merchant_id).await,
         amount: row.fixed_amount_minor.map(Money::cny),
     }
 }
@@ -437,7 +434,7 @@ pub async fn code_image(
         ),
         "plate.png" | "plate.svg" => {
             let name = merchant_name(&state.db, row.merchant_id).await?;
-            let plate = plate_of(&state, &row, &name, &url);
+            let plate = plate_of(&state, &row, &name, &url).await;
             if file == "plate.png" {
                 (
                     "image/png",
@@ -542,7 +539,11 @@ pub async fn code_page(
         Lang::Zh => render::wallet_label_zh(w),
         Lang::En => render::wallet_label_en(w),
     };
-    let wallets: Vec<&str> = accepted_wallets(&state).into_iter().map(label).collect();
+    let wallets: Vec<&str> = accepted_wallets(&state, row.merchant_id)
+        .await
+        .into_iter()
+        .map(label)
+        .collect();
     let (pay_to, accepted, opened_in) = match lang {
         Lang::Zh => ("付款给", "可用", "当前应用"),
         Lang::En => ("Pay to", "Accepted", "Opened in"),

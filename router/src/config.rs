@@ -46,6 +46,11 @@ pub struct Config {
     /// 32-byte master key (base64 or 64 hex digits) that encrypts merchant secrets at rest.
     /// Unset: a key generated once into `<data_dir>/master.key`.
     pub master_key: Option<Secret>,
+    /// Bearer token of the admin API (`/admin/v1`). Unset: a token generated once into
+    /// `<data_dir>/admin.token` (mode 0600).
+    pub admin_token: Option<Secret>,
+    /// How often each node checks whether channel accounts, routes or fee rates changed.
+    pub routing_refresh_ms: u64,
     /// Create and print a demo merchant on first start, when the database has no merchant.
     pub demo_merchant: bool,
     /// Largest accepted request body.
@@ -123,6 +128,8 @@ impl Default for Config {
             database_max_connections: 16,
             redis_url: None,
             master_key: None,
+            admin_token: None,
+            routing_refresh_ms: 2000,
             demo_merchant: true,
             body_limit_bytes: 64 * 1024,
             payment_expires_in_seconds_default: 15 * 60,
@@ -169,6 +176,8 @@ const KEYS: &[&str] = &[
     "database_max_connections",
     "redis_url",
     "master_key",
+    "admin_token",
+    "routing_refresh_ms",
     "demo_merchant",
     "body_limit_bytes",
     "payment_expires_in_seconds_default",
@@ -286,9 +295,11 @@ mod tests {
     fn secrets_do_not_print() {
         let c = Config {
             master_key: Some(Secret::new("s3cr3t")),
+            admin_token: Some(Secret::new("t0k3n")),
             ..Config::default()
         };
         assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(!format!("{c:?}").contains("t0k3n"));
     }
 
     #[test]

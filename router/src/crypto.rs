@@ -106,6 +106,23 @@ pub fn load_or_create_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
     Ok(key)
 }
 
+/// Reads a token file, creating it (mode 0600) with `prefix` + 32 random bytes in hex when absent.
+pub fn load_or_create_token_file(path: &Path, prefix: &str) -> anyhow::Result<String> {
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let token = text.trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+        return Ok(token);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let token = format!("{prefix}{}", random_hex(32));
+    write_private_file(path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
 fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();

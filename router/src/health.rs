@@ -252,6 +252,8 @@ impl BreakerCore {
 /// its metrics.
 pub struct Breaker {
     route: &'static str,
+    /// The channel account, when the breaker belongs to one (a metric label).
+    account: Option<uuid::Uuid>,
     started: Instant,
     core: Mutex<BreakerCore>,
 }
@@ -260,8 +262,18 @@ impl Breaker {
     pub fn new(route: &'static str, cfg: BreakerConfig) -> Self {
         Self {
             route,
+            account: None,
             started: Instant::now(),
             core: Mutex::new(BreakerCore::new(cfg)),
+        }
+    }
+
+    /// The breaker of one channel account: `route` is the account's name, and its state is
+    /// exported with the account id as well (names need not be unique).
+    pub fn with_account(route: &'static str, account: uuid::Uuid, cfg: BreakerConfig) -> Self {
+        Self {
+            account: Some(account),
+            ..Self::new(route, cfg)
         }
     }
 
@@ -351,12 +363,20 @@ pub fn render_states<'a>(breakers: impl Iterator<Item = &'a Breaker>) -> String 
         "# HELP paymux_channel_breaker_state Circuit breaker per channel account: 0 closed, 1 half-open, 2 open\n# TYPE paymux_channel_breaker_state gauge\n",
     );
     for b in breakers {
-        let _ = writeln!(
-            out,
-            "paymux_channel_breaker_state{{route=\"{}\"}} {}",
-            b.route,
-            b.state() as u8
-        );
+        let _ = match b.account {
+            Some(a) => writeln!(
+                out,
+                "paymux_channel_breaker_state{{route=\"{}\",account=\"{a}\"}} {}",
+                b.route.replace(['"', '\\', '\n'], "_"),
+                b.state() as u8
+            ),
+            None => writeln!(
+                out,
+                "paymux_channel_breaker_state{{route=\"{}\"}} {}",
+                b.route,
+                b.state() as u8
+            ),
+        };
     }
     out
 }

@@ -17,6 +17,8 @@
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
 //! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet.
 //! - [`codes`]: static merchant codes (`/v1/codes`, the public `/c/{id}` page and images).
+//! - [`routing`]: merchants' channel accounts and routes — the live registry, the route choice, the
+//!   admin API under `/admin/v1`.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -36,6 +38,7 @@ pub mod paylink;
 pub mod payments;
 pub mod ratelimit;
 pub mod refunds;
+pub mod routing;
 pub mod startup;
 pub mod sweeper;
 pub mod telemetry;
@@ -52,7 +55,12 @@ pub struct AppState {
     pub keys: Arc<auth::KeyStore>,
     pub nonces: auth::NonceStore,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub routes: orchestrate::Routes,
+    /// The merchants' live channel accounts and routes.
+    pub routes: routing::Registry,
+    /// Encrypts merchant secrets and channel credentials at rest.
+    pub secrets: Arc<crypto::SecretBox>,
+    /// The admin API's bearer token (configured, or generated into the data directory).
+    pub admin_token: Option<config::Secret>,
     /// Per-merchant request rate limits on `/v1/*`.
     pub limiter: ratelimit::RateLimiter,
     /// Payment links `/p/{token}` (C2B without a wallet).

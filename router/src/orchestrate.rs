@@ -3,12 +3,14 @@
 //! the deadline), and settlement — the payment's final state and its ledger entry in one
 //! transaction of the write batcher.
 //!
-//! Routes are the sandbox channel accounts of this server (every merchant reaches the sandboxes
-//! mounted under `/sandbox`); per-merchant channel accounts and routing rules are not built yet.
-//! Every channel call goes through a [`Route`] method that records it on the route's circuit
-//! breaker ([`crate::health`]); only new payments are refused while it is open.
+//! A [`Route`] is one live channel account of a merchant; which one a new payment goes to is
+//! chosen by [`crate::routing`] (the merchant's route for the wallet and method, its rule, the
+//! breakers). A code charge or an order creation that certainly did not move money (the channel
+//! was unreachable, or declined the account) fails over to the route's next account with the same
+//! `out_trade_no`; never after an unknown outcome. Every channel call goes through a [`Route`]
+//! method that records it on the account's circuit breaker ([`crate::health`]); only new
+//! payments are refused while it is open.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +28,18 @@ use crate::payments::model::PaymentRow;
 /// One channel account payments can be routed to.
 pub struct Route {
     pub id: ChannelAccountId,
+    pub merchant_id: Uuid,
+    pub kind: paymux_model::ChannelKind,
     pub name: &'static str,
     pub channel: Arc<dyn Channel>,
     /// What the channel charges, in basis points.
     pub cost_rate_bps: u32,
-    /// The account's circuit breaker: every call below is recorded on it.
-    pub breaker: crate::health::Breaker,
+    /// Disabled accounts take no new payments; their payments are still served.
+    pub enabled: bool,
+    /// The row's version (the registry rebuilds an account whose row changed).
+    pub updated_at_us: i64,
+    /// The account's circuit breaker: every call below is recorded on it (kept across reloads).
+    pub breaker: Arc<crate::health::Breaker>,
 }
 
 /// The channel calls, each recorded on the route's breaker (outcome and latency).
@@ -112,115 +120,6 @@ impl Route {
     }
 }
 
-/// Routes by wallet, and by channel account (for notifications).
-#[derive(Clone, Default)]
-pub struct Routes {
-    by_wallet: Arc<HashMap<WalletBrand, Arc<Route>>>,
-    by_id: Arc<HashMap<ChannelAccountId, Arc<Route>>>,
-}
-
-impl Routes {
-    pub fn new(routes: Vec<(WalletBrand, Route)>) -> Self {
-        let routes: Vec<(WalletBrand, Arc<Route>)> =
-            routes.into_iter().map(|(w, r)| (w, Arc::new(r))).collect();
-        Self {
-            by_id: Arc::new(routes.iter().map(|(_, r)| (r.id, r.clone())).collect()),
-            by_wallet: Arc::new(routes.into_iter().collect()),
-        }
-    }
-
-    pub fn get(&self, wallet: WalletBrand) -> Option<Arc<Route>> {
-        self.by_wallet.get(&wallet).cloned()
-    }
-
-    pub fn by_id(&self, id: ChannelAccountId) -> Option<Arc<Route>> {
-        self.by_id.get(&id).cloned()
-    }
-
-    /// Every route's breaker (for `/metrics`).
-    pub fn breakers(&self) -> impl Iterator<Item = &crate::health::Breaker> {
-        self.by_id.values().map(|r| &r.breaker)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_wallet.is_empty()
-    }
-
-    /// The routes to the sandboxes of this server, reached over HTTP at `base_url/sandbox/…`.
-    pub fn sandbox(
-        sandboxes: &paymux_channels::sandbox::Sandboxes,
-        base_url: &str,
-        cost_rate_bps: u32,
-        breaker: &crate::health::BreakerConfig,
-    ) -> anyhow::Result<Self> {
-        let wechat = sandboxes.wechat.account();
-        let id = ChannelAccountId::from(Uuid::new_v5(
-            &Uuid::NAMESPACE_URL,
-            format!("paymux:sandbox:wechat:{}", wechat.mchid).as_bytes(),
-        ));
-        let cfg = wechat.client_config(
-            &format!("{base_url}/sandbox/wechat"),
-            Some(format!("{base_url}/notify/{id}")),
-        );
-        let adapter =
-            paymux_channels::wechat::WechatPay::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let alipay = sandboxes.alipay.account();
-        let alipay_id = ChannelAccountId::from(Uuid::new_v5(
-            &Uuid::NAMESPACE_URL,
-            format!("paymux:sandbox:alipay:{}", alipay.app_id).as_bytes(),
-        ));
-        let alipay_cfg = alipay.client_config(
-            &format!("{base_url}/sandbox/alipay/gateway.do"),
-            Some(format!("{base_url}/notify/{alipay_id}")),
-        );
-        let alipay_adapter =
-            paymux_channels::alipay::Alipay::new(alipay_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let unionpay = sandboxes.unionpay.account();
-        let unionpay_id = ChannelAccountId::from(Uuid::new_v5(
-            &Uuid::NAMESPACE_URL,
-            format!("paymux:sandbox:unionpay:{}", unionpay.mer_id).as_bytes(),
-        ));
-        let unionpay_cfg = unionpay.client_config(
-            &format!("{base_url}/sandbox/unionpay"),
-            Some(format!("{base_url}/notify/{unionpay_id}")),
-        );
-        let unionpay_adapter = paymux_channels::unionpay::UnionPay::new(unionpay_cfg)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self::new(vec![
-            (
-                WalletBrand::Unionpay,
-                Route {
-                    id: unionpay_id,
-                    name: "unionpay sandbox",
-                    breaker: crate::health::Breaker::new("unionpay sandbox", breaker.clone()),
-                    channel: Arc::new(unionpay_adapter),
-                    cost_rate_bps,
-                },
-            ),
-            (
-                WalletBrand::Wechat,
-                Route {
-                    id,
-                    name: "wechat sandbox",
-                    breaker: crate::health::Breaker::new("wechat sandbox", breaker.clone()),
-                    channel: Arc::new(adapter),
-                    cost_rate_bps,
-                },
-            ),
-            (
-                WalletBrand::Alipay,
-                Route {
-                    id: alipay_id,
-                    name: "alipay sandbox",
-                    breaker: crate::health::Breaker::new("alipay sandbox", breaker.clone()),
-                    channel: Arc::new(alipay_adapter),
-                    cost_rate_bps,
-                },
-            ),
-        ]))
-    }
-}
-
 /// The wallet of a payment code, and the payer's declared wallet if any must agree with it.
 pub fn wallet_of_code(code: &str, declared: Option<WalletBrand>) -> ApiResult<WalletBrand> {
     use paymux_qrcode::paycode::PayCodeError;
@@ -280,17 +179,16 @@ impl FollowUp {
     }
 }
 
-/// Charges the customer's code. Returns once the payment is final, or as `processing` with a
-/// follow-up running when the payer must confirm or the outcome is unknown.
-pub async fn code_scan(state: &AppState, row: PaymentRow, auth_code: &str) -> ApiResult<()> {
-    let declared = row.wallet.as_deref().and_then(|w| w.parse().ok());
-    let wallet = wallet_of_code(auth_code, declared)?;
-    let Some(route) = state.routes.get(wallet) else {
-        return Err(ApiError::new(
-            ErrorCode::NoRoute,
-            format!("no channel for {wallet} payment codes"),
-        ));
-    };
+/// Charges the customer's code on the first candidate account; a charge that certainly did not
+/// move money (unreachable, or declined for the account) goes to the next one with the same
+/// `out_trade_no`. Returns once the payment is final, or as `processing` with a follow-up running
+/// when the payer must confirm or the outcome is unknown (never failed over).
+pub async fn code_scan(
+    state: &AppState,
+    row: PaymentRow,
+    auth_code: &str,
+    mut candidates: crate::routing::Candidates,
+) -> ApiResult<()> {
     let payment_id = PaymentId::from(row.id);
     state
         .batcher
@@ -302,8 +200,21 @@ pub async fn code_scan(state: &AppState, row: PaymentRow, auth_code: &str) -> Ap
         .await
         .map_err(ApiError::unavailable)?;
     let order = order_of(&row);
-    let outcome = route.pay_with_code(&order, auth_code).await;
-    metrics::counter!("paymux_channel_pay_outcomes_total", "channel" => route.name, "outcome" => outcome_name(&outcome)).increment(1);
+    let mut route = candidates.first.clone();
+    let outcome = loop {
+        let outcome = route.pay_with_code(&order, auth_code).await;
+        metrics::counter!("paymux_channel_pay_outcomes_total", "channel" => route.name, "outcome" => outcome_name(&outcome)).increment(1);
+        if let PayOutcome::Failed { code, .. } = &outcome
+            && crate::routing::code_decline_fails_over(code)
+            && let Some(next) = candidates.next_admitted()
+        {
+            tracing::warn!(payment_id = %row.id, from = %route.id, to = %next.id, code = %code, "code payment fails over to the route's next channel account");
+            metrics::counter!("paymux_route_failovers_total", "op" => "pay_with_code").increment(1);
+            route = next;
+            continue;
+        }
+        break outcome;
+    };
     match outcome {
         PayOutcome::Succeeded { trade } => {
             if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
@@ -378,7 +289,9 @@ async fn settle_succeeded(
         MerchantId::from(row.merchant_id),
         route.id,
         Money::cny(row.amount_minor),
-        state.config.merchant_fee_rate_bps,
+        state
+            .routes
+            .fee_rate_bps(row.merchant_id, state.config.merchant_fee_rate_bps),
         route.cost_rate_bps,
         paid_at_us,
     );
@@ -496,15 +409,17 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
     }
 }
 
-/// C2B with a known wallet: the channel's own code for the payer to scan. On a channel error the
-/// payment is closed (nothing was charged) and the merchant gets `channel_unavailable`.
-pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand) -> ApiResult<()> {
-    let Some(route) = state.routes.get(wallet) else {
-        return Err(ApiError::new(
-            ErrorCode::NoRoute,
-            format!("no channel for {wallet}"),
-        ));
-    };
+/// C2B with a known wallet: the channel's own code for the payer to scan, from the first candidate
+/// account that creates the order (one that was unreachable or declined created none, so the next
+/// is asked with the same `out_trade_no`; an unknown outcome is never failed over). The payment is
+/// attached to that account only. On a channel error the payment is closed (nothing was charged)
+/// and the merchant gets `channel_unavailable`.
+pub async fn qr_merchant(
+    state: &AppState,
+    row: &PaymentRow,
+    wallet: WalletBrand,
+    mut candidates: crate::routing::Candidates,
+) -> ApiResult<()> {
     let mut order = order_of(row);
     order.expires_at = Some(crate::db::us_to_datetime(row.expires_at_us));
     let req = paymux_channels::CreateOrder {
@@ -512,7 +427,21 @@ pub async fn qr_merchant(state: &AppState, row: &PaymentRow, wallet: WalletBrand
         kind: paymux_channels::CreateKind::Qr,
     };
     let payment_id = PaymentId::from(row.id);
-    match route.create_order(&req).await {
+    let mut route = candidates.first.clone();
+    let created = loop {
+        let created = route.create_order(&req).await;
+        if let Err(e) = &created
+            && crate::routing::create_error_fails_over(e)
+            && let Some(next) = candidates.next_admitted()
+        {
+            tracing::warn!(payment_id = %row.id, from = %route.id, to = %next.id, error = %e, "order creation fails over to the route's next channel account");
+            metrics::counter!("paymux_route_failovers_total", "op" => "create_order").increment(1);
+            route = next;
+            continue;
+        }
+        break created;
+    };
+    match created {
         Ok(paymux_channels::CreatedOrder::Qr { code_url }) => {
             let attached = state
                 .batcher
@@ -563,7 +492,7 @@ pub async fn channel_notification(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> paymux_channels::NotificationReply {
-    let Some(route) = state.routes.by_id(account) else {
+    let Some(route) = state.routes.account(account).await else {
         return paymux_channels::NotificationReply {
             status: 404,
             content_type: "text/plain",
@@ -642,9 +571,10 @@ async fn handle_event(
 /// timeout, since the money may have moved).
 pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds::RefundRow) {
     use paymux_channels::RefundOutcome;
-    let route = payment
-        .channel_account_id
-        .and_then(|a| state.routes.by_id(ChannelAccountId::from(a)));
+    let route = match payment.channel_account_id {
+        Some(a) => state.routes.account(ChannelAccountId::from(a)).await,
+        None => None,
+    };
     let Some(route) = route else {
         settle_refund(
             state,
@@ -719,7 +649,9 @@ async fn settle_refund(
             merchant: MerchantId::from(payment.merchant_id),
             channel_account: r.id,
             payment_amount_minor: payment.amount_minor,
-            merchant_fee_rate_bps: state.config.merchant_fee_rate_bps,
+            merchant_fee_rate_bps: state
+                .routes
+                .fee_rate_bps(payment.merchant_id, state.config.merchant_fee_rate_bps),
             channel_cost_rate_bps: r.cost_rate_bps,
         });
     let (failure_code, failure_message) = match failure {

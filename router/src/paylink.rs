@@ -240,15 +240,13 @@ pub async fn show(
         .and_then(|v| v.to_str().ok())
         .map(paymux_qrcode::useragent::detect)
         .and_then(|a| a.wallet());
-    let wallets: Vec<&str> = [
-        WalletBrand::Wechat,
-        WalletBrand::Alipay,
-        WalletBrand::Unionpay,
-    ]
-    .into_iter()
-    .filter(|w| state.routes.get(*w).is_some())
-    .map(|w| wallet_name(w, lang))
-    .collect();
+    let wallets: Vec<&str> = state
+        .routes
+        .wallets(row.merchant_id, PayMethod::QrMerchant)
+        .await
+        .into_iter()
+        .map(|w| wallet_name(w, lang))
+        .collect();
     let (pay_to, accepted, opened_in) = match lang {
         Lang::Zh => ("付款给", "可用", "当前应用"),
         Lang::En => ("Pay to", "Accepted", "Opened in"),

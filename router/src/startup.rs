@@ -57,6 +57,11 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Where the generated admin token lives when `admin_token` is not configured.
+pub fn admin_token_path(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("admin.token")
+}
+
 /// The master key from configuration, or from the generated key file in the data directory.
 pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
     let key = match &config.master_key {
@@ -100,9 +105,26 @@ impl Application {
             redis,
         );
         let demo_merchant = if config.demo_merchant && merchants::count(&db).await? == 0 {
-            Some(merchants::create_merchant(&db, &secrets, "Demo Merchant").await?)
+            let creds = merchants::create_merchant(&db, &secrets, "Demo Merchant").await?;
+            if config.sandbox {
+                crate::routing::store::provision_sandbox(
+                    &db,
+                    &secrets,
+                    creds.merchant_id,
+                    config.sandbox_fee_rate_bps,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("routes of the demo merchant: {e}"))?;
+            }
+            Some(creds)
         } else {
             None
+        };
+        let admin_token = match &config.admin_token {
+            Some(t) if !t.expose().trim().is_empty() => Some(t.clone()),
+            _ => Some(crate::config::Secret::new(
+                crate::crypto::load_or_create_token_file(&admin_token_path(&config), "adm_")?,
+            )),
         };
         let batcher = Arc::new(WriteBatcher::start(
             db.clone(),
@@ -127,15 +149,18 @@ impl Application {
         } else {
             None
         };
-        let routes = match &sandboxes {
-            Some(sb) => crate::orchestrate::Routes::sandbox(
-                sb,
-                &config.public_base_url(addr),
-                config.sandbox_fee_rate_bps,
-                &crate::health::BreakerConfig::of(&config),
-            )?,
-            None => crate::orchestrate::Routes::default(),
-        };
+        let base_url = config.public_base_url(addr);
+        let routes = crate::routing::Registry::load(
+            db.clone(),
+            secrets.clone(),
+            sandboxes
+                .as_ref()
+                .map(|sb| crate::routing::SandboxConfigs::of(sb, &base_url)),
+            base_url,
+            crate::health::BreakerConfig::of(&config),
+        )
+        .await
+        .context("load channel accounts and routes")?;
         let state = AppState {
             config: config.clone(),
             db: db.clone(),
@@ -144,11 +169,17 @@ impl Application {
             nonces,
             metrics: telemetry::metrics_handle(),
             routes,
+            secrets: secrets.clone(),
+            admin_token,
             limiter,
             paylinks: crate::paylink::PayLinks::new(&secrets, &config.public_base_url(addr)),
         };
         let background = vec![
             tokio::spawn(sweeper::run(state.clone(), stop_rx.clone())),
+            tokio::spawn(state.routes.clone().poll(
+                Duration::from_millis(config.routing_refresh_ms.max(10)),
+                stop_rx.clone(),
+            )),
             tokio::spawn(crate::webhooks::run(
                 db.clone(),
                 secrets.clone(),
@@ -228,6 +259,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .nest("/v1", v1)
+        .nest("/admin/v1", crate::routing::admin::router(state.clone()))
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
         .route("/p/{token}", get(crate::paylink::show))
         .merge(crate::codes::public_router())
@@ -262,12 +294,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Every account's breaker is shown, also of accounts created moments ago on another node.
+    if let Err(e) = state.routes.refresh_if_changed().await {
+        tracing::warn!(error = %e, "refreshing the routing registry");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render() + &crate::health::render_states(state.routes.breakers()),
+        state.metrics.render()
+            + &crate::health::render_states(state.routes.breakers().iter().map(|b| &**b)),
     )
 }
 

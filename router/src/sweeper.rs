@@ -166,10 +166,11 @@ async fn close_channel_orders(
 
 /// Closes one payment's order at its channel, then the payment; or settles it if it was paid.
 async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
-    let Some(route) = row
-        .channel_account_id
-        .and_then(|a| state.routes.by_id(ChannelAccountId::from(a)))
-    else {
+    let route = match row.channel_account_id {
+        Some(a) => state.routes.account(ChannelAccountId::from(a)).await,
+        None => None,
+    };
+    let Some(route) = route else {
         tracing::warn!(payment_id = %row.id, channel_account_id = ?row.channel_account_id,
             "expired payment's channel account is not configured; cannot close it at the channel");
         return Expiry::Later;

@@ -281,34 +281,28 @@ pub async fn create_payment(
     let req: CreatePayment = parse_json(&body)?;
     req.validate()?;
     // A code payment is checked against the wallets and routes before anything is written.
+    let mut code_route = None;
     let code_wallet = match (&req.auth_code, req.method) {
         (Some(code), PayMethod::CodeScan | PayMethod::SoundWave) => {
             let wallet = crate::orchestrate::wallet_of_code(code, req.wallet)?;
-            let Some(route) = state.routes.get(wallet) else {
-                return Err(ApiError::new(
-                    ErrorCode::NoRoute,
-                    format!("no channel for {wallet} payment codes"),
-                ));
-            };
-            if let Err(refused) = route.admit_new_payment() {
-                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
-            }
+            code_route = admitted_route(
+                &state,
+                merchant.id,
+                &req.merchant_order_no,
+                wallet,
+                req.method,
+            )
+            .await?;
             Some(wallet)
         }
         _ => None,
     };
-    // C2B with a known wallet goes to that wallet's channel: the route must exist.
+    // C2B with a known wallet goes to one of the merchant's accounts for it: the route must exist.
+    let mut qr_route = None;
     let qr_wallet = match (req.method, req.wallet) {
         (PayMethod::QrMerchant, Some(w)) => {
-            let Some(route) = state.routes.get(w) else {
-                return Err(ApiError::new(
-                    ErrorCode::NoRoute,
-                    format!("no channel for {w}"),
-                ));
-            };
-            if let Err(refused) = route.admit_new_payment() {
-                refused_unless_repeat(&state, merchant.id, &req.merchant_order_no, refused).await?;
-            }
+            qr_route =
+                admitted_route(&state, merchant.id, &req.merchant_order_no, w, req.method).await?;
             Some(w)
         }
         _ => None,
@@ -360,7 +354,10 @@ pub async fn create_payment(
                 .increment(1);
             if let (Some(code), Some(_)) = (&req.auth_code, code_wallet) {
                 let id = PaymentId::from(row.id);
-                crate::orchestrate::code_scan(&state, *row, code).await?;
+                let Some(candidates) = code_route else {
+                    return Err(ApiError::unavailable("a new payment without a route"));
+                };
+                crate::orchestrate::code_scan(&state, *row, code, candidates).await?;
                 let row = repo::get(&state.db, merchant.id, id)
                     .await?
                     .ok_or_else(|| ApiError::not_found("payment"))?;
@@ -374,7 +371,10 @@ pub async fn create_payment(
             }
             if let Some(wallet) = qr_wallet {
                 let id = PaymentId::from(row.id);
-                crate::orchestrate::qr_merchant(&state, &row, wallet).await?;
+                let Some(candidates) = qr_route else {
+                    return Err(ApiError::unavailable("a new payment without a route"));
+                };
+                crate::orchestrate::qr_merchant(&state, &row, wallet, candidates).await?;
                 let row = repo::get(&state.db, merchant.id, id)
                     .await?
                     .ok_or_else(|| ApiError::not_found("payment"))?;
@@ -399,6 +399,26 @@ pub async fn create_payment(
         WriteOutcome::Retry | WriteOutcome::Transitioned(_) | WriteOutcome::Refund(_) => Err(
             ApiError::unavailable("create raced with a rolled-back writer"),
         ),
+    }
+}
+
+/// The merchant's candidate accounts for a new payment. When every one of them has its breaker
+/// open the payment is refused — but the same request sent again still gets its existing payment
+/// (`None` here: the write batcher answers `Existing` / `Conflict` without writing).
+async fn admitted_route(
+    state: &AppState,
+    merchant: MerchantId,
+    merchant_order_no: &str,
+    wallet: WalletBrand,
+    method: PayMethod,
+) -> ApiResult<Option<crate::routing::Candidates>> {
+    match state.routes.candidates(merchant, wallet, method).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.code == ErrorCode::ChannelUnavailable => {
+            refused_unless_repeat(state, merchant, merchant_order_no, e).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

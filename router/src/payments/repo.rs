@@ -453,7 +453,8 @@ pub async fn settle_sqlite(
     Ok(moved)
 }
 
-/// Records a C2B payment's channel order while it is still `created`.
+/// Records a C2B payment's channel order while it is still `created` — never over another
+/// account's: a payment is attached to one channel account only.
 pub async fn attach_qr_pg(
     conn: &mut PgConnection,
     payment_id: PaymentId,
@@ -463,7 +464,7 @@ pub async fn attach_qr_pg(
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "UPDATE payments SET qr_code = $1, channel_account_id = $2, updated_at_us = $3 \
-         WHERE id = $4 AND status = 'created'",
+         WHERE id = $4 AND status = 'created' AND (channel_account_id IS NULL OR channel_account_id = $2)",
     )
     .bind(qr)
     .bind(account)
@@ -483,7 +484,7 @@ pub async fn attach_qr_sqlite(
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "UPDATE payments SET qr_code = ?1, channel_account_id = ?2, updated_at_us = ?3 \
-         WHERE id = ?4 AND status = 'created'",
+         WHERE id = ?4 AND status = 'created' AND (channel_account_id IS NULL OR channel_account_id = ?2)",
     )
     .bind(qr)
     .bind(account)

@@ -48,7 +48,7 @@ async fn wechat_state(app: &TestApp) -> u8 {
     let text = app.get_raw("/metrics").await.text().await.unwrap();
     let line = text
         .lines()
-        .find(|l| l.starts_with("paymux_channel_breaker_state{route=\"wechat sandbox\"}"))
+        .find(|l| l.starts_with("paymux_channel_breaker_state{route=\"wechat sandbox\","))
         .unwrap_or_else(|| panic!("no breaker state in /metrics:\n{text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }

@@ -143,3 +143,113 @@ async fn ledger_audit_exits_non_zero_on_a_breach() {
         String::from_utf8_lossy(&healed.stdout)
     );
 }
+
+#[tokio::test]
+async fn channel_accounts_routes_and_fee_rates_from_the_command_line() {
+    let db = fresh_database().await;
+    let created = paymux(&db, &["merchant", "create", "--name", "Tea House"]);
+    let merchant_id = created["merchant_id"].as_str().unwrap().to_string();
+    let accounts = paymux(
+        &db,
+        &["channel-account", "list", "--merchant-id", &merchant_id],
+    );
+    assert_eq!(
+        accounts.as_array().unwrap().len(),
+        3,
+        "a merchant created with the sandboxes mounted gets the sandbox accounts"
+    );
+    let added = paymux(
+        &db,
+        &[
+            "channel-account",
+            "add",
+            "--merchant-id",
+            &merchant_id,
+            "--kind",
+            "wechat_v3",
+            "--name",
+            "second",
+            "--cost-rate-bps",
+            "25",
+            "--sandbox",
+        ],
+    );
+    let id = added["id"].as_str().unwrap().to_string();
+    assert_eq!(added["cost_rate_bps"], 25);
+    assert!(added.get("credentials").is_none());
+    let disabled = paymux(&db, &["channel-account", "disable", "--id", &id]);
+    assert_eq!(disabled["enabled"], false);
+    let enabled = paymux(&db, &["channel-account", "enable", "--id", &id]);
+    assert_eq!(enabled["enabled"], true);
+    let route = paymux(
+        &db,
+        &[
+            "route",
+            "set",
+            "--merchant-id",
+            &merchant_id,
+            "--wallet",
+            "wechat",
+            "--method",
+            "code_scan",
+            "--rule",
+            "lowest_cost",
+            "--target",
+            &format!("{id}:0:1"),
+        ],
+    );
+    assert_eq!(route["rule"], "lowest_cost");
+    let routes = paymux(&db, &["route", "list", "--merchant-id", &merchant_id]);
+    assert!(routes.as_array().unwrap().iter().any(
+        |r| r["method"] == "code_scan" && r["targets"][0]["channel_account_id"] == id.as_str()
+    ));
+    let fee = paymux(
+        &db,
+        &[
+            "merchant",
+            "fee-rate",
+            "--merchant-id",
+            &merchant_id,
+            "--bps",
+            "80",
+        ],
+    );
+    assert_eq!(fee["fee_rate_bps"], 80);
+    let deleted = paymux(
+        &db,
+        &[
+            "route",
+            "delete",
+            "--merchant-id",
+            &merchant_id,
+            "--wallet",
+            "wechat",
+            "--method",
+            "code_scan",
+        ],
+    );
+    assert_eq!(deleted["deleted"], true);
+
+    // The server pays through the routes the command line set.
+    let config = test_config(&db);
+    let app = spawn_with(db, config).await;
+    let m = MerchantClient {
+        base: app.base.clone(),
+        http: app.http.clone(),
+        creds: serde_json::from_value::<CredsJson>(created.clone())
+            .unwrap()
+            .into(),
+    };
+    let r = m
+        .create_payment(&serde_json::json!({
+            "merchant_order_no": "cli-r1", "amount": 100, "currency": "CNY", "subject": "Tea",
+            "method": "code_scan", "auth_code": "134567890123456789",
+        }))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "no_route"),
+        "the deleted route: {:?}",
+        r.body
+    );
+}

@@ -110,12 +110,24 @@ impl TestApp {
         }
     }
 
-    /// A merchant created the way `paymux merchant create` does it.
+    /// A merchant created the way `paymux merchant create` does it: with the sandbox channel
+    /// accounts and routes when the sandboxes are mounted.
     pub async fn merchant(&self, name: &str) -> MerchantClient {
         let db = paymux::startup::open_database(&self.config).await.unwrap();
-        let creds = merchants::create_merchant(&db, &secret_box(&self.config).unwrap(), name)
+        let secrets = secret_box(&self.config).unwrap();
+        let creds = merchants::create_merchant(&db, &secrets, name)
             .await
             .unwrap();
+        if self.config.sandbox {
+            paymux::routing::store::provision_sandbox(
+                &db,
+                &secrets,
+                creds.merchant_id,
+                self.config.sandbox_fee_rate_bps,
+            )
+            .await
+            .unwrap();
+        }
         db.close().await;
         MerchantClient {
             base: self.base.clone(),

@@ -15,4 +15,5 @@ mod paylink;
 mod payments;
 mod qr_notify;
 mod refunds;
+mod routing;
 mod webhooks;
