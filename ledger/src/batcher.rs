@@ -3,14 +3,19 @@
 //! Callers submit entries with [`Ledger::post`]; a worker task gathers the submissions that are
 //! queued (up to `batch_entries_max` entries, waiting at most `linger` for more), posts them in ONE
 //! transaction through the same batched engine the router uses inside its own transactions, commits,
-//! and answers each caller with the results of its own entries. A transaction that fails with a
-//! retryable error (serialization failure, deadlock, SQLite busy) is retried as a whole, so callers
-//! never see those. The queue is bounded; when it is full, callers wait.
+//! and answers each caller with the results of its own entries. On PostgreSQL up to `committers`
+//! batches are in flight at once, each in its own transaction on its own connection: while one
+//! commits, the next is gathered, planned and written (batches that share accounts queue on the
+//! balance-row locks, taken in sorted order, so they apply one after the other). A transaction that
+//! fails with a retryable error (serialization failure, deadlock, SQLite busy) is retried as a whole,
+//! so callers never see those. The queue is bounded; when it is full, callers wait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::store::{KnownAccounts, Posted};
 use crate::types::{EntryResult, LedgerError, NewEntry, PostOptions};
 use crate::{LedgerPool, store};
 
@@ -24,6 +29,10 @@ pub struct LedgerConfig {
     pub queue_capacity: usize,
     /// Attempts for a transaction that fails with a retryable error.
     pub attempts_max: u32,
+    /// Batches in flight at once on PostgreSQL, each on its own connection (SQLite: always 1).
+    pub committers: usize,
+    /// Account ids remembered as existing, so their specs are not sent to be opened again.
+    pub known_accounts_max: usize,
 }
 
 impl Default for LedgerConfig {
@@ -33,6 +42,8 @@ impl Default for LedgerConfig {
             linger: Duration::from_micros(500),
             queue_capacity: 16_384,
             attempts_max: 8,
+            committers: 2,
+            known_accounts_max: 1_000_000,
         }
     }
 }
@@ -71,7 +82,19 @@ impl Ledger {
 }
 
 async fn worker(pool: LedgerPool, config: LedgerConfig, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+    let committers = match pool {
+        LedgerPool::Sqlite(_) => 1,
+        LedgerPool::Postgres(_) => config.committers.clamp(1, 64),
+    };
+    let slots = Arc::new(Semaphore::new(committers));
+    let known = Arc::new(KnownAccounts::new(config.known_accounts_max));
+    loop {
+        // Gather only once a committer is free: while all are busy, submissions queue up and the
+        // next batch grows.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else { break };
         let mut count = first.entries.len();
         let mut jobs = vec![first];
         let deadline = tokio::time::Instant::now() + config.linger;
@@ -90,37 +113,55 @@ async fn worker(pool: LedgerPool, config: LedgerConfig, mut rx: mpsc::Receiver<J
             count += job.entries.len();
             jobs.push(job);
         }
-        let entries: Vec<NewEntry> = jobs
-            .iter()
-            .flat_map(|j| j.entries.iter().cloned())
-            .collect();
-        let mut outcome = post_batch(&pool, &entries).await;
-        let mut attempt = 1;
-        while let Err(err) = &outcome {
-            if !err.is_retryable() || attempt >= config.attempts_max {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
-            attempt += 1;
-            outcome = post_batch(&pool, &entries).await;
+        let (pool, known) = (pool.clone(), known.clone());
+        tokio::spawn(async move {
+            commit_jobs(&pool, &config, &known, jobs).await;
+            drop(slot);
+        });
+    }
+    // Let the batches in flight finish before the worker ends.
+    let _ = slots.acquire_many(committers as u32).await;
+}
+
+/// Posts the jobs' entries in one transaction (retried as a whole on retryable errors) and answers
+/// each job with its own results.
+async fn commit_jobs(
+    pool: &LedgerPool,
+    config: &LedgerConfig,
+    known: &KnownAccounts,
+    jobs: Vec<Job>,
+) {
+    let mut entries: Vec<NewEntry> = Vec::with_capacity(jobs.iter().map(|j| j.entries.len()).sum());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        replies.push((job.entries.len(), job.reply));
+        entries.extend(job.entries);
+    }
+    let mut outcome = post_batch(pool, &entries, known).await;
+    let mut attempt = 1;
+    while let Err(err) = &outcome {
+        if !err.is_retryable() || attempt >= config.attempts_max {
+            break;
         }
-        match outcome {
-            Ok(results) => {
-                debug_assert_eq!(results.len(), entries.len());
-                let mut rest = results.into_iter();
-                for job in jobs {
-                    let mine: Vec<EntryResult> = rest.by_ref().take(job.entries.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
+        tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
+        attempt += 1;
+        outcome = post_batch(pool, &entries, known).await;
+    }
+    match outcome {
+        Ok(posted) => {
+            debug_assert_eq!(posted.results.len(), entries.len());
+            known.remember(&posted.accounts);
+            let mut rest = posted.results.into_iter();
+            for (n, reply) in replies {
+                let mine: Vec<EntryResult> = rest.by_ref().take(n).collect();
+                let _ = reply.send(Ok(mine));
             }
-            Err(err) => {
-                tracing::error!(error = %err, entries = entries.len(), "ledger batch failed; nothing of it was written");
-                let text = err.to_string();
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(LedgerError::Corrupt(format!("batch failed: {text}"))));
-                }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, entries = entries.len(), "ledger batch failed; nothing of it was written");
+            let text = err.to_string();
+            for (_, reply) in replies {
+                let _ = reply.send(Err(LedgerError::Corrupt(format!("batch failed: {text}"))));
             }
         }
     }
@@ -129,14 +170,17 @@ async fn worker(pool: LedgerPool, config: LedgerConfig, mut rx: mpsc::Receiver<J
 async fn post_batch(
     pool: &LedgerPool,
     entries: &[NewEntry],
-) -> Result<Vec<EntryResult>, LedgerError> {
+    known: &KnownAccounts,
+) -> Result<Posted, LedgerError> {
     match pool {
         LedgerPool::Sqlite(p) => {
             let mut conn = p.acquire().await?;
             // IMMEDIATE: take the write lock before reading balances, so read and write are one
             // critical section even with other writers on the file.
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            match store::sqlite::post(&mut conn, entries, PostOptions::default()).await {
+            match store::sqlite::post_known(&mut conn, entries, PostOptions::default(), Some(known))
+                .await
+            {
                 Ok(results) => {
                     sqlx::query("COMMIT").execute(&mut *conn).await?;
                     Ok(results)
@@ -149,7 +193,9 @@ async fn post_batch(
         }
         LedgerPool::Postgres(p) => {
             let mut tx = p.begin().await?;
-            let results = store::pg::post(&mut tx, entries, PostOptions::default()).await?;
+            let results =
+                store::pg::post_known(&mut tx, entries, PostOptions::default(), Some(known))
+                    .await?;
             tx.commit().await?;
             Ok(results)
         }

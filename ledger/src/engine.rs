@@ -111,7 +111,8 @@ pub struct StoredHead {
 }
 
 impl StoredHead {
-    fn of(entry: &NewEntry) -> StoredHead {
+    /// `account_ids`: the ids of `entry`'s postings' accounts, in order.
+    fn of(entry: &NewEntry, account_ids: &[AccountId]) -> StoredHead {
         StoredHead {
             phase: entry.phase.name().to_owned(),
             pending_id: entry.phase.pending_id().map(EntryId::into_uuid),
@@ -120,7 +121,7 @@ impl StoredHead {
             reference: entry.reference,
             effective_at_us: entry.effective_at_us,
             metadata: entry.metadata.clone(),
-            postings_digest: postings_digest(&entry.postings),
+            postings_digest: digest_with_ids(&entry.postings, account_ids),
         }
     }
 
@@ -149,9 +150,17 @@ impl StoredHead {
 /// A UUIDv5 over the postings in order (account id, side, amount, currency): equal postings, equal
 /// digest.
 pub fn postings_digest(postings: &[NewPosting]) -> Uuid {
+    let ids: Vec<AccountId> = postings.iter().map(|p| p.account.id()).collect();
+    digest_with_ids(postings, &ids)
+}
+
+/// [`postings_digest`] with the accounts' ids already derived (an id from a code or spec is a
+/// SHA-1; the batch path derives each posting's once).
+fn digest_with_ids(postings: &[NewPosting], account_ids: &[AccountId]) -> Uuid {
+    debug_assert_eq!(postings.len(), account_ids.len());
     let mut bytes = Vec::with_capacity(postings.len() * 28);
-    for p in postings {
-        bytes.extend_from_slice(p.account.id().as_uuid().as_bytes());
+    for (p, id) in postings.iter().zip(account_ids) {
+        bytes.extend_from_slice(id.as_uuid().as_bytes());
         bytes.push(match p.side {
             Side::Debit => b'D',
             Side::Credit => b'C',
@@ -254,6 +263,8 @@ struct Applier {
     changed: std::collections::BTreeSet<AccountId>,
     pendings: HashMap<Uuid, PendingInfo>,
     existing: HashMap<Uuid, StoredHead>,
+    /// Entries created by this batch: index into `plan.entries`.
+    created: HashMap<Uuid, usize>,
     now_us: i64,
     plan: Plan,
 }
@@ -274,9 +285,13 @@ pub fn plan(
         changed: Default::default(),
         pendings,
         existing,
+        created: HashMap::with_capacity(entries.len()),
         now_us,
         plan: Plan::default(),
     };
+    a.plan.results.reserve(entries.len());
+    a.plan.entries.reserve(entries.len());
+    a.plan.postings.reserve(entries.len() * 2);
     for e in entries {
         let r = a.apply(e);
         a.plan.results.push(r);
@@ -321,6 +336,7 @@ pub fn plan_expiry(
         changed: Default::default(),
         pendings,
         existing: HashMap::new(),
+        created: HashMap::new(),
         now_us,
         plan: Plan::default(),
     };
@@ -380,9 +396,13 @@ struct Delta {
 impl Applier {
     fn apply(&mut self, e: &NewEntry) -> EntryResult {
         let id = e.id.into_uuid();
-        let head = StoredHead::of(e);
+        let ids: Vec<AccountId> = e.postings.iter().map(|p| p.account.id()).collect();
+        let head = StoredHead::of(e, &ids);
         if let Some(stored) = self.existing.get(&id) {
             return stored.compare(&head);
+        }
+        if let Some(&i) = self.created.get(&id) {
+            return self.plan.entries[i].head.compare(&head);
         }
         // Shape.
         match e.phase {
@@ -407,8 +427,8 @@ impl Applier {
             return r;
         }
         // Accounts.
-        for p in &e.postings {
-            let Some(acct) = self.accounts.get(&p.account.id()) else {
+        for (p, account_id) in e.postings.iter().zip(&ids) {
+            let Some(acct) = self.accounts.get(account_id) else {
                 return EntryResult::AccountNotFound;
             };
             if acct.currency != p.amount.currency() {
@@ -424,15 +444,16 @@ impl Applier {
             }
         }
         // Balance changes.
-        let mut deltas: Vec<Delta> = Vec::new();
+        let mut deltas: Vec<Delta> = Vec::with_capacity(e.postings.len() * 2);
         let mut pending_update: Option<PendingUpdate> = None;
-        let mut posted_rows: Vec<(AccountId, Side, i64, bool)> = Vec::new();
+        let mut posted_rows: Vec<(AccountId, Side, i64, bool)> =
+            Vec::with_capacity(e.postings.len());
         match e.phase {
             Phase::Posted | Phase::Pending { .. } => {
                 let pending = matches!(e.phase, Phase::Pending { .. });
-                for p in &e.postings {
+                for (p, account_id) in e.postings.iter().zip(&ids) {
                     let d = Delta {
-                        account_id: p.account.id(),
+                        account_id: *account_id,
                         side: p.side,
                         amount_minor: p.amount.amount_minor(),
                         pending,
@@ -470,8 +491,8 @@ impl Applier {
                         *held.entry((l.account_id, l.side)).or_default() += l.amount_minor;
                     }
                     let mut asked: HashMap<(AccountId, Side), i128> = HashMap::new();
-                    for p in &e.postings {
-                        let key = (p.account.id(), p.side);
+                    for (p, account_id) in e.postings.iter().zip(&ids) {
+                        let key = (*account_id, p.side);
                         let Some(h) = held.get(&key) else {
                             return EntryResult::PendingLegNotFound;
                         };
@@ -483,7 +504,8 @@ impl Applier {
                     }
                     e.postings
                         .iter()
-                        .map(|p| (p.account.id(), p.side, p.amount.amount_minor()))
+                        .zip(&ids)
+                        .map(|(p, account_id)| (*account_id, p.side, p.amount.amount_minor()))
                         .collect()
                 };
                 for (account_id, side, amount_minor) in posted {
@@ -509,7 +531,7 @@ impl Applier {
             }
         }
         // Apply to scratch copies, check constraints, then commit.
-        let mut scratch: Vec<AccountState> = Vec::new();
+        let mut scratch: Vec<AccountState> = Vec::with_capacity(deltas.len());
         for d in &deltas {
             let idx = match scratch.iter().position(|a| a.id == d.account_id) {
                 Some(i) => i,
@@ -534,7 +556,7 @@ impl Applier {
         }
         // Committed from here on. Posting rows carry the running posted totals; since the
         // whole entry is applied at once, walk the rows again from the pre-entry state.
-        let mut running: Vec<AccountState> = Vec::new();
+        let mut running: Vec<AccountState> = Vec::with_capacity(posted_rows.len());
         for (leg, (account_id, side, amount_minor, pending)) in posted_rows.iter().enumerate() {
             let idx = match running.iter().position(|a| a.id == *account_id) {
                 Some(i) => i,
@@ -582,8 +604,9 @@ impl Applier {
                     legs: e
                         .postings
                         .iter()
-                        .map(|p| Leg {
-                            account_id: p.account.id(),
+                        .zip(&ids)
+                        .map(|(p, account_id)| Leg {
+                            account_id: *account_id,
                             side: p.side,
                             amount_minor: p.amount.amount_minor(),
                         })
@@ -598,12 +621,12 @@ impl Applier {
             }
             self.plan.pending_updates.push(u);
         }
+        self.created.insert(id, self.plan.entries.len());
         self.plan.entries.push(EntryRow {
             id,
-            head: head.clone(),
+            head,
             created_at_us: self.now_us,
         });
-        self.existing.insert(id, head);
         EntryResult::Created
     }
 

@@ -5,7 +5,8 @@
 //! - [`engine`]: the batch algorithm in memory — apply entries in order against the locked account
 //!   balances with every check, and produce the rows to write. No I/O.
 //! - [`store`]: the batched statements of each backend (`store::sqlite`, `store::pg`); a batch is a
-//!   fixed handful of multi-row statements, never one round trip per entry.
+//!   fixed handful of bulk statements (binary `COPY` on PostgreSQL, multi-row `INSERT` on SQLite),
+//!   never one round trip per entry.
 //! - [`chart`]: the chart of accounts of DESIGN.md as [`AccountSpec`] builders, so postings can open
 //!   their accounts on first use.
 //! - [`rules`]: posting rules as plain functions (payment, refund, settlements, wallet, adjustment)

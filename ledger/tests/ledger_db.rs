@@ -379,3 +379,173 @@ async fn two_processes_and_this_one_posting_to_one_hot_account_lose_nothing() {
         assert_eq!(report.entries as i64, entries, "{}", name(&pool));
     }
 }
+
+/// Every column an entry carries comes back as it was posted (metadata, reference, effective time,
+/// pending timeout, NULLs), two-phase entries resolve through the batched path, a statement's
+/// running balances follow the application order, and re-posting answers `exists` or names the
+/// difference — with several batches in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_round_trip_and_two_phase_resolves_with_batches_in_flight() {
+    use paymux_ledger::queries::{entries_by_reference, statement};
+    use paymux_ledger::{EntryKind, NewEntry, NewPosting, Phase};
+    use paymux_model::EntryId;
+
+    for t in pools().await {
+        let config = LedgerConfig {
+            committers: 3,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(t.pool.clone(), config);
+        let (merchant, channel) = (MerchantId::new(), ChannelAccountId::new());
+        let payable = chart::merchant_payable(merchant, Currency::Cny);
+        let receivable = chart::channel_receivable(channel, Currency::Cny);
+        let reference = uuid::Uuid::now_v7();
+        let metadata = serde_json::json!({"order": "A-1", "items": [1, 2], "note": "ünï\"code\""});
+        let hold = NewEntry::posted(
+            EntryId::new(),
+            EntryKind::Payment,
+            Some(reference),
+            1_700_000_000_000_001,
+            vec![
+                NewPosting::debit(receivable.clone(), Money::cny(700)),
+                NewPosting::credit(payable.clone(), Money::cny(700)),
+            ],
+        )
+        .with_metadata(metadata.clone())
+        .with_phase(Phase::Pending {
+            timeout_ms: 3_600_000,
+        });
+        let voided = NewEntry::posted(
+            EntryId::new(),
+            EntryKind::Payment,
+            None,
+            7,
+            vec![
+                NewPosting::debit(receivable.clone(), Money::cny(50)),
+                NewPosting::credit(payable.clone(), Money::cny(50)),
+            ],
+        )
+        .with_phase(Phase::Pending { timeout_ms: 60_000 });
+        // Many concurrent single-entry calls on the same two accounts: batches overlap.
+        let mut calls = Vec::new();
+        for i in 0..40 {
+            let ledger = ledger.clone();
+            let (receivable, payable) = (receivable.clone(), payable.clone());
+            calls.push(tokio::spawn(async move {
+                let e = NewEntry::posted(
+                    EntryId::new(),
+                    EntryKind::Payment,
+                    None,
+                    i,
+                    vec![
+                        NewPosting::debit(receivable, Money::cny(10)),
+                        NewPosting::credit(payable, Money::cny(10)),
+                    ],
+                );
+                ledger.post(vec![e]).await.unwrap()
+            }));
+        }
+        assert_eq!(
+            ledger
+                .post(vec![hold.clone(), voided.clone()])
+                .await
+                .unwrap(),
+            vec![EntryResult::Created, EntryResult::Created]
+        );
+        for c in calls {
+            assert_eq!(c.await.unwrap(), vec![EntryResult::Created]);
+        }
+        let post_part = NewEntry::posted(
+            EntryId::new(),
+            EntryKind::Payment,
+            Some(reference),
+            1_700_000_000_000_002,
+            vec![
+                NewPosting::debit(receivable.clone(), Money::cny(600)),
+                NewPosting::credit(payable.clone(), Money::cny(600)),
+            ],
+        )
+        .with_phase(Phase::PostPending {
+            pending_id: hold.id,
+        });
+        let void = NewEntry::posted(EntryId::new(), EntryKind::Payment, None, 8, vec![])
+            .with_phase(Phase::VoidPending {
+                pending_id: voided.id,
+            });
+        assert_eq!(
+            ledger
+                .post(vec![post_part.clone(), void.clone()])
+                .await
+                .unwrap(),
+            vec![EntryResult::Created, EntryResult::Created]
+        );
+        let again = NewEntry::posted(EntryId::new(), EntryKind::Payment, None, 9, vec![])
+            .with_phase(Phase::PostPending {
+                pending_id: hold.id,
+            });
+        let mut other_metadata = hold.clone();
+        other_metadata.metadata = serde_json::json!({"order": "A-2"});
+        assert_eq!(
+            ledger
+                .post(vec![hold.clone(), other_metadata, again, post_part.clone()])
+                .await
+                .unwrap(),
+            vec![
+                EntryResult::Exists,
+                EntryResult::ExistsWithDifferentMetadata,
+                EntryResult::PendingAlreadyPosted,
+                EntryResult::Exists,
+            ],
+            "{}",
+            name(&t.pool)
+        );
+
+        let stored = entries_by_reference(&t.pool, reference).await.unwrap();
+        assert_eq!(stored.len(), 2, "{}", name(&t.pool));
+        let h = stored.iter().find(|e| e.id == hold.id).unwrap();
+        assert_eq!(
+            (
+                h.phase.as_str(),
+                &h.metadata,
+                h.effective_at_us,
+                h.pending_id
+            ),
+            ("pending", &metadata, 1_700_000_000_000_001, None),
+            "{}",
+            name(&t.pool)
+        );
+        assert_eq!(h.postings.len(), 2);
+        assert!(
+            h.postings
+                .iter()
+                .all(|p| p.is_pending && p.amount_minor == 700)
+        );
+        let p = stored.iter().find(|e| e.id == post_part.id).unwrap();
+        assert_eq!(
+            (p.phase.as_str(), p.pending_id, p.effective_at_us),
+            ("post_pending", Some(hold.id), 1_700_000_000_000_002)
+        );
+        assert!(
+            p.postings
+                .iter()
+                .all(|p| !p.is_pending && p.amount_minor == 600)
+        );
+
+        let b = balance_by_code(&t.pool, &payable.code).await.unwrap();
+        assert_eq!(b.posted_minor(), 40 * 10 + 600, "{}", name(&t.pool));
+        assert_eq!((b.debits_pending, b.credits_pending), (0, 0));
+        // Running balances: each line's total is the previous one plus its own amount.
+        let page = statement(&t.pool, payable.id(), None, 1000).await.unwrap();
+        assert_eq!(page.lines.len(), 40 + 2 + 1, "{}", name(&t.pool));
+        let mut running = 0i128;
+        for line in &page.lines {
+            if !line.is_pending {
+                running += i128::from(line.amount_minor);
+            }
+            assert_eq!(line.running_balance_minor, running, "{}", name(&t.pool));
+        }
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.open_pending, 0);
+    }
+}

@@ -1,6 +1,7 @@
 //! Storage: the raw rows both backends read, their conversion into engine state, and one module per
 //! backend ([`sqlite`], [`pg`]) with the batched statements of the posting path.
 
+pub mod copy;
 pub mod pg;
 pub mod sqlite;
 
@@ -135,6 +136,63 @@ pub fn pendings_map(
             ))
         })
         .collect()
+}
+
+/// Ids of accounts known to exist (read from the database under lock in a committed batch), so a
+/// standalone [`crate::Ledger`] does not send their specs to be opened again: accounts are never
+/// deleted. Bounded: when `max` is reached the set starts over.
+#[derive(Debug, Default)]
+pub struct KnownAccounts {
+    ids: std::sync::RwLock<std::collections::HashSet<Uuid>>,
+    max: usize,
+}
+
+impl KnownAccounts {
+    pub fn new(max: usize) -> KnownAccounts {
+        KnownAccounts {
+            ids: Default::default(),
+            max,
+        }
+    }
+
+    pub fn contains(&self, id: &Uuid) -> bool {
+        self.ids.read().is_ok_and(|ids| ids.contains(id))
+    }
+
+    /// Remembers `ids`; call only after the transaction that read them committed.
+    pub fn remember(&self, ids: &[Uuid]) {
+        let Ok(mut known) = self.ids.write() else {
+            return;
+        };
+        if known.len() + ids.len() > self.max {
+            known.clear();
+        }
+        if ids.len() <= self.max {
+            known.extend(ids.iter().copied());
+        }
+    }
+
+    /// The specs among `specs` whose accounts may not exist yet.
+    pub fn unknown(&self, specs: Vec<AccountSpec>) -> Vec<AccountSpec> {
+        let Ok(known) = self.ids.read() else {
+            return specs;
+        };
+        if known.is_empty() {
+            return specs;
+        }
+        specs
+            .into_iter()
+            .filter(|s| !known.contains(&s.id().into_uuid()))
+            .collect()
+    }
+}
+
+/// What a batch posted: a result per entry, and the accounts it found (they exist once the
+/// transaction commits).
+#[derive(Debug)]
+pub struct Posted {
+    pub results: Vec<EntryResult>,
+    pub accounts: Vec<Uuid>,
 }
 
 /// The accounts a batch must lock: those named by postings plus the pending legs' accounts,

@@ -8,8 +8,25 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::copy::CopyRows;
 use super::*;
 use crate::engine::{self, Plan};
+
+const COPY_ENTRIES: &str = "COPY ledger_entries (id, phase, pending_id, timeout_ms, kind, reference, \
+     effective_at_us, metadata, postings_digest, created_at_us) FROM STDIN (FORMAT binary)";
+const COPY_POSTINGS: &str = "COPY ledger_postings (entry_id, leg, account_id, is_credit, amount_minor, \
+     is_pending, effective_at_us, debits_posted_after, credits_posted_after) FROM STDIN (FORMAT binary)";
+const COPY_PENDING: &str =
+    "COPY ledger_pending (entry_id, timeout_at_us, state) FROM STDIN (FORMAT binary)";
+
+/// The JSON text of `value` appended to `out` (an empty object, the common case, without the
+/// serializer).
+fn json_text(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) if map.is_empty() => out.push_str("{}"),
+        other => out.push_str(&other.to_string()),
+    }
+}
 
 pub async fn open_accounts(
     conn: &mut PgConnection,
@@ -93,86 +110,57 @@ pub async fn load_pendings(
 
 pub async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), LedgerError> {
     if !plan.entries.is_empty() {
+        // Sorted by id: concurrent batches meet on the primary key in the same order.
         let mut rows: Vec<&engine::EntryRow> = plan.entries.iter().collect();
-        rows.sort_by_key(|e| e.id);
-        sqlx::query(
-            "INSERT INTO ledger_entries (id, phase, pending_id, timeout_ms, kind, reference, \
-             effective_at_us, metadata, postings_digest, created_at_us) \
-             SELECT id, phase, pending_id, timeout_ms, kind, reference, effective_at_us, \
-                    metadata::jsonb, postings_digest, created_at_us \
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::int8[], $5::text[], $6::uuid[], \
-                         $7::int8[], $8::text[], $9::uuid[], $10::int8[]) \
-                  AS v(id, phase, pending_id, timeout_ms, kind, reference, effective_at_us, \
-                       metadata, postings_digest, created_at_us)",
-        )
-        .bind(rows.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|e| e.head.phase.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|e| e.head.pending_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|e| e.head.timeout_ms).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|e| e.head.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|e| e.head.reference).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|e| e.head.effective_at_us)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|e| e.head.metadata.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|e| e.head.postings_digest)
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|e| e.created_at_us).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        rows.sort_unstable_by_key(|e| e.id);
+        let mut copy = CopyRows::with_capacity(rows.len(), 160);
+        let mut metadata = String::new();
+        for e in rows {
+            let h = &e.head;
+            metadata.clear();
+            json_text(&h.metadata, &mut metadata);
+            copy.row(10)
+                .uuid(e.id)
+                .text(&h.phase)
+                .opt_uuid(h.pending_id)
+                .opt_i64(h.timeout_ms)
+                .text(&h.kind)
+                .opt_uuid(h.reference)
+                .i64(h.effective_at_us)
+                .jsonb(&metadata)
+                .uuid(h.postings_digest)
+                .i64(e.created_at_us);
+        }
+        copy.send(conn, COPY_ENTRIES).await?;
     }
     if !plan.postings.is_empty() {
         // Application order: `seq` follows it, so running balances read back in order.
-        let p = &plan.postings;
-        sqlx::query(
-            "INSERT INTO ledger_postings (entry_id, leg, account_id, is_credit, amount_minor, \
-             is_pending, effective_at_us, debits_posted_after, credits_posted_after) \
-             SELECT entry_id, leg, account_id, is_credit, amount_minor, is_pending, effective_at_us, \
-                    dpa, cpa FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::bool[], $5::int8[], \
-                                  $6::bool[], $7::int8[], $8::int8[], $9::int8[]) \
-             WITH ORDINALITY AS v(entry_id, leg, account_id, is_credit, amount_minor, \
-                  is_pending, effective_at_us, dpa, cpa, ord) ORDER BY ord",
-        )
-        .bind(p.iter().map(|r| r.entry_id).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.leg).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.account_id).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.is_credit).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.is_pending).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.effective_at_us).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.debits_posted_after).collect::<Vec<_>>())
-        .bind(p.iter().map(|r| r.credits_posted_after).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        let mut copy = CopyRows::with_capacity(plan.postings.len(), 120);
+        for p in &plan.postings {
+            copy.row(9)
+                .uuid(p.entry_id)
+                .i16(p.leg)
+                .uuid(p.account_id)
+                .bool(p.is_credit)
+                .i64(p.amount_minor)
+                .bool(p.is_pending)
+                .i64(p.effective_at_us)
+                .i64(p.debits_posted_after)
+                .i64(p.credits_posted_after);
+        }
+        copy.send(conn, COPY_POSTINGS).await?;
     }
     if !plan.pending_inserts.is_empty() {
         let mut rows = plan.pending_inserts.clone();
         rows.sort_unstable();
-        sqlx::query(
-            "INSERT INTO ledger_pending (entry_id, timeout_at_us, state) \
-             SELECT id, t, 0 FROM UNNEST($1::uuid[], $2::int8[]) AS v(id, t)",
-        )
-        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+        let mut copy = CopyRows::with_capacity(rows.len(), 40);
+        for (id, timeout_at_us) in rows {
+            copy.row(3)
+                .uuid(id)
+                .i64(timeout_at_us)
+                .i16(engine::PendingState::Open.code());
+        }
+        copy.send(conn, COPY_PENDING).await?;
     }
     if !plan.pending_updates.is_empty() {
         // A pending entry may be expired and then resolved in one batch: keep the last word.
@@ -221,11 +209,31 @@ pub async fn post(
     entries: &[NewEntry],
     opts: PostOptions,
 ) -> Result<Vec<EntryResult>, LedgerError> {
+    Ok(post_known(conn, entries, opts, None).await?.results)
+}
+
+/// [`post`] for the standalone [`crate::Ledger`], which retries a failed batch as a whole: accounts
+/// `known` to exist are not opened again, and the stored heads of the entries are read before the
+/// balance rows are locked, outside the part of the batch that other batches on the same accounts
+/// wait for. (An entry inserted meanwhile by another writer makes this batch's insert fail with a
+/// unique violation, a retryable error; the retry reads it and answers `exists`.)
+pub async fn post_known(
+    conn: &mut PgConnection,
+    entries: &[NewEntry],
+    opts: PostOptions,
+    known: Option<&KnownAccounts>,
+) -> Result<Posted, LedgerError> {
     if entries.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Posted {
+            results: Vec::new(),
+            accounts: Vec::new(),
+        });
     }
     let now = opts.now_us.unwrap_or_else(now_us);
-    let needs = engine::needs(entries);
+    let mut needs = engine::needs(entries);
+    if let Some(known) = known {
+        needs.specs = known.unknown(std::mem::take(&mut needs.specs));
+    }
     if !needs.specs.is_empty() {
         open_accounts(conn, &needs.specs, now).await?;
     }
@@ -235,17 +243,29 @@ pub async fn post(
         load_legs(conn, &needs.pending_ids).await?
     };
     let lock = lock_set(&needs.account_ids, &legs);
+    let early_heads = if known.is_some() {
+        Some(heads_map(load_heads(conn, &needs.entry_ids).await?))
+    } else {
+        None
+    };
     let accounts = accounts_map(lock_accounts(conn, &lock).await?)?;
+    let found: Vec<Uuid> = accounts.keys().map(|a| a.into_uuid()).collect();
     // Whoever changes a pending entry's state holds its accounts' locks, which we now hold.
     let pendings = if needs.pending_ids.is_empty() {
         HashMap::new()
     } else {
         pendings_map(legs, load_pendings(conn, &needs.pending_ids).await?)?
     };
-    let existing = heads_map(load_heads(conn, &needs.entry_ids).await?);
+    let existing = match early_heads {
+        Some(heads) => heads,
+        None => heads_map(load_heads(conn, &needs.entry_ids).await?),
+    };
     let plan = engine::plan(entries, accounts, pendings, existing, opts, now);
     write(conn, &plan).await?;
-    Ok(plan.results)
+    Ok(Posted {
+        results: plan.results,
+        accounts: found,
+    })
 }
 
 /// Expires up to `limit` open pending entries whose timeout is at or before `now_us`.

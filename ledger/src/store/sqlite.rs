@@ -201,11 +201,27 @@ pub async fn post(
     entries: &[NewEntry],
     opts: PostOptions,
 ) -> Result<Vec<EntryResult>, LedgerError> {
+    Ok(post_known(conn, entries, opts, None).await?.results)
+}
+
+/// [`post`], skipping the opening of accounts `known` to exist.
+pub async fn post_known(
+    conn: &mut SqliteConnection,
+    entries: &[NewEntry],
+    opts: PostOptions,
+    known: Option<&KnownAccounts>,
+) -> Result<Posted, LedgerError> {
     if entries.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Posted {
+            results: Vec::new(),
+            accounts: Vec::new(),
+        });
     }
     let now = opts.now_us.unwrap_or_else(now_us);
-    let needs = engine::needs(entries);
+    let mut needs = engine::needs(entries);
+    if let Some(known) = known {
+        needs.specs = known.unknown(std::mem::take(&mut needs.specs));
+    }
     if !needs.specs.is_empty() {
         open_accounts(conn, &needs.specs, now).await?;
     }
@@ -216,6 +232,7 @@ pub async fn post(
     };
     let lock = lock_set(&needs.account_ids, &legs);
     let accounts = accounts_map(load_accounts(conn, &lock).await?)?;
+    let found: Vec<Uuid> = accounts.keys().map(|a| a.into_uuid()).collect();
     let pendings = if needs.pending_ids.is_empty() {
         HashMap::new()
     } else {
@@ -224,7 +241,10 @@ pub async fn post(
     let existing = heads_map(load_heads(conn, &needs.entry_ids).await?);
     let plan = engine::plan(entries, accounts, pendings, existing, opts, now);
     write(conn, &plan).await?;
-    Ok(plan.results)
+    Ok(Posted {
+        results: plan.results,
+        accounts: found,
+    })
 }
 
 /// Expires up to `limit` open pending entries whose timeout is at or before `now_us`.
