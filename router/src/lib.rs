@@ -15,6 +15,8 @@
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
+//! - [`reconciliation`]: `paymux reconcile` — bills against our records, resolutions, channel and
+//!   merchant settlement, run reports.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -31,6 +33,7 @@ pub mod openapi;
 pub mod orchestrate;
 pub mod payments;
 pub mod ratelimit;
+pub mod reconciliation;
 pub mod refunds;
 pub mod startup;
 pub mod sweeper;

@@ -137,6 +137,13 @@ impl Routes {
         self.by_id.get(&id).cloned()
     }
 
+    /// Every route (channel account), in a stable order (by id).
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        let mut all: Vec<Arc<Route>> = self.by_id.values().cloned().collect();
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
     /// Every route's breaker (for `/metrics`).
     pub fn breakers(&self) -> impl Iterator<Item = &crate::health::Breaker> {
         self.by_id.values().map(|r| &r.breaker)
@@ -703,8 +710,10 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
     }
 }
 
+/// A refund's final state through the write batcher (a success posts its ledger entry in the same
+/// transaction and announces it by webhook).
 #[allow(clippy::too_many_arguments)]
-async fn settle_refund(
+pub async fn settle_refund(
     state: &AppState,
     payment: &PaymentRow,
     row: &crate::refunds::RefundRow,
