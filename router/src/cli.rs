@@ -154,8 +154,10 @@ async fn reconcile(
     let (state, _sandboxes) = crate::reconciliation::standalone_state(config).await?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix} {msg} {pos} lines")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {prefix} {msg} {pos} lines",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let progress = |p: crate::reconciliation::Progress<'_>| match p {
         crate::reconciliation::Progress::Account { name, index, total } => {

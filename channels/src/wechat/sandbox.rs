@@ -1146,7 +1146,9 @@ impl WechatSandbox {
                 (start..end).contains(&time).then_some(t)
             })
             .collect::<Vec<_>>();
-        trades.sort_by(|a, b| (a.success_time, &a.out_trade_no).cmp(&(b.success_time, &b.out_trade_no)));
+        trades.sort_by(|a, b| {
+            (a.success_time, &a.out_trade_no).cmp(&(b.success_time, &b.out_trade_no))
+        });
         let to_time = |ts: i64| {
             Shanghai
                 .timestamp_opt(ts, 0)

@@ -304,13 +304,13 @@ pub async fn run_day(
         });
         accounts.push(reconcile_account(state, route, day, progress).await?);
     }
-    let merchant_settlements = if account.is_none() && accounts.iter().all(|a| a.status == "completed")
-    {
-        progress(Progress::Stage("merchant settlement"));
-        settle_merchants(state, day).await?
-    } else {
-        Vec::new()
-    };
+    let merchant_settlements =
+        if account.is_none() && accounts.iter().all(|a| a.status == "completed") {
+            progress(Progress::Stage("merchant settlement"));
+            settle_merchants(state, day).await?
+        } else {
+            Vec::new()
+        };
     let report = DayReport {
         day,
         accounts,
@@ -441,9 +441,9 @@ async fn reconcile_inner(
             progress(Progress::Lines(lines));
         }
     });
-    let window_us =
-        i64::try_from(state.config.reconcile_carry_over_window_seconds).unwrap_or(i64::MAX / 2)
-            * 1_000_000;
+    let window_us = i64::try_from(state.config.reconcile_carry_over_window_seconds)
+        .unwrap_or(i64::MAX / 2)
+        * 1_000_000;
     let outcome = paymux_reconcile::reconcile(
         platform.values().cloned(),
         counted,
@@ -474,11 +474,7 @@ async fn reconcile_inner(
         }
         let resolved = match &item.resolution {
             Resolution::CompletePayment => {
-                let at = first
-                    .times_us
-                    .get(&row.key())
-                    .copied()
-                    .unwrap_or(start_us);
+                let at = first.times_us.get(&row.key()).copied().unwrap_or(start_us);
                 complete_payment(state, route, item, at).await?
             }
             Resolution::CompleteRefund => complete_refund(state, route, item).await?,
@@ -538,10 +534,7 @@ async fn reconcile_inner(
     let fees = i64::try_from(outcome.summary.channel_fees_minor).context("channel fees")?;
     let settlement_entry = (net > 0).then(|| {
         paymux_ledger::rules::channel_settlement(
-            SettlementId::from_uuid(v5(&format!(
-                "paymux:channel-settlement:{}:{day}",
-                route.id
-            ))),
+            SettlementId::from_uuid(v5(&format!("paymux:channel-settlement:{}:{day}", route.id))),
             route.id,
             SETTLEMENT_BANK,
             Money::cny(net),
@@ -560,12 +553,18 @@ async fn reconcile_inner(
     }
     items.extend(new_items.iter().cloned());
     items.sort_by(|a, b| {
-        (class_rank(&a.class), &a.kind, &a.out_trade_no, &a.out_refund_no).cmp(&(
-            class_rank(&b.class),
-            &b.kind,
-            &b.out_trade_no,
-            &b.out_refund_no,
-        ))
+        (
+            class_rank(&a.class),
+            &a.kind,
+            &a.out_trade_no,
+            &a.out_refund_no,
+        )
+            .cmp(&(
+                class_rank(&b.class),
+                &b.kind,
+                &b.out_trade_no,
+                &b.out_refund_no,
+            ))
     });
     let by_class = totals(&outcome.summary, &items);
     let report_dir = report::account_dir(&state.config.data_dir, day, route.id);
@@ -582,7 +581,9 @@ async fn reconcile_inner(
         carry_expired: &carry_expired,
         entries: &entries,
         platform_ids: &platform_ids,
-        receivable_account: chart::channel_receivable(route.id, Currency::Cny).id().into_uuid(),
+        receivable_account: chart::channel_receivable(route.id, Currency::Cny)
+            .id()
+            .into_uuid(),
         net,
     };
     let residual = write_run(db, &write).await?;
@@ -784,7 +785,10 @@ fn payment_record(p: PaymentFacts, cost_rate_bps: u32) -> PlatformRecord {
         out_refund_no: None,
         amount_minor: p.amount_minor,
         status: parse_status(&p.status),
-        expected_fee_minor: Some(paymux_ledger::rules::fee_minor(p.amount_minor, cost_rate_bps)),
+        expected_fee_minor: Some(paymux_ledger::rules::fee_minor(
+            p.amount_minor,
+            cost_rate_bps,
+        )),
         time_us: p.paid_at_us.unwrap_or(p.created_at_us),
     }
 }
@@ -812,7 +816,8 @@ fn refund_record(r: RefundFacts, cost_returned: Option<i64>, cost_rate_bps: u32)
     }
 }
 
-const PAYMENT_FACTS: &str = "SELECT id, amount_minor, status, paid_at_us, created_at_us FROM payments";
+const PAYMENT_FACTS: &str =
+    "SELECT id, amount_minor, status, paid_at_us, created_at_us FROM payments";
 const REFUND_FACTS: &str = "SELECT r.id, r.payment_id, r.amount_minor, r.status, r.succeeded_at_us, \
     r.created_at_us, p.amount_minor AS payment_amount_minor FROM refunds r JOIN payments p ON p.id = r.payment_id";
 
@@ -930,8 +935,10 @@ async fn records(
     let mut returned: HashMap<Uuid, i64> = HashMap::new();
     let ids: Vec<Uuid> = refunds.iter().map(|r| r.id).collect();
     for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<RefundEntryFacts> =
-            fetch_all!(db, RefundEntryFacts, |qb: &mut QueryBuilder<_>| {
+        let rows: Vec<RefundEntryFacts> = fetch_all!(
+            db,
+            RefundEntryFacts,
+            |qb: &mut QueryBuilder<_>| {
                 qb.push(
                     "SELECT reference, metadata FROM ledger_entries WHERE kind = 'refund' AND reference IN (",
                 );
@@ -940,7 +947,8 @@ async fn records(
                     sep.push_bind(*id);
                 }
                 qb.push(")");
-            });
+            }
+        );
         for r in rows {
             if let Some(n) = r.metadata.0["channel_cost_returned_minor"].as_i64() {
                 returned.insert(r.reference, n);
@@ -973,14 +981,16 @@ async fn open_carry_overs(
     account: ChannelAccountId,
 ) -> anyhow::Result<Vec<(String, Uuid, String)>> {
     let account = Uuid::from(account);
-    Ok(
-        fetch_all!(db, (String, Uuid, String), |qb: &mut QueryBuilder<_>| {
+    Ok(fetch_all!(
+        db,
+        (String, Uuid, String),
+        |qb: &mut QueryBuilder<_>| {
             qb.push(
                 "SELECT record_key, item_id, from_day FROM reconciliation_carry_overs WHERE status = 'open' AND channel_account_id = ",
             )
             .push_bind(account);
-        }),
-    )
+        }
+    ))
 }
 
 /// `(exceptions opened by the run, carried over by it, carry-overs it matched)`.
@@ -1283,7 +1293,6 @@ async fn write_run(db: &Db, w: &Write<'_>) -> anyhow::Result<i64> {
     }
 }
 
-
 macro_rules! settle_body {
     ($tx:ident, $backend:ty, $post:path, $new:expr) => {{
         let now = now_us();
@@ -1363,10 +1372,14 @@ pub async fn settle_merchants(
     for (m, r) in refunds {
         merchants.entry(m).or_default().1 = r;
     }
-    let existing: Vec<MerchantSettlement> = fetch_all!(db, MerchantSettlement, |qb: &mut QueryBuilder<_>| {
-        qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
+    let existing: Vec<MerchantSettlement> = fetch_all!(
+        db,
+        MerchantSettlement,
+        |qb: &mut QueryBuilder<_>| {
+            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
             .push_bind(day_s.clone());
-    });
+        }
+    );
     let settled: HashSet<Uuid> = existing.iter().map(|s| s.merchant_id).collect();
     let mut new = Vec::new();
     for (m, (gross, refunds)) in merchants {
@@ -1431,13 +1444,16 @@ pub async fn settle_merchants(
             }
         }
     }
-    Ok(fetch_all!(db, MerchantSettlement, |qb: &mut QueryBuilder<_>| {
-        qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
+    Ok(fetch_all!(
+        db,
+        MerchantSettlement,
+        |qb: &mut QueryBuilder<_>| {
+            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
             .push_bind(day_s.clone())
             .push(" ORDER BY merchant_id");
-    }))
+        }
+    ))
 }
-
 
 /// A state for running reconciliation outside `paymux serve` (the CLI): the database, a write
 /// batcher of its own and the routes — for the sandboxes, those served by the running server at

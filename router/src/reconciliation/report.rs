@@ -211,8 +211,16 @@ pub fn write_day_index(data_dir: &Path, d: &DayReport) -> anyhow::Result<()> {
         )?;
     }
     h.push_str("</ul>");
-    h.push_str(&bar_chart("Channel net by channel account (fen)", &labels, &nets)?);
-    h.push_str(&bar_chart("Items (not matched) by channel account", &labels, &items)?);
+    h.push_str(&bar_chart(
+        "Channel net by channel account (fen)",
+        &labels,
+        &nets,
+    )?);
+    h.push_str(&bar_chart(
+        "Items (not matched) by channel account",
+        &labels,
+        &items,
+    )?);
     if !d.merchant_settlements.is_empty() {
         h.push_str("<h2>Merchant settlements</h2><ul>");
         for s in &d.merchant_settlements {
@@ -230,7 +238,10 @@ pub fn write_day_index(data_dir: &Path, d: &DayReport) -> anyhow::Result<()> {
     }
     h.push_str("</body></html>\n");
     write_atomic(
-        &data_dir.join("reports").join(d.day.to_string()).join("index.html"),
+        &data_dir
+            .join("reports")
+            .join(d.day.to_string())
+            .join("index.html"),
         h.as_bytes(),
     )
 }
@@ -258,7 +269,17 @@ pub fn summary_table(d: &DayReport) -> String {
     let _ = writeln!(
         out,
         "{:<20} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>10} {:>9}",
-        "channel", "status", "matched", "no_plat", "no_chan", "amount", "status", "fee", "net", "residual", "exception"
+        "channel",
+        "status",
+        "matched",
+        "no_plat",
+        "no_chan",
+        "amount",
+        "status",
+        "fee",
+        "net",
+        "residual",
+        "exception"
     );
     for a in &d.accounts {
         let c = |class| a.count(class);

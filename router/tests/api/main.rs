@@ -11,5 +11,6 @@ mod limits;
 mod ops;
 mod payments;
 mod qr_notify;
+mod reconcile;
 mod refunds;
 mod webhooks;
