@@ -113,6 +113,9 @@ pub struct Config {
     /// Reconciliation: a carried-over success still missing from the bills this many days later
     /// becomes an exception.
     pub reconcile_carry_over_days: u32,
+    /// `paymux serve` reconciles the previous day at this time of day (Asia/Shanghai, `HH:MM` or
+    /// `HH:MM:SS`) on one node; empty or `off` disables it.
+    pub reconcile_schedule: String,
 }
 
 impl Default for Config {
@@ -157,6 +160,7 @@ impl Default for Config {
             breaker_latency_p95_ms: 0,
             reconcile_carry_over_window_seconds: 600,
             reconcile_carry_over_days: 2,
+            reconcile_schedule: "10:00".into(),
         }
     }
 }
@@ -202,6 +206,7 @@ const KEYS: &[&str] = &[
     "breaker_latency_p95_ms",
     "reconcile_carry_over_window_seconds",
     "reconcile_carry_over_days",
+    "reconcile_schedule",
 ];
 
 impl Config {

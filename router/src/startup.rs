@@ -138,15 +138,24 @@ impl Application {
             routes,
             limiter,
         };
-        let background = vec![
+        let schedule =
+            crate::reconciliation::scheduler::parse_schedule(&config.reconcile_schedule)?;
+        let mut background = vec![
             tokio::spawn(sweeper::run(state.clone(), stop_rx.clone())),
             tokio::spawn(crate::webhooks::run(
                 db.clone(),
                 secrets.clone(),
                 crate::webhooks::DispatcherConfig::from_config(&config),
-                stop_rx,
+                stop_rx.clone(),
             )),
         ];
+        if let Some(at) = schedule {
+            background.push(tokio::spawn(crate::reconciliation::scheduler::run(
+                state.clone(),
+                at,
+                stop_rx,
+            )));
+        }
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {
             app_router = app_router.nest_service("/sandbox", sb.router());

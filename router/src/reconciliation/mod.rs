@@ -23,9 +23,11 @@
 //! A run is one row per (account, day); a rerun updates it and keeps the items found before (a
 //! payment completed by the first run stays a resolved `status_mismatch`). Every ledger entry has a
 //! deterministic id, so a rerun never posts twice. Reports (JSON, items CSV, HTML with SVG charts)
-//! are written under `<data_dir>/reports/<day>/<account>/` ([`report`]).
+//! are written under `<data_dir>/reports/<day>/<account>/` ([`report`]). [`scheduler`] runs the
+//! previous day every night in `paymux serve`, on one node.
 
 pub mod report;
+pub mod scheduler;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -13,7 +13,9 @@ use paymux::reconciliation::{AccountReport, DayReport};
 use paymux_reconcile::Class;
 use serde_json::{Value, json};
 
-use crate::helpers::{MerchantClient, TestApp, fresh_database, spawn_with, test_config};
+use crate::helpers::{
+    MerchantClient, TestApp, TestDb, fresh_database, spawn_with, test_config, test_config_on,
+};
 
 const FEE_BPS: u32 = 60;
 
@@ -359,4 +361,50 @@ async fn a_day_with_every_fault_reconciles_resolves_settles_and_reruns_unchanged
         1
     );
     audit_clean(&app).await;
+}
+
+#[tokio::test]
+async fn the_nightly_run_reconciles_yesterday_on_one_node() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    // Soon, Shanghai time (after the servers have started: sandbox keys take a while in debug builds).
+    let at = Utc::now().with_timezone(&Shanghai) + chrono::Duration::seconds(12);
+    config.reconcile_schedule = at.format("%H:%M:%S").to_string();
+    let postgres = db.url.starts_with("postgres");
+    let url = db.url.clone();
+    let first = spawn_with(db, config.clone()).await;
+    // On PostgreSQL a second node over the same database and sandbox accounts competes for it.
+    let second = if postgres {
+        let other = TestDb {
+            url,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        Some(spawn_with(other, test_config_on(&config)).await)
+    } else {
+        None
+    };
+    let day = (at - chrono::Duration::days(1)).date_naive();
+    let sql = format!(
+        "SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{day}' AND status = 'completed'"
+    );
+    let mut completed = 0;
+    for _ in 0..240 {
+        completed = scalar(&first, &sql).await;
+        if completed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(completed, 3, "every sandbox account of yesterday");
+    // Give a second node time to (not) run as well.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = scalar(
+        &first,
+        &format!(
+            "SELECT CAST(SUM(attempts) AS BIGINT) FROM reconciliation_runs WHERE day = '{day}'"
+        ),
+    )
+    .await;
+    assert_eq!(attempts, 3, "each account reconciled once, on one node");
+    drop(second);
 }
