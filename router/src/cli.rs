@@ -51,6 +51,21 @@ pub enum Command {
     /// A merchant's routes per (wallet, method).
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Reconcile a day (Asia/Shanghai) against the channels' bills: resolutions, channel settlement,
+    /// and — when every channel account is reconciled — merchant settlement with payout files.
+    /// Needs the running server's sandboxes at `public_base_url` when `sandbox` is on. Exits 1 when
+    /// an account's run failed.
+    Reconcile {
+        /// The day, `YYYY-MM-DD`.
+        #[arg(long)]
+        date: chrono::NaiveDate,
+        /// Only this channel account (no merchant settlement then).
+        #[arg(long)]
+        channel_account: Option<paymux_model::ChannelAccountId>,
+        /// Print the day's report as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +247,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ChannelAccount(c) => channel_account(&config, c).await,
         Command::Route(c) => route(&config, c).await,
+        Command::Reconcile {
+            date,
+            channel_account,
+            json,
+        } => reconcile(config, date, channel_account, json).await,
         Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {
             let db = open_database(&config).await?;
             let creds = merchants::rotate_key(&db, &secret_box(&config)?, merchant_id).await?;
@@ -390,6 +410,44 @@ async fn route(config: &Config, c: RouteCommand) -> anyhow::Result<()> {
     };
     db.close().await;
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn reconcile(
+    config: Config,
+    date: chrono::NaiveDate,
+    account: Option<paymux_model::ChannelAccountId>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (state, _sandboxes) = crate::reconciliation::standalone_state(config).await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {prefix} {msg} {pos} lines",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let progress = |p: crate::reconciliation::Progress<'_>| match p {
+        crate::reconciliation::Progress::Account { name, index, total } => {
+            bar.set_prefix(format!("[{}/{total}] {name}", index + 1));
+            bar.set_position(0);
+        }
+        crate::reconciliation::Progress::Stage(s) => bar.set_message(s.to_string()),
+        crate::reconciliation::Progress::Lines(n) => bar.set_position(n),
+    };
+    let result = crate::reconciliation::run_day(&state, date, account, &progress).await;
+    bar.finish_and_clear();
+    state.batcher.shutdown().await;
+    state.db.close().await;
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::reconciliation::report::summary_table(&report));
+    }
+    if !report.is_ok() {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

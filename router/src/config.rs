@@ -116,6 +116,15 @@ pub struct Config {
     pub breaker_half_open_probes: u32,
     /// Also opens when the window's p95 call latency is over this; 0 disables.
     pub breaker_latency_p95_ms: u64,
+    /// Reconciliation: a success of ours within this many seconds before the day's end (Asia/Shanghai)
+    /// that the channel's bill does not list is carried over to the next days' runs.
+    pub reconcile_carry_over_window_seconds: u64,
+    /// Reconciliation: a carried-over success still missing from the bills this many days later
+    /// becomes an exception.
+    pub reconcile_carry_over_days: u32,
+    /// `paymux serve` reconciles the previous day at this time of day (Asia/Shanghai, `HH:MM` or
+    /// `HH:MM:SS`) on one node; empty or `off` disables it.
+    pub reconcile_schedule: String,
 }
 
 impl Default for Config {
@@ -162,6 +171,9 @@ impl Default for Config {
             breaker_open_ms: 30_000,
             breaker_half_open_probes: 3,
             breaker_latency_p95_ms: 0,
+            reconcile_carry_over_window_seconds: 600,
+            reconcile_carry_over_days: 2,
+            reconcile_schedule: "10:00".into(),
         }
     }
 }
@@ -209,6 +221,9 @@ const KEYS: &[&str] = &[
     "breaker_open_ms",
     "breaker_half_open_probes",
     "breaker_latency_p95_ms",
+    "reconcile_carry_over_window_seconds",
+    "reconcile_carry_over_days",
+    "reconcile_schedule",
 ];
 
 impl Config {

@@ -19,6 +19,8 @@
 //! - [`codes`]: static merchant codes (`/v1/codes`, the public `/c/{id}` page and images).
 //! - [`routing`]: merchants' channel accounts and routes — the live registry, the route choice, the
 //!   admin API under `/admin/v1`.
+//! - [`reconciliation`]: `paymux reconcile` — bills against our records, resolutions, channel and
+//!   merchant settlement, run reports.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -37,6 +39,7 @@ pub mod orchestrate;
 pub mod paylink;
 pub mod payments;
 pub mod ratelimit;
+pub mod reconciliation;
 pub mod refunds;
 pub mod routing;
 pub mod startup;

@@ -40,6 +40,9 @@ pub struct Route {
     pub updated_at_us: i64,
     /// The account's circuit breaker: every call below is recorded on it (kept across reloads).
     pub breaker: Arc<crate::health::Breaker>,
+    /// Accounts with the same bill source share one daily bill at the channel (this server's
+    /// sandboxes serve every merchant's sandbox accounts as one channel merchant).
+    pub bill_source: String,
 }
 
 /// The channel calls, each recorded on the route's breaker (outcome and latency).
@@ -633,8 +636,10 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
     }
 }
 
+/// A refund's final state through the write batcher (a success posts its ledger entry in the same
+/// transaction and announces it by webhook).
 #[allow(clippy::too_many_arguments)]
-async fn settle_refund(
+pub async fn settle_refund(
     state: &AppState,
     payment: &PaymentRow,
     row: &crate::refunds::RefundRow,

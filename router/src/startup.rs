@@ -174,7 +174,9 @@ impl Application {
             limiter,
             paylinks: crate::paylink::PayLinks::new(&secrets, &config.public_base_url(addr)),
         };
-        let background = vec![
+        let schedule =
+            crate::reconciliation::scheduler::parse_schedule(&config.reconcile_schedule)?;
+        let mut background = vec![
             tokio::spawn(sweeper::run(state.clone(), stop_rx.clone())),
             tokio::spawn(state.routes.clone().poll(
                 Duration::from_millis(config.routing_refresh_ms.max(10)),
@@ -184,9 +186,16 @@ impl Application {
                 db.clone(),
                 secrets.clone(),
                 crate::webhooks::DispatcherConfig::from_config(&config),
-                stop_rx,
+                stop_rx.clone(),
             )),
         ];
+        if let Some(at) = schedule {
+            background.push(tokio::spawn(crate::reconciliation::scheduler::run(
+                state.clone(),
+                at,
+                stop_rx,
+            )));
+        }
         let mut app_router = router(state.clone());
         if let Some(sb) = &sandboxes {
             app_router = app_router.nest_service("/sandbox", sb.router());

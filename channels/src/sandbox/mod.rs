@@ -37,6 +37,26 @@ pub struct Faults {
     pub duplicate_notify_pct: f64,
     /// Extra random delay per delivery in `[0, notify_jitter_ms]`: notifications overtake each other.
     pub notify_jitter_ms: u64,
+    /// Seconds added to the clock the sandbox books successes with (payments and refunds: their
+    /// `success_time`, hence their bill day). Signatures and freshness checks keep the real clock.
+    /// Lets tests make "yesterday's" payments, whose bill can be downloaded (WeChat sandbox).
+    pub clock_offset_secs: i64,
+    /// Per `out_trade_no`: how that payment's line in the bill differs from the books (WeChat
+    /// sandbox): a changed amount, a fee other than `fee_rate_bps`, or a booking time moved (so the
+    /// line falls on another day — cross-midnight timing).
+    pub bill_overrides: std::collections::BTreeMap<String, BillOverride>,
+}
+
+/// How one payment's bill line differs from the sandbox's books (see [`Faults::bill_overrides`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillOverride {
+    /// The order amount the bill lists, in fen.
+    pub amount_fen: Option<i64>,
+    /// The fee the bill lists, in fen.
+    pub fee_fen: Option<i64>,
+    /// Seconds added to the line's time (and so to the day whose bill lists it).
+    pub shift_secs: i64,
 }
 
 /// Settings of a sandbox.

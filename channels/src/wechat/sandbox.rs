@@ -531,7 +531,7 @@ impl WechatSandbox {
             "UPDATE trades SET trade_state = 'SUCCESS', success_time = ?1, fee = ?2, openid = ?3
              WHERE out_trade_no = ?4 AND trade_state = ?5",
         )
-        .bind(now())
+        .bind(self.booking_now())
         .bind(fee)
         .bind(&openid)
         .bind(out_trade_no)
@@ -918,7 +918,7 @@ async fn reverse(
                 .bind(&no)
                 .bind(remaining)
                 .bind(fee_back)
-                .bind(now())
+                .bind(sb.booking_now())
                 .execute(&sb.0.db)
                 .await?;
             }
@@ -1056,7 +1056,7 @@ async fn refund(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
 impl WechatSandbox {
     async fn complete_refund(&self, out_refund_no: &str) -> Result<(), ApiError> {
         let done = sqlx::query("UPDATE refunds SET status = 'SUCCESS', success_time = ?1 WHERE out_refund_no = ?2 AND status = 'PROCESSING'")
-            .bind(now())
+            .bind(self.booking_now())
             .bind(out_refund_no)
             .execute(&self.0.db)
             .await?
@@ -1108,7 +1108,13 @@ struct BillQuery {
 }
 
 impl WechatSandbox {
-    /// The bill of a Shanghai calendar day, rendered from the books.
+    /// The clock successes are booked with: the real one plus `Faults::clock_offset_secs`.
+    fn booking_now(&self) -> i64 {
+        now() + self.0.faults.get().clock_offset_secs
+    }
+
+    /// The bill of a Shanghai calendar day, rendered from the books (with the lines changed by
+    /// `Faults::bill_overrides`).
     pub async fn bill_for(&self, date: NaiveDate) -> Result<Vec<u8>, sqlx::Error> {
         let start = Shanghai
             .from_local_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
@@ -1116,12 +1122,33 @@ impl WechatSandbox {
             .map(|t| t.timestamp())
             .unwrap_or_default();
         let end = start + 86_400;
+        let overrides = self.0.faults.get().bill_overrides;
+        // Overridden lines may move in from (or out to) other days.
+        let shift_max = overrides
+            .values()
+            .map(|o| o.shift_secs.abs())
+            .max()
+            .unwrap_or(0);
         let mut rows = Vec::new();
-        let trades = sqlx::query("SELECT * FROM trades WHERE success_time >= ?1 AND success_time < ?2 ORDER BY success_time, out_trade_no")
-            .bind(start)
-            .bind(end)
+        let mut trades = sqlx::query("SELECT * FROM trades WHERE success_time >= ?1 AND success_time < ?2 ORDER BY success_time, out_trade_no")
+            .bind(start - shift_max)
+            .bind(end + shift_max)
             .fetch_all(&self.0.db)
-            .await?;
+            .await?
+            .iter()
+            .map(TradeRow::from_row)
+            .filter_map(|mut t| {
+                let o = overrides.get(&t.out_trade_no).cloned().unwrap_or_default();
+                let time = t.success_time.unwrap_or_default() + o.shift_secs;
+                t.success_time = Some(time);
+                t.total = o.amount_fen.unwrap_or(t.total);
+                t.fee = o.fee_fen.unwrap_or(t.fee);
+                (start..end).contains(&time).then_some(t)
+            })
+            .collect::<Vec<_>>();
+        trades.sort_by(|a, b| {
+            (a.success_time, &a.out_trade_no).cmp(&(b.success_time, &b.out_trade_no))
+        });
         let to_time = |ts: i64| {
             Shanghai
                 .timestamp_opt(ts, 0)
@@ -1129,8 +1156,7 @@ impl WechatSandbox {
                 .map(|t| t.naive_local())
                 .unwrap_or_default()
         };
-        for r in &trades {
-            let t = TradeRow::from_row(r);
+        for t in &trades {
             rows.push(BillRow {
                 time: to_time(t.success_time.unwrap_or_default()),
                 appid: self.0.account.appid.clone(),

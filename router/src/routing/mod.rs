@@ -419,6 +419,15 @@ impl Registry {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let name = intern(&a.name);
+        let bill_source = if credentials.get("sandbox").and_then(|v| v.as_bool()) == Some(true) {
+            let base = credentials
+                .get("base_url")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            format!("sandbox:{kind}:{base}")
+        } else {
+            format!("account:{}", a.id)
+        };
         let breaker = self
             .0
             .breakers
@@ -443,6 +452,7 @@ impl Registry {
             enabled: a.enabled,
             updated_at_us: a.updated_at_us,
             breaker,
+            bill_source,
         })
     }
 
@@ -473,6 +483,13 @@ impl Registry {
                 tracing::warn!(error = %e, "refreshing the routing registry");
             }
         }
+    }
+
+    /// Every channel account as currently loaded (enabled or not), by id.
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        let mut all: Vec<Arc<Route>> = self.snapshot().accounts.values().cloned().collect();
+        all.sort_by_key(|r| r.id);
+        all
     }
 
     /// The account with this id as currently loaded.

@@ -14,6 +14,7 @@ mod ops;
 mod paylink;
 mod payments;
 mod qr_notify;
+mod reconcile;
 mod refunds;
 mod routing;
 mod webhooks;

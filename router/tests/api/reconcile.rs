@@ -1,0 +1,492 @@
+//! Nightly reconciliation end to end: payments through the mounted WeChat sandbox "two days ago"
+//! (the sandbox's booking clock is moved back, so its bill for that day exists), faults planted in
+//! the sandbox — a dropped notification, an order only the channel knows, a changed bill amount, a
+//! fee other than the configured rate, a payment booked across midnight — then `reconcile` for the
+//! day and the next: exactly the expected classes and resolutions, the books audit clean, and a
+//! rerun (from the command line) changes nothing.
+
+use std::time::Duration;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use chrono_tz::Asia::Shanghai;
+use paymux::reconciliation::{AccountReport, DayReport};
+use paymux_reconcile::Class;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    MerchantClient, TestApp, TestDb, fresh_database, spawn_with, test_config, test_config_on,
+};
+
+const FEE_BPS: u32 = 60;
+
+async fn app() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    spawn_with(db, config).await
+}
+
+fn fee(amount: i64) -> i64 {
+    paymux_channels::sandbox::fee_fen(amount, FEE_BPS)
+}
+
+/// Seconds to add to now so that the sandbox books at `at` (Asia/Shanghai).
+fn offset_to(day: NaiveDate, h: u32, m: u32) -> i64 {
+    let at = Shanghai
+        .from_local_datetime(&day.and_hms_opt(h, m, 0).unwrap())
+        .unwrap()
+        .timestamp();
+    at - Utc::now().timestamp()
+}
+
+async fn put_faults(app: &TestApp, faults: &Value) {
+    let r = app
+        .http
+        .put(format!("{}/sandbox/wechat/sandbox/faults", app.base))
+        .json(faults)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn code_pay(m: &MerchantClient, order_no: &str, amount: i64) -> String {
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": order_no, "amount": amount, "currency": "CNY", "subject": "Tea",
+            "method": "code_scan", "auth_code": "134567890123456789",
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "succeeded");
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+fn hex(id: &str) -> String {
+    id.replace('-', "")
+}
+
+/// Runs reconciliation in-process, as `paymux reconcile` does, against the app's sandboxes.
+async fn reconcile(app: &TestApp, day: NaiveDate) -> DayReport {
+    let mut config = app.config.clone();
+    config.public_base_url = Some(app.base.clone());
+    let (state, _sb) = paymux::reconciliation::standalone_state(config)
+        .await
+        .unwrap();
+    let report = paymux::reconciliation::run_day(&state, day, None, &|_| {})
+        .await
+        .unwrap();
+    state.batcher.shutdown().await;
+    state.db.close().await;
+    assert!(report.is_ok(), "{report:#?}");
+    report
+}
+
+fn wechat(r: &DayReport) -> &AccountReport {
+    r.accounts
+        .iter()
+        .find(|a| a.channel.contains("wechat"))
+        .unwrap()
+}
+
+fn counts(a: &AccountReport) -> Vec<(Class, u64)> {
+    Class::ALL.iter().map(|c| (*c, a.count(*c))).collect()
+}
+
+fn item<'a>(a: &'a AccountReport, out_trade_no: &str) -> &'a paymux::reconciliation::StoredItem {
+    a.items
+        .iter()
+        .find(|i| i.out_trade_no == out_trade_no)
+        .unwrap_or_else(|| panic!("no item {out_trade_no} in {:#?}", a.items))
+}
+
+async fn scalar(app: &TestApp, sql: &str) -> i64 {
+    match paymux::db::Db::connect(&app.db.url, 2).await.unwrap() {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
+        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(&p).await.unwrap(),
+    }
+}
+
+async fn audit_clean(app: &TestApp) {
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    db.close().await;
+    assert!(report.is_clean(), "{}: {report}", app.backend());
+}
+
+#[tokio::test]
+async fn a_day_with_every_fault_reconciles_resolves_settles_and_reruns_unchanged() {
+    let app = app().await;
+    let m = app.merchant("Tea House").await;
+    let today = Utc::now().with_timezone(&Shanghai).date_naive();
+    let day = today - chrono::Days::new(2);
+
+    // Noon of `day` at the channel; every notification is dropped.
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "clock_offset_secs": offset_to(day, 12, 0)}),
+    )
+    .await;
+    let matched = code_pay(&m, "r-matched", 1000).await;
+    let changed = code_pay(&m, "r-amount", 2000).await;
+    let fee_differs = code_pay(&m, "r-fee", 3000).await;
+
+    // A C2B payment the payer pays, whose notification never arrives.
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": "r-dropped", "amount": 1500, "currency": "CNY", "subject": "Tea",
+            "method": "qr_merchant", "wallet": "wechat", "notify_url": "http://127.0.0.1:9/hook",
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let dropped = r.body["id"].as_str().unwrap().to_string();
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": r.body["qr_code"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+
+    // An order only the channel knows (made at the channel by someone else).
+    let stranger = uuid::Uuid::new_v4().simple().to_string();
+    {
+        let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
+            .await
+            .unwrap();
+        let cfg = sb
+            .wechat
+            .account()
+            .client_config(&format!("{}/sandbox/wechat", app.base), None);
+        let route = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
+        let order = paymux_channels::OrderRequest {
+            out_trade_no: stranger.clone(),
+            amount: paymux_model::Money::cny(700),
+            subject: "not ours".into(),
+            notify_url: None,
+            expires_at: None,
+            client_ip: None,
+            store_id: None,
+            terminal_id: None,
+        };
+        let out =
+            paymux_channels::Channel::pay_with_code(&route, &order, "134567890123456789").await;
+        assert!(
+            matches!(out, paymux_channels::PayOutcome::Succeeded { .. }),
+            "{out:?}"
+        );
+    }
+
+    // A payment a minute before midnight that the channel books after it.
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "clock_offset_secs": offset_to(day, 23, 59)}),
+    )
+    .await;
+    let late = code_pay(&m, "r-midnight", 2500).await;
+
+    // The bill: one amount changed, one fee off the configured rate, the late one on the next day.
+    let mut overrides = serde_json::Map::new();
+    overrides.insert(hex(&changed), json!({"amount_fen": 2100}));
+    overrides.insert(hex(&fee_differs), json!({"fee_fen": fee(3000) + 5}));
+    overrides.insert(hex(&late), json!({"shift_secs": 300}));
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "bill_overrides": overrides}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.get_payment(&dropped).await.body["status"], "created");
+
+    let first = reconcile(&app, day).await;
+    let w = wechat(&first);
+    assert_eq!(
+        counts(w),
+        vec![
+            (Class::Matched, 1),
+            (Class::MissingOnPlatform, 1),
+            (Class::MissingOnChannel, 1),
+            (Class::AmountMismatch, 1),
+            (Class::StatusMismatch, 1),
+            (Class::FeeMismatch, 1),
+        ],
+        "{w:#?}"
+    );
+    assert_eq!(item(w, &hex(&dropped)).class, "status_mismatch");
+    assert_eq!(item(w, &hex(&dropped)).resolution, "complete_payment");
+    assert_eq!(
+        item(w, &hex(&dropped)).resolved_by.as_deref(),
+        Some("reconciliation")
+    );
+    assert_eq!(item(w, &stranger).class, "missing_on_platform");
+    assert_eq!(item(w, &stranger).resolution, "exception");
+    assert_eq!(item(w, &hex(&changed)).class, "amount_mismatch");
+    assert_eq!(item(w, &hex(&changed)).resolution, "exception");
+    assert_eq!(item(w, &hex(&fee_differs)).class, "fee_mismatch");
+    assert_eq!(item(w, &hex(&fee_differs)).resolution, "fee_adjustment");
+    assert_eq!(item(w, &hex(&late)).class, "missing_on_channel");
+    assert_eq!(item(w, &hex(&late)).resolution, "carry_over");
+    assert!(w.items.iter().all(|i| i.out_trade_no != hex(&matched)));
+    assert_eq!(
+        (w.resolved, w.exceptions, w.carried_over),
+        (2, 2, 1),
+        "{w:#?}"
+    );
+    // The channel pays its net; what our books of the bill's records differ by is exactly the
+    // changed amount and the stranger's order.
+    let net = (1000 - fee(1000))
+        + (1500 - fee(1500))
+        + (2100 - fee(2000))
+        + (3000 - fee(3000) - 5)
+        + (700 - fee(700));
+    assert_eq!(w.channel_net_minor, net);
+    assert_eq!(w.receivable_residual_minor, -100 - (700 - fee(700)));
+    assert!(w.settlement_entry_id.is_some());
+    let dir = std::path::PathBuf::from(w.report_dir.clone().unwrap());
+    for f in ["report.json", "items.csv", "report.html"] {
+        assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg"), "charts are inline SVG");
+    let csv = std::fs::read_to_string(dir.join("items.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+
+    // The dropped notification's payment was completed through the normal path: succeeded, posted
+    // once (the audit), announced by webhook.
+    let p = m.get_payment(&dropped).await.body;
+    assert_eq!(p["status"], "succeeded");
+    let hooks = m
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/webhooks?payment_id={dropped}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hooks.body["data"][0]["type"], "payment.succeeded",
+        "{:?}",
+        hooks.body
+    );
+
+    // Merchant settlement (T+1): every success of the day, less merchant fees; one payout file.
+    assert_eq!(first.merchant_settlements.len(), 1, "{first:#?}");
+    let s = &first.merchant_settlements[0];
+    let amounts = [1000i64, 2000, 3000, 1500, 2500];
+    let gross: i64 = amounts.iter().sum();
+    let fees: i64 = amounts
+        .iter()
+        .map(|a| paymux_ledger::rules::fee_minor(*a, 60))
+        .sum();
+    assert_eq!(
+        (s.gross_minor, s.refunds_minor, s.fees_minor, s.net_minor),
+        (gross, 0, fees, gross - fees)
+    );
+    let payout = std::fs::read_to_string(s.payout_file.as_ref().unwrap()).unwrap();
+    assert!(
+        payout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(&format!(",{},", gross - fees))
+    );
+    audit_clean(&app).await;
+
+    // A rerun from the command line: the same counts, not one new ledger entry or settlement.
+    let entries = scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await;
+    // (Asynchronously: the server under test runs on this test's runtime.)
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["reconcile", "--date", &day.to_string(), "--json"])
+        .env("PAYMUX_DATA_DIR", app.db.dir.path())
+        .env("PAYMUX_DATABASE_URL", &app.db.url)
+        .env("PAYMUX_PUBLIC_BASE_URL", &app.base)
+        .env("PAYMUX_DEMO_MERCHANT", "false")
+        .env("PAYMUX_LOG", "warn")
+        .output()
+        .await
+        .expect("run paymux reconcile");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let wechat_again = again["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["channel"].as_str().unwrap().contains("wechat"))
+        .unwrap();
+    assert_eq!(
+        wechat_again["by_class"],
+        serde_json::to_value(&w.by_class).unwrap()
+    );
+    assert_eq!(
+        wechat_again["items"],
+        serde_json::to_value(&w.items).unwrap()
+    );
+    assert_eq!(
+        wechat_again["receivable_residual_minor"],
+        w.receivable_residual_minor
+    );
+    assert_eq!(
+        again["merchant_settlements"],
+        serde_json::to_value(&first.merchant_settlements).unwrap()
+    );
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await,
+        entries
+    );
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) FROM merchant_settlements").await,
+        1
+    );
+
+    // The next day's bill lists the late payment: the carry-over is matched, nothing else moves.
+    let next = reconcile(&app, day + chrono::Days::new(1)).await;
+    let w2 = wechat(&next);
+    assert_eq!(w2.count(Class::Matched), 1, "{w2:#?}");
+    assert!(w2.items.is_empty(), "{w2:#?}");
+    assert_eq!(w2.carry_overs_matched, 1);
+    assert_eq!(w2.receivable_residual_minor, 0);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT COUNT(*) FROM reconciliation_carry_overs WHERE status = 'matched'"
+        )
+        .await,
+        1
+    );
+    audit_clean(&app).await;
+}
+
+#[tokio::test]
+async fn the_nightly_run_reconciles_yesterday_on_one_node() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    // A first start makes the sandbox keys and migrates, so that the next starts are quick.
+    let mut warm = spawn_with(
+        TestDb {
+            url: db.url.clone(),
+            dir: tempfile::tempdir().unwrap(),
+        },
+        config.clone(),
+    )
+    .await;
+    // A merchant: its three sandbox channel accounts are what the nightly run reconciles.
+    warm.merchant("Nightly").await;
+    warm.stop().await;
+    // Soon, Shanghai time.
+    let at = Utc::now().with_timezone(&Shanghai) + chrono::Duration::seconds(4);
+    config.reconcile_schedule = at.format("%H:%M:%S").to_string();
+    let postgres = db.url.starts_with("postgres");
+    let url = db.url.clone();
+    let first = spawn_with(db, config.clone()).await;
+    // On PostgreSQL a second node over the same database and sandbox accounts competes for it.
+    let second = if postgres {
+        let other = TestDb {
+            url,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        Some(spawn_with(other, test_config_on(&config)).await)
+    } else {
+        None
+    };
+    let day = (at - chrono::Duration::days(1)).date_naive();
+    let sql = format!(
+        "SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{day}' AND status = 'completed'"
+    );
+    let mut completed = 0;
+    for _ in 0..240 {
+        completed = scalar(&first, &sql).await;
+        if completed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(completed, 3, "every sandbox account of yesterday");
+    // Give a second node time to (not) run as well.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = scalar(
+        &first,
+        &format!(
+            "SELECT CAST(SUM(attempts) AS BIGINT) FROM reconciliation_runs WHERE day = '{day}'"
+        ),
+    )
+    .await;
+    assert_eq!(attempts, 3, "each account reconciled once, on one node");
+    drop(second);
+}
+
+#[tokio::test]
+async fn merchants_sharing_the_sandbox_bill_each_reconcile_only_their_own_orders() {
+    let app = app().await;
+    let a = app.merchant("Tea A").await;
+    let b = app.merchant("Tea B").await;
+    let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(2);
+    put_faults(&app, &json!({"clock_offset_secs": offset_to(day, 11, 0)})).await;
+    let pa = code_pay(&a, "share-a", 1200).await;
+    let pb = code_pay(&b, "share-b", 3400).await;
+    // An order nobody here made: one exception, on one account only.
+    let stranger = uuid::Uuid::new_v4().simple().to_string();
+    {
+        let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
+            .await
+            .unwrap();
+        let cfg = sb
+            .wechat
+            .account()
+            .client_config(&format!("{}/sandbox/wechat", app.base), None);
+        let wechat = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
+        let order = paymux_channels::OrderRequest {
+            out_trade_no: stranger.clone(),
+            amount: paymux_model::Money::cny(500),
+            subject: "not ours".into(),
+            notify_url: None,
+            expires_at: None,
+            client_ip: None,
+            store_id: None,
+            terminal_id: None,
+        };
+        let out =
+            paymux_channels::Channel::pay_with_code(&wechat, &order, "134567890123456789").await;
+        assert!(
+            matches!(out, paymux_channels::PayOutcome::Succeeded { .. }),
+            "{out:?}"
+        );
+    }
+    let report = reconcile(&app, day).await;
+    let wechat: Vec<&AccountReport> = report
+        .accounts
+        .iter()
+        .filter(|a| a.channel.contains("wechat"))
+        .collect();
+    assert_eq!(wechat.len(), 2, "one WeChat sandbox account per merchant");
+    let mut strangers = 0;
+    for acc in &wechat {
+        assert_eq!(acc.count(Class::Matched), 1, "{acc:#?}");
+        assert_eq!(acc.count(Class::MissingOnChannel), 0, "{acc:#?}");
+        assert_eq!(acc.count(Class::AmountMismatch), 0, "{acc:#?}");
+        strangers += acc.count(Class::MissingOnPlatform);
+        assert!(
+            acc.items
+                .iter()
+                .all(|i| i.out_trade_no != hex(&pa) && i.out_trade_no != hex(&pb)),
+            "the other merchant's order is not an item here: {acc:#?}"
+        );
+    }
+    assert_eq!(strangers, 1, "the unknown order is an exception once");
+    // Each account's channel net is its own order (and the stranger's on one of them).
+    let mut nets: Vec<i64> = wechat.iter().map(|a| a.channel_net_minor).collect();
+    nets.sort();
+    let mut want = vec![1200 - fee(1200), 3400 - fee(3400)];
+    if wechat.iter().any(|a| a.channel_net_minor > 3400) {
+        want[1] += 500 - fee(500);
+    } else {
+        want[0] += 500 - fee(500);
+    }
+    want.sort();
+    assert_eq!(nets, want);
+    audit_clean(&app).await;
+}
