@@ -170,7 +170,8 @@ impl Plate {
     }
 }
 
-fn xml_escape(s: &str) -> String {
+/// Text safe in XML and HTML content and quoted attribute values (control characters dropped).
+pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -129,20 +129,7 @@ impl Lang {
 }
 
 /// Text safe to put into HTML element content and quoted attribute values.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use paymux_qrcode::render::xml_escape as escape_html;
 
 /// `12.34` from 1234 fen.
 pub fn yuan(fen: i64) -> String {
@@ -347,7 +334,7 @@ mod tests {
     fn html_is_escaped_and_amounts_exact() {
         assert_eq!(
             escape_html("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+            "&lt;a href=&quot;x&quot;&gt;&apos;&amp;&apos;&lt;/a&gt;"
         );
         assert_eq!(yuan(1), "0.01");
         assert_eq!(yuan(1234), "12.34");

@@ -62,6 +62,36 @@ async fn code_pay(m: &MerchantClient, order_no: &str, amount: i64) -> String {
     r.body["id"].as_str().unwrap().to_string()
 }
 
+/// An order made at the WeChat sandbox by someone else (not through this platform): only the
+/// channel knows it. Returns its `out_trade_no`.
+async fn stranger_order(app: &TestApp, amount: i64) -> String {
+    let stranger = uuid::Uuid::new_v4().simple().to_string();
+    let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
+        .await
+        .unwrap();
+    let cfg = sb
+        .wechat
+        .account()
+        .client_config(&format!("{}/sandbox/wechat", app.base), None);
+    let wechat = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
+    let order = paymux_channels::OrderRequest {
+        out_trade_no: stranger.clone(),
+        amount: paymux_model::Money::cny(amount),
+        subject: "not ours".into(),
+        notify_url: None,
+        expires_at: None,
+        client_ip: None,
+        store_id: None,
+        terminal_id: None,
+    };
+    let out = paymux_channels::Channel::pay_with_code(&wechat, &order, "134567890123456789").await;
+    assert!(
+        matches!(out, paymux_channels::PayOutcome::Succeeded { .. }),
+        "{out:?}"
+    );
+    stranger
+}
+
 fn hex(id: &str) -> String {
     id.replace('-', "")
 }
@@ -150,33 +180,7 @@ async fn a_day_with_every_fault_reconciles_resolves_settles_and_reruns_unchanged
     assert_eq!(paid.status(), 200);
 
     // An order only the channel knows (made at the channel by someone else).
-    let stranger = uuid::Uuid::new_v4().simple().to_string();
-    {
-        let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
-            .await
-            .unwrap();
-        let cfg = sb
-            .wechat
-            .account()
-            .client_config(&format!("{}/sandbox/wechat", app.base), None);
-        let route = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
-        let order = paymux_channels::OrderRequest {
-            out_trade_no: stranger.clone(),
-            amount: paymux_model::Money::cny(700),
-            subject: "not ours".into(),
-            notify_url: None,
-            expires_at: None,
-            client_ip: None,
-            store_id: None,
-            terminal_id: None,
-        };
-        let out =
-            paymux_channels::Channel::pay_with_code(&route, &order, "134567890123456789").await;
-        assert!(
-            matches!(out, paymux_channels::PayOutcome::Succeeded { .. }),
-            "{out:?}"
-        );
-    }
+    let stranger = stranger_order(&app, 700).await;
 
     // A payment a minute before midnight that the channel books after it.
     put_faults(
@@ -429,33 +433,7 @@ async fn merchants_sharing_the_sandbox_bill_each_reconcile_only_their_own_orders
     let pa = code_pay(&a, "share-a", 1200).await;
     let pb = code_pay(&b, "share-b", 3400).await;
     // An order nobody here made: one exception, on one account only.
-    let stranger = uuid::Uuid::new_v4().simple().to_string();
-    {
-        let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
-            .await
-            .unwrap();
-        let cfg = sb
-            .wechat
-            .account()
-            .client_config(&format!("{}/sandbox/wechat", app.base), None);
-        let wechat = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
-        let order = paymux_channels::OrderRequest {
-            out_trade_no: stranger.clone(),
-            amount: paymux_model::Money::cny(500),
-            subject: "not ours".into(),
-            notify_url: None,
-            expires_at: None,
-            client_ip: None,
-            store_id: None,
-            terminal_id: None,
-        };
-        let out =
-            paymux_channels::Channel::pay_with_code(&wechat, &order, "134567890123456789").await;
-        assert!(
-            matches!(out, paymux_channels::PayOutcome::Succeeded { .. }),
-            "{out:?}"
-        );
-    }
+    let stranger = stranger_order(&app, 500).await;
     let report = reconcile(&app, day).await;
     let wechat: Vec<&AccountReport> = report
         .accounts
@@ -477,6 +455,12 @@ async fn merchants_sharing_the_sandbox_bill_each_reconcile_only_their_own_orders
         );
     }
     assert_eq!(strangers, 1, "the unknown order is an exception once");
+    let stranger_items = wechat
+        .iter()
+        .flat_map(|a| a.items.iter())
+        .filter(|i| i.out_trade_no == stranger)
+        .count();
+    assert_eq!(stranger_items, 1);
     // Each account's channel net is its own order (and the stranger's on one of them).
     let mut nets: Vec<i64> = wechat.iter().map(|a| a.channel_net_minor).collect();
     nets.sort();
