@@ -66,6 +66,90 @@ pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
     Ok(SecretBox::new(&key))
 }
 
+/// The routes to a standalone `paymux sandbox` at `sandbox_url` (`/wechat`, `/alipay/gateway.do`,
+/// `/unionpay`), with the sandbox accounts of `<data_dir>/sandbox` and the same channel account ids
+/// as the mounted sandboxes; the channels notify this node (or its load balancer) at
+/// `<public_base_url>/notify/{id}`.
+fn external_sandbox_routes(
+    config: &Config,
+    sandbox_url: &str,
+    bound: SocketAddr,
+) -> anyhow::Result<crate::orchestrate::Routes> {
+    use paymux_channels::{alipay, unionpay, wechat};
+    use paymux_model::{ChannelAccountId, WalletBrand};
+    use uuid::Uuid;
+    let dir = config.sandbox_options().data_dir;
+    let base = config.public_base_url(bound);
+    let sandbox_url = sandbox_url.trim_end_matches('/');
+    let breaker = crate::health::BreakerConfig::of(config);
+    let id =
+        |what: String| ChannelAccountId::from(Uuid::new_v5(&Uuid::NAMESPACE_URL, what.as_bytes()));
+    let read = |e: std::io::Error| anyhow::anyhow!("sandbox keys in {}: {e}", dir.display());
+    let err = |e: paymux_channels::ChannelError| anyhow::anyhow!("{e}");
+    let wx = wechat::sandbox::SandboxAccount::load_or_create(&dir).map_err(read)?;
+    let wx_id = id(format!("paymux:sandbox:wechat:{}", wx.mchid));
+    let ali = alipay::sandbox::SandboxAccount::load_or_create(&dir).map_err(read)?;
+    let ali_id = id(format!("paymux:sandbox:alipay:{}", ali.app_id));
+    let up = unionpay::sandbox::SandboxAccount::load_or_create(&dir).map_err(read)?;
+    let up_id = id(format!("paymux:sandbox:unionpay:{}", up.mer_id));
+    let notify = |id: ChannelAccountId| Some(format!("{base}/notify/{id}"));
+    let channels: Vec<(
+        WalletBrand,
+        ChannelAccountId,
+        &'static str,
+        Arc<dyn paymux_channels::Channel>,
+    )> = vec![
+        (
+            WalletBrand::Unionpay,
+            up_id,
+            "unionpay sandbox",
+            Arc::new(
+                unionpay::UnionPay::new(
+                    up.client_config(&format!("{sandbox_url}/unionpay"), notify(up_id)),
+                )
+                .map_err(err)?,
+            ),
+        ),
+        (
+            WalletBrand::Wechat,
+            wx_id,
+            "wechat sandbox",
+            Arc::new(
+                wechat::WechatPay::new(
+                    wx.client_config(&format!("{sandbox_url}/wechat"), notify(wx_id)),
+                )
+                .map_err(err)?,
+            ),
+        ),
+        (
+            WalletBrand::Alipay,
+            ali_id,
+            "alipay sandbox",
+            Arc::new(
+                alipay::Alipay::new(
+                    ali.client_config(&format!("{sandbox_url}/alipay/gateway.do"), notify(ali_id)),
+                )
+                .map_err(err)?,
+            ),
+        ),
+    ];
+    Ok(crate::orchestrate::Routes::new(
+        channels
+            .into_iter()
+            .map(|(wallet, id, name, channel)| {
+                let route = crate::orchestrate::Route {
+                    id,
+                    name,
+                    channel,
+                    cost_rate_bps: config.sandbox_fee_rate_bps,
+                    breaker: crate::health::Breaker::new(name, breaker.clone()),
+                };
+                (wallet, route)
+            })
+            .collect(),
+    ))
+}
+
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let config = Arc::new(config);
@@ -110,7 +194,7 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let sandboxes = if config.sandbox {
+        let sandboxes = if config.sandbox && config.sandbox_url.is_none() {
             Some(
                 paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
                     .await
@@ -126,7 +210,10 @@ impl Application {
                 config.sandbox_fee_rate_bps,
                 &crate::health::BreakerConfig::of(&config),
             )?,
-            None => crate::orchestrate::Routes::default(),
+            None => match (&config.sandbox_url, config.sandbox) {
+                (Some(url), true) => external_sandbox_routes(&config, url, addr)?,
+                _ => crate::orchestrate::Routes::default(),
+            },
         };
         let state = AppState {
             config: config.clone(),

@@ -7,6 +7,7 @@ mod breaker;
 mod cli;
 mod code_scan;
 mod expiry;
+mod external_sandbox;
 mod helpers;
 mod limits;
 mod ops;
