@@ -257,14 +257,14 @@ pub fn rows(hists: &BTreeMap<&'static str, Histogram<u64>>, measured_s: f64) -> 
 fn table_text(out: &mut String, title: &str, rows: &[Row]) {
     let _ = writeln!(
         out,
-        "  {title:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "  {title:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "ok", "/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
     for r in rows {
         let q = &r.latency_ms;
         let _ = writeln!(
             out,
-            "  {:<22} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "  {:<28} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             r.name, r.ok, r.per_s, q.p50, q.p90, q.p99, q.p99_9, q.max
         );
     }
