@@ -1,21 +1,35 @@
 //! `paymux-loadtest`: an open-loop load generator for the paymux merchant API.
 //!
-//! Requests are sent at a constant arrival rate whatever the server does; each request's latency is
+//! Operations arrive at a constant rate whatever the server does; each operation's latency is
 //! measured from its *intended* send time, so a stalled server shows up as latency instead of
 //! silently lowering the offered load (no coordinated omission). Concurrency is bounded: when every
-//! slot is busy, a request waits for one and that wait counts in its latency.
+//! slot is busy, an operation waits for one and that wait counts in its latency. After the run the
+//! post-run audit checks every acknowledged payment, duplicates and the ledger.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod audit;
+mod chart;
+mod client;
+mod mix;
+mod stats;
+mod sysinfo;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use serde::Deserialize;
-use tokio::sync::{Mutex, Semaphore};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::audit::Ack;
+use crate::client::{Api, Merchant, error_code};
+use crate::mix::{Mix, Scenario};
+use crate::stats::{CpuReport, Report, RsaReport, Stats};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,52 +44,111 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Signed `POST /v1/payments` at a constant rate.
-    Create(CreateArgs),
+    /// A mix of scenarios at a constant arrival rate, then the post-run audit.
+    Run(RunArgs),
+    /// Payment creation alone (`--mix create`).
+    Create(RunArgs),
 }
 
-#[derive(Debug, clap::Args)]
-struct CreateArgs {
-    /// Base URL of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Wallet {
+    Wechat,
+    Alipay,
+    Unionpay,
+}
+
+impl Wallet {
+    fn name(self) -> &'static str {
+        match self {
+            Wallet::Wechat => "wechat",
+            Wallet::Alipay => "alipay",
+            Wallet::Unionpay => "unionpay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Base URL of the server (a node, or the load balancer in front of several).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Merchant credentials: the JSON printed by `paymux merchant create`.
-    #[arg(long, conflicts_with_all = ["key_id", "key_secret"])]
-    credentials: Option<std::path::PathBuf>,
+    /// Merchant credentials: files with the JSON of `paymux merchant create` (an object or an array
+    /// of them); repeat or separate with commas for several merchants.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["key_id", "key_secret"])]
+    credentials: Vec<PathBuf>,
     #[arg(long, env = "PAYMUX_KEY_ID")]
     key_id: Option<String>,
     #[arg(long, env = "PAYMUX_KEY_SECRET", hide_env_values = true)]
     key_secret: Option<String>,
-    /// Target arrival rate, requests per second.
+    /// Scenarios and weights: `code_scan=40,qr=20,create_query=30,refund=10`. Scenarios:
+    /// code_scan, qr, create, create_query, query, refund.
+    #[arg(long, default_value = "create")]
+    mix: Mix,
+    /// Target arrival rate, operations per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// Measured duration, seconds.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Warm-up before measuring, seconds (sent at the same rate, not recorded).
+    /// Warm-up before measuring, seconds (sent at the same rate, not in the latency tables).
     #[arg(long, default_value_t = 2)]
     warmup: u64,
-    /// Most requests in flight at once.
+    /// Most operations in flight at once.
     #[arg(long, default_value_t = 1024)]
     concurrency: usize,
     /// Per-request timeout, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
-    /// Write the report as JSON to this file.
+    /// Stores per merchant (`store_id` of the payments).
+    #[arg(long, default_value_t = 4)]
+    stores: u32,
+    /// Wallets of code scans (payment codes) and C2B orders, in turn (C2B: wechat and alipay).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "wechat")]
+    wallets: Vec<Wallet>,
+    /// Percentage of code scans whose payer enters a password (`202 processing`, paid later).
+    #[arg(long, default_value_t = 5.0)]
+    password_pct: f64,
+    /// Base URL of the sandboxes (the C2B payer): `<url>/sandbox` when the node mounts them, or a
+    /// standalone `paymux sandbox`.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    key_id: String,
-    key_secret: String,
-}
-
-struct Stats {
-    latency_us: Histogram<u64>,
-    ok: u64,
-    errors: BTreeMap<String, u64>,
+    sandbox_url: Option<String>,
+    /// Node processes whose CPU time (`/proc/<pid>/stat`) is divided by the payments; repeatable.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Measure `openssl speed rsa2048` first and report code payments against the RSA bound.
+    #[arg(long)]
+    rsa_bound: bool,
+    /// Seconds `openssl speed` runs.
+    #[arg(long, default_value_t = 3)]
+    openssl_seconds: u32,
+    /// Write PREFIX.json, PREFIX.md and PREFIX.svg.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write the JSON report to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Skip the post-run audit.
+    #[arg(long)]
+    no_audit: bool,
+    /// Skip the audit's duplicate check at the server (one listing call per payment).
+    #[arg(long)]
+    no_duplicate_check: bool,
+    /// Audit calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    audit_concurrency: usize,
+    /// How long the audit waits for asynchronous outcomes (password waits, notifications), seconds.
+    #[arg(long, default_value_t = 60)]
+    audit_wait: u64,
+    /// The `paymux` binary for `paymux ledger audit` (same configuration environment as the nodes);
+    /// default: `paymux` next to this program, if there.
+    #[arg(long)]
+    paymux_bin: Option<PathBuf>,
+    /// `--config FILE` for `paymux ledger audit`.
+    #[arg(long)]
+    paymux_config: Option<PathBuf>,
+    /// Errors tolerated before the run counts as failed.
+    #[arg(long, default_value_t = 0)]
+    max_errors: u64,
 }
 
 #[global_allocator]
@@ -83,216 +156,753 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Create(mut args) => {
+            args.mix = "create".parse().map_err(anyhow::Error::msg)?;
+            args
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Create(args) => runtime.block_on(create(args)),
+    let passed = runtime.block_on(run(args))?;
+    if !passed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// What every operation shares.
+struct Ctx {
+    api: Api,
+    sandbox_url: String,
+    merchants: Arc<Vec<Merchant>>,
+    stores: u32,
+    wallets: Vec<Wallet>,
+    qr_wallets: Vec<Wallet>,
+    password_pct: f64,
+    run_id: String,
+    start: Instant,
+    measure_from: Instant,
+    stats: Mutex<Stats>,
+    acks: Mutex<Vec<Ack>>,
+    /// Recent payments per merchant, for status polling.
+    recent: Vec<Mutex<VecDeque<String>>>,
+    ok_requests: AtomicU64,
+    errors: AtomicU64,
+    /// When the last measured operation finished (µs after start).
+    last_finish_us: AtomicU64,
+}
+
+/// One operation: its number, merchant, due time.
+struct Op {
+    i: u64,
+    merchant: u32,
+    due: Instant,
+    measured: bool,
+}
+
+impl Ctx {
+    fn second(&self, t: Instant) -> usize {
+        (t - self.start).as_secs() as usize
+    }
+
+    /// One signed API request; `Some(body)` when the status is one of `ok`.
+    #[allow(clippy::too_many_arguments)] // one request's whole description, named at every call
+    async fn call(
+        &self,
+        op: &Op,
+        kind: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        due: Instant,
+        ok: &[u16],
+    ) -> Option<(u16, Value)> {
+        let m = &self.merchants[op.merchant as usize];
+        let answer = self.api.signed(m, method, path, body).await;
+        self.record(op, kind, due, answer, ok)
+    }
+
+    fn record(
+        &self,
+        op: &Op,
+        kind: &'static str,
+        due: Instant,
+        answer: client::Answer,
+        ok: &[u16],
+    ) -> Option<(u16, Value)> {
+        let now = Instant::now();
+        let second = self.second(now);
+        let mut stats = self.stats.lock().expect("stats lock");
+        match answer {
+            Ok((status, body)) if ok.contains(&status) => {
+                stats.request_ok(kind, (now - due).as_micros() as u64, second, op.measured);
+                self.ok_requests.fetch_add(1, Ordering::Relaxed);
+                Some((status, body))
+            }
+            Ok((status, body)) => {
+                stats.request_error(kind, &error_code(status, &body), second, op.measured);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                stats.request_error(kind, &e, second, op.measured);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// An answer that came back as expected by status but not by content.
+    fn unexpected(&self, op: &Op, kind: &'static str, what: String) {
+        let second = self.second(Instant::now());
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .request_error(kind, &what, second, op.measured);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn payment_body(&self, op: &Op, method: &str, amount: i64) -> Value {
+        json!({
+            "merchant_order_no": format!("lt-{}-{}", self.run_id, op.i),
+            "amount": amount,
+            "currency": "CNY",
+            "subject": "load test",
+            "method": method,
+            "store_id": format!("store-{}", (op.i / self.merchants.len() as u64) % u64::from(self.stores.max(1))),
+        })
+    }
+
+    fn acknowledge(
+        &self,
+        op: &Op,
+        body: &Value,
+        expect: Option<&'static str>,
+        refund: Option<(String, i64)>,
+    ) {
+        let ack = Ack {
+            merchant: op.merchant,
+            id: body["id"].as_str().unwrap_or_default().to_string(),
+            order_no: body["merchant_order_no"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            amount: body["amount"].as_i64().unwrap_or_default(),
+            seen: body["status"].as_str().unwrap_or_default().to_string(),
+            expect,
+            refund,
+        };
+        {
+            let mut recent = self.recent[op.merchant as usize]
+                .lock()
+                .expect("recent lock");
+            if recent.len() >= 4096 {
+                recent.pop_front();
+            }
+            recent.push_back(ack.id.clone());
+        }
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .payment_acknowledged(op.measured);
+        self.acks.lock().expect("acks lock").push(ack);
+    }
+
+    fn done(&self, op: &Op, scenario: Scenario, ok: bool) {
+        if !op.measured {
+            return;
+        }
+        let now = Instant::now();
+        self.last_finish_us
+            .fetch_max((now - self.start).as_micros() as u64, Ordering::Relaxed);
+        if ok {
+            self.stats.lock().expect("stats lock").operation_ok(
+                scenario.name(),
+                (now - op.due).as_micros() as u64,
+                true,
+            );
+        }
+    }
+
+    /// A payment code of `wallet` whose payer pays at once, or enters a password first.
+    fn payment_code(i: u64, wallet: Wallet, password: bool) -> String {
+        // The last four digits choose the sandbox payer: 1001 password; 0000–0999 pay at once.
+        let suffix = if password {
+            "1001".to_string()
+        } else {
+            format!("{:04}", i % 1000)
+        };
+        match wallet {
+            Wallet::Wechat => format!("13{:012}{suffix}", i % 1_000_000_000_000),
+            Wallet::Alipay => format!("28{:012}{suffix}", i % 1_000_000_000_000),
+            Wallet::Unionpay => format!("62{:013}{suffix}", i % 10_000_000_000_000),
+        }
+    }
+
+    /// Whether arrival `i` is a password payer: spread evenly, `pct` of all.
+    fn is_password(i: u64, pct: f64) -> bool {
+        let per_10k = (pct * 100.0).round() as u64;
+        (i * 7919) % 10_000 < per_10k
+    }
+
+    async fn code_scan(
+        &self,
+        op: &Op,
+        kind: &'static str,
+        wallet: Wallet,
+        password: bool,
+        amount: i64,
+    ) -> Option<Value> {
+        let mut body = self.payment_body(op, "code_scan", amount);
+        body["auth_code"] = json!(Self::payment_code(op.i, wallet, password));
+        let (status, p) = self
+            .call(
+                op,
+                kind,
+                Method::POST,
+                "/v1/payments",
+                Some(&body),
+                op.due,
+                &[201, 202],
+            )
+            .await?;
+        let want = if password {
+            (202, "processing")
+        } else {
+            (201, "succeeded")
+        };
+        if (status, p["status"].as_str().unwrap_or("?")) != want {
+            self.unexpected(
+                op,
+                kind,
+                format!("{status} status {}", p["status"].as_str().unwrap_or("?")),
+            );
+            if p["id"].is_string() {
+                self.acknowledge(op, &p, None, None);
+            }
+            return None;
+        }
+        Some(p)
+    }
+
+    async fn create(&self, op: &Op) -> Option<Value> {
+        let body = self.payment_body(op, "qr_merchant", 1 + (op.i % 99_999) as i64);
+        let (_, p) = self
+            .call(
+                op,
+                "create",
+                Method::POST,
+                "/v1/payments",
+                Some(&body),
+                op.due,
+                &[201],
+            )
+            .await?;
+        self.acknowledge(op, &p, Some("created"), None);
+        Some(p)
+    }
+
+    async fn operation(&self, op: Op, scenario: Scenario) {
+        let ok = match scenario {
+            Scenario::Create => self.create(&op).await.is_some(),
+            Scenario::CreateQuery => match self.create(&op).await {
+                Some(p) => {
+                    let path = format!("/v1/payments/{}", p["id"].as_str().unwrap_or_default());
+                    self.call(
+                        &op,
+                        "query",
+                        Method::GET,
+                        &path,
+                        None,
+                        Instant::now(),
+                        &[200],
+                    )
+                    .await
+                    .is_some()
+                }
+                None => false,
+            },
+            Scenario::Query => {
+                let id = {
+                    let recent = self.recent[op.merchant as usize]
+                        .lock()
+                        .expect("recent lock");
+                    (!recent.is_empty())
+                        .then(|| recent[(op.i as usize * 31) % recent.len()].clone())
+                };
+                match id {
+                    Some(id) => self
+                        .call(
+                            &op,
+                            "query",
+                            Method::GET,
+                            &format!("/v1/payments/{id}"),
+                            None,
+                            op.due,
+                            &[200],
+                        )
+                        .await
+                        .is_some(),
+                    // Nothing to poll yet: create the first one.
+                    None => self.create(&op).await.is_some(),
+                }
+            }
+            Scenario::CodeScan => {
+                let wallet = self.wallets[(op.i % self.wallets.len() as u64) as usize];
+                let password = Self::is_password(op.i, self.password_pct);
+                let kind = match (wallet, password) {
+                    (Wallet::Wechat, false) => "code_scan.wechat",
+                    (Wallet::Wechat, true) => "code_scan.wechat.password",
+                    (Wallet::Alipay, false) => "code_scan.alipay",
+                    (Wallet::Alipay, true) => "code_scan.alipay.password",
+                    (Wallet::Unionpay, false) => "code_scan.unionpay",
+                    (Wallet::Unionpay, true) => "code_scan.unionpay.password",
+                };
+                match self
+                    .code_scan(&op, kind, wallet, password, 1 + (op.i % 99_999) as i64)
+                    .await
+                {
+                    Some(p) => {
+                        self.acknowledge(&op, &p, Some("succeeded"), None);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Scenario::Qr => {
+                let wallet = self.qr_wallets[(op.i % self.qr_wallets.len() as u64) as usize];
+                let mut body = self.payment_body(&op, "qr_merchant", 1 + (op.i % 99_999) as i64);
+                body["wallet"] = json!(wallet.name());
+                let (kind_create, kind_pay) = match wallet {
+                    Wallet::Alipay => ("qr.alipay.create", "qr.alipay.pay"),
+                    _ => ("qr.wechat.create", "qr.wechat.pay"),
+                };
+                match self
+                    .call(
+                        &op,
+                        kind_create,
+                        Method::POST,
+                        "/v1/payments",
+                        Some(&body),
+                        op.due,
+                        &[201],
+                    )
+                    .await
+                {
+                    Some((_, p)) => {
+                        let qr = p["qr_code"].clone();
+                        let (url, pay) = match wallet {
+                            Wallet::Alipay => (
+                                format!("{}/alipay/sandbox/pay", self.sandbox_url),
+                                json!({"qr_code": qr}),
+                            ),
+                            _ => (
+                                format!("{}/wechat/sandbox/pay", self.sandbox_url),
+                                json!({"code_url": qr}),
+                            ),
+                        };
+                        let sent = Instant::now();
+                        let answer = self.api.post_json(&url, &pay).await;
+                        let paid = self.record(&op, kind_pay, sent, answer, &[200]).is_some();
+                        // Paid: the channel's notification must settle it. Not paid (or unknown):
+                        // the audit only checks it exists with its amount.
+                        self.acknowledge(&op, &p, paid.then_some("succeeded"), None);
+                        paid
+                    }
+                    None => false,
+                }
+            }
+            Scenario::Refund => {
+                let amount = 2 + (op.i % 99_998) as i64;
+                match self
+                    .code_scan(&op, "refund.pay", Wallet::Wechat, false, amount)
+                    .await
+                {
+                    Some(p) => {
+                        let id = p["id"].as_str().unwrap_or_default().to_string();
+                        let refund = json!({
+                            "merchant_refund_no": format!("lr-{}-{}", self.run_id, op.i),
+                            "amount": amount / 2,
+                            "reason": "load test",
+                        });
+                        let path = format!("/v1/payments/{id}/refunds");
+                        match self
+                            .call(
+                                &op,
+                                "refund.refund",
+                                Method::POST,
+                                &path,
+                                Some(&refund),
+                                Instant::now(),
+                                &[201],
+                            )
+                            .await
+                        {
+                            Some((_, r)) => {
+                                let rid = r["id"].as_str().unwrap_or_default().to_string();
+                                self.acknowledge(
+                                    &op,
+                                    &p,
+                                    Some("succeeded"),
+                                    Some((rid, amount / 2)),
+                                );
+                                true
+                            }
+                            None => {
+                                // The refund's fate is unknown: check the payment alone.
+                                let mut a = p.clone();
+                                a["status"] = json!("processing");
+                                self.acknowledge(&op, &a, None, None);
+                                false
+                            }
+                        }
+                    }
+                    None => false,
+                }
+            }
+        };
+        self.done(&op, scenario, ok);
     }
 }
 
-async fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let (key_id, key_secret) = match &args.credentials {
-        Some(path) => {
-            let c: Credentials = serde_json::from_slice(
-                &std::fs::read(path).with_context(|| format!("read {}", path.display()))?,
-            )
-            .context("credentials file is not the JSON of `paymux merchant create`")?;
-            (c.key_id, c.key_secret)
-        }
-        None => (
-            args.key_id
-                .clone()
-                .context("give --credentials or --key-id/--key-secret")?,
-            args.key_secret
-                .clone()
-                .context("give --credentials or --key-id/--key-secret")?,
-        ),
-    };
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let merchants =
+        if !args.credentials.is_empty() {
+            client::load_merchants(&args.credentials)?
+        } else {
+            vec![Merchant {
+                key_id: args.key_id.clone().ok_or_else(|| {
+                    anyhow::anyhow!("give --credentials or --key-id/--key-secret")
+                })?,
+                key_secret: args.key_secret.clone().ok_or_else(|| {
+                    anyhow::anyhow!("give --credentials or --key-id/--key-secret")
+                })?,
+            }]
+        };
+    anyhow::ensure!(!merchants.is_empty(), "no merchant credentials");
     anyhow::ensure!(
         args.rate > 0 && args.duration > 0,
         "rate and duration must be positive"
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_millis(args.timeout_ms))
-        .tcp_nodelay(true)
-        .build()?;
-    let url = format!("{}/v1/payments", args.url.trim_end_matches('/'));
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let key = Arc::new((key_id, key_secret.into_bytes()));
-    let stats = Arc::new(Mutex::new(Stats {
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        ok: 0,
-        errors: BTreeMap::new(),
-    }));
-    let slots = Arc::new(Semaphore::new(args.concurrency));
-    let sent = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    // When the last measured request finished (µs after start): the achieved rate is measured over
-    // the time the server actually took, not the time the generator took to offer the load.
-    let last_finish_us = Arc::new(AtomicU64::new(0));
-
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs(args.warmup);
-    let end = measure_from + Duration::from_secs(args.duration);
-    let total = (u64::from(args.rate)) * (args.warmup + args.duration);
-    println!(
-        "paymux-loadtest create: {} req/s for {} s (+{} s warm-up) against {url}, at most {} in flight",
-        args.rate, args.duration, args.warmup, args.concurrency
+    anyhow::ensure!(!args.wallets.is_empty(), "--wallets is empty");
+    let qr_wallets: Vec<Wallet> = args
+        .wallets
+        .iter()
+        .copied()
+        .filter(|w| *w != Wallet::Unionpay)
+        .collect();
+    anyhow::ensure!(
+        qr_wallets.len() == args.wallets.len()
+            || args.mix.share(Scenario::Qr) == 0.0
+            || !qr_wallets.is_empty(),
+        "the qr scenario needs wechat or alipay in --wallets"
     );
+    let qr_wallets = if qr_wallets.is_empty() {
+        vec![Wallet::Wechat]
+    } else {
+        qr_wallets
+    };
 
+    // The RSA bound is measured before the load, on a machine otherwise idle.
+    let rsa = if args.rsa_bound {
+        eprintln!(
+            "measuring: openssl speed -seconds {} rsa2048",
+            args.openssl_seconds
+        );
+        let out = sysinfo::run_openssl_speed(args.openssl_seconds)?;
+        print!("{out}");
+        let (sign, verify) = sysinfo::parse_openssl_speed(&out).ok_or_else(|| {
+            anyhow::anyhow!("could not read sign/s and verify/s from openssl speed")
+        })?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Some(sysinfo::RsaBound::new(cores, sign, verify))
+    } else {
+        None
+    };
+
+    let url = args.url.trim_end_matches('/').to_string();
+    let sandbox_url = args
+        .sandbox_url
+        .clone()
+        .unwrap_or_else(|| format!("{url}/sandbox"));
+    let merchants = Arc::new(merchants);
+    let start = Instant::now();
+    let ctx = Arc::new(Ctx {
+        api: Api::new(
+            &url,
+            args.concurrency,
+            Duration::from_millis(args.timeout_ms),
+        )?,
+        sandbox_url: sandbox_url.trim_end_matches('/').to_string(),
+        recent: (0..merchants.len())
+            .map(|_| Mutex::new(VecDeque::new()))
+            .collect(),
+        merchants: merchants.clone(),
+        stores: args.stores,
+        wallets: args.wallets.clone(),
+        qr_wallets,
+        password_pct: args.password_pct,
+        run_id: uuid::Uuid::now_v7().simple().to_string(),
+        start,
+        measure_from: start + Duration::from_secs(args.warmup),
+        stats: Mutex::new(Stats::default()),
+        acks: Mutex::new(Vec::new()),
+        ok_requests: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        last_finish_us: AtomicU64::new(0),
+    });
+    println!(
+        "paymux-loadtest: mix {} at {} operations/s for {} s (+{} s warm-up) against {url}, {} merchants × {} stores, at most {} in flight",
+        args.mix,
+        args.rate,
+        args.duration,
+        args.warmup,
+        merchants.len(),
+        args.stores,
+        args.concurrency
+    );
+    let cpu_before = sysinfo::cpu_seconds(&args.server_pid)?;
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
     let progress = {
-        let (sent, done, stats) = (sent.clone(), done.clone(), stats.clone());
+        let (ctx, sent, in_flight) = (ctx.clone(), sent.clone(), in_flight.clone());
+        let tty = std::io::stderr().is_terminal();
         tokio::spawn(async move {
             let mut last = 0;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let d = done.load(Ordering::Relaxed);
-                let errors: u64 = stats.lock().await.errors.values().sum();
-                eprintln!(
-                    "  t={:>4.0}s sent={} done={} ({} /s) errors={}",
-                    start.elapsed().as_secs_f64(),
+                let ok = ctx.ok_requests.load(Ordering::Relaxed);
+                let p99 = {
+                    let stats = ctx.stats.lock().expect("stats lock");
+                    let second = ctx.second(Instant::now()).saturating_sub(1);
+                    stats
+                        .series
+                        .get(second)
+                        .map(|b| stats::Quantiles::of(&b.latency).p99)
+                        .unwrap_or(0.0)
+                };
+                let line = format!(
+                    "  t={:>4.0}s operations sent {} in flight {} | requests ok {} ({} /s) errors {} | p99 {:.1} ms",
+                    ctx.start.elapsed().as_secs_f64(),
                     sent.load(Ordering::Relaxed),
-                    d,
-                    d - last,
-                    errors
+                    in_flight.load(Ordering::Relaxed),
+                    ok,
+                    ok - last,
+                    ctx.errors.load(Ordering::Relaxed),
+                    p99
                 );
-                last = d;
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+                last = ok;
             }
         })
     };
 
+    let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let end = ctx.measure_from + Duration::from_secs(args.duration);
+    let total = u64::from(args.rate) * (args.warmup + args.duration);
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
-        let intended = start + interval.mul_f64(i as f64);
-        if intended >= end {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= end {
             break;
         }
-        tokio::time::sleep_until(intended).await;
+        tokio::time::sleep_until(due).await;
+        let scenario = args.mix.pick(i);
+        let op = Op {
+            i,
+            merchant: (i % merchants.len() as u64) as u32,
+            due,
+            measured: due >= ctx.measure_from,
+        };
         let permit = slots.clone().acquire_owned();
-        let last_finish_us = last_finish_us.clone();
-        let (client, url, key, stats, done) = (
-            client.clone(),
-            url.clone(),
-            key.clone(),
-            stats.clone(),
-            done.clone(),
-        );
-        let order_no = format!("lt-{run_id}-{i}");
+        let (ctx, in_flight) = (ctx.clone(), in_flight.clone());
         sent.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {
             let _permit = permit.await;
-            let body = serde_json::to_vec(&serde_json::json!({
-                "merchant_order_no": order_no,
-                "amount": 1 + (i % 99_999) as i64,
-                "currency": "CNY",
-                "subject": "load test",
-                "method": "qr_merchant",
-            }))
-            .expect("serialise");
-            let nonce = uuid::Uuid::new_v4().simple().to_string();
-            let auth = paymux_model::auth::authorization_header(
-                &key.0,
-                &key.1,
-                "POST",
-                "/v1/payments",
-                chrono::Utc::now().timestamp(),
-                &nonce,
-                &body,
-            );
-            let result = client
-                .post(&url)
-                .header("authorization", auth)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            let outcome = match result {
-                Ok(resp) if resp.status() == 201 => {
-                    let _ = resp.bytes().await;
-                    Ok(())
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                    Err(format!("{status} {}", body["code"].as_str().unwrap_or("-")))
-                }
-                Err(e) if e.is_timeout() => Err("timeout".to_string()),
-                Err(e) if e.is_connect() => Err("connect".to_string()),
-                Err(_) => Err("transport".to_string()),
-            };
-            let finished = Instant::now();
-            done.fetch_add(1, Ordering::Relaxed);
-            if intended < measure_from {
-                return;
-            }
-            last_finish_us.fetch_max((finished - start).as_micros() as u64, Ordering::Relaxed);
-            let mut s = stats.lock().await;
-            match outcome {
-                Ok(()) => {
-                    s.ok += 1;
-                    let _ = s
-                        .latency_us
-                        .record((finished - intended).as_micros().max(1) as u64);
-                }
-                Err(code) => *s.errors.entry(code).or_default() += 1,
-            }
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            ctx.operation(op, scenario).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
     progress.abort();
-    let measured_us = last_finish_us
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let cpu_after = sysinfo::cpu_seconds(&args.server_pid)?;
+
+    let measured_us = ctx
+        .last_finish_us
         .load(Ordering::Relaxed)
         .saturating_sub(args.warmup * 1_000_000);
-    let elapsed_s = (measured_us as f64 / 1e6).max(args.duration as f64);
-    let s = stats.lock().await;
-    let ms = |q: f64| s.latency_us.value_at_quantile(q) as f64 / 1000.0;
-    let errors: u64 = s.errors.values().sum();
-    let report = serde_json::json!({
-        "mode": "create",
-        "url": args.url,
-        "target_rate_per_s": args.rate,
-        "duration_s": args.duration,
-        "concurrency": args.concurrency,
-        "succeeded": s.ok,
-        "errors": errors,
-        "errors_by_code": s.errors,
-        "achieved_rate_per_s": s.ok as f64 / elapsed_s,
-        "measured_s": elapsed_s,
-        "latency_ms": {
-            "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p99_9": ms(0.999),
-            "max": s.latency_us.max() as f64 / 1000.0,
-        },
-    });
-    println!(
-        "\nresult (measured {} s after {} s warm-up):",
-        args.duration, args.warmup
-    );
-    println!(
-        "  acknowledged payments: {} ({:.0} /s, target {} /s)",
-        s.ok,
-        s.ok as f64 / elapsed_s,
-        args.rate
-    );
-    println!(
-        "  latency from intended send: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-        ms(0.50),
-        ms(0.90),
-        ms(0.99),
-        ms(0.999),
-        s.latency_us.max() as f64 / 1000.0
-    );
-    println!("  errors: {errors}");
-    for (code, n) in &s.errors {
-        println!("    {code}: {n}");
+    let measured_s = (measured_us as f64 / 1e6).max(args.duration as f64);
+    let (mut report, acks) = {
+        let stats = ctx.stats.lock().expect("stats lock");
+        let scenarios = stats::rows(&stats.scenarios, measured_s);
+        let requests_by_kind = stats::rows(&stats.requests, measured_s);
+        let requests: u64 = requests_by_kind.iter().map(|r| r.ok).sum();
+        let operations: u64 = scenarios.iter().map(|r| r.ok).sum();
+        let code_scan_per_s = scenarios
+            .iter()
+            .find(|r| r.name == "code_scan")
+            .map(|r| r.per_s)
+            .unwrap_or(0.0);
+        let report = Report {
+            mix: args.mix.to_string(),
+            url: url.clone(),
+            target_rate_per_s: args.rate,
+            warmup_s: args.warmup,
+            duration_s: args.duration,
+            concurrency: args.concurrency,
+            merchants: merchants.len(),
+            stores: args.stores,
+            measured_s,
+            operations_per_s: operations as f64 / measured_s,
+            requests,
+            requests_per_s: requests as f64 / measured_s,
+            payments: stats.payments_measured,
+            payments_per_s: stats.payments_measured as f64 / measured_s,
+            errors: stats.error_count(),
+            errors_by_code: stats.errors.clone(),
+            scenarios,
+            requests_by_kind,
+            series: stats::series_points(&stats.series, args.warmup),
+            server_cpu: (!args.server_pid.is_empty()).then(|| {
+                CpuReport::new(
+                    args.server_pid.clone(),
+                    &cpu_before,
+                    &cpu_after,
+                    stats.payments_total,
+                    stats.requests_total,
+                )
+            }),
+            rsa: rsa.map(|bound| RsaReport {
+                ratio: bound.ratio(code_scan_per_s),
+                bound,
+                code_scan_per_s,
+            }),
+            audit: None,
+        };
+        (
+            report,
+            std::mem::take(&mut *ctx.acks.lock().expect("acks lock")),
+        )
+    };
+    println!();
+    print!("{}", report.text());
+
+    if !args.no_audit {
+        println!("post-run audit of {} acknowledged payments…", acks.len());
+        let paymux_bin = args.paymux_bin.clone().or_else(|| {
+            let sibling = std::env::current_exe().ok()?.with_file_name("paymux");
+            sibling.exists().then_some(sibling)
+        });
+        let audit_api = Arc::new(Api::new(
+            &url,
+            args.audit_concurrency,
+            Duration::from_millis(args.timeout_ms),
+        )?);
+        let result = audit::run(
+            audit_api,
+            merchants.clone(),
+            acks,
+            audit::AuditConfig {
+                concurrency: args.audit_concurrency,
+                settle_wait: Duration::from_secs(args.audit_wait),
+                duplicates: !args.no_duplicate_check,
+                paymux_bin,
+                paymux_config: args.paymux_config.clone(),
+            },
+        )
+        .await;
+        print!("{}", result.text());
+        report.audit = Some(result);
     }
+
+    let json = serde_json::to_vec_pretty(&report)?;
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-        println!("  report: {}", path.display());
+        std::fs::write(path, &json)?;
+        println!("report: {}", path.display());
     }
-    Ok(())
+    if let Some(prefix) = &args.report {
+        if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let with = |ext: &str| PathBuf::from(format!("{}.{ext}", prefix.display()));
+        let svg = with("svg");
+        let title = format!(
+            "paymux-loadtest: {} at {}/s",
+            report.mix, report.target_rate_per_s
+        );
+        chart::draw(&svg, &title, &report.series)?;
+        let svg_name = svg.file_name().map(|n| n.to_string_lossy().into_owned());
+        std::fs::write(with("json"), &json)?;
+        std::fs::write(with("md"), report.markdown(svg_name.as_deref()))?;
+        println!(
+            "report: {} {} {}",
+            with("json").display(),
+            with("md").display(),
+            svg.display()
+        );
+    }
+    let errors_ok = report.errors <= args.max_errors;
+    let audit_ok = report.audit.as_ref().is_none_or(|a| a.clean);
+    if !errors_ok {
+        println!(
+            "FAILED: {} errors (at most {} allowed)",
+            report.errors, args.max_errors
+        );
+    }
+    if !audit_ok {
+        println!("FAILED: the post-run audit found problems");
+    }
+    Ok(errors_ok && audit_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_codes_classify_and_choose_the_payer() {
+        for (wallet, prefix, len) in [
+            (Wallet::Wechat, "13", 18),
+            (Wallet::Alipay, "28", 18),
+            (Wallet::Unionpay, "62", 19),
+        ] {
+            let instant = Ctx::payment_code(123_456_789, wallet, false);
+            assert!(
+                instant.starts_with(prefix) && instant.len() == len,
+                "{instant}"
+            );
+            assert!(!instant.ends_with("1001"));
+            assert!(Ctx::payment_code(77, wallet, true).ends_with("1001"));
+        }
+        // Instant payers never end in 1001–1005.
+        for i in 0..5000 {
+            let c = Ctx::payment_code(i, Wallet::Wechat, false);
+            let tail: u32 = c[c.len() - 4..].parse().unwrap();
+            assert!(tail < 1000, "{c}");
+        }
+    }
+
+    #[test]
+    fn password_share() {
+        let n = (0..10_000).filter(|i| Ctx::is_password(*i, 5.0)).count();
+        assert_eq!(n, 500);
+        assert_eq!((0..10_000).filter(|i| Ctx::is_password(*i, 0.0)).count(), 0);
+    }
 }

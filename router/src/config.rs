@@ -89,6 +89,10 @@ pub struct Config {
     pub code_mcc: String,
     /// Mount the channel sandboxes under `/sandbox/<channel>` in `paymux serve`.
     pub sandbox: bool,
+    /// Base URL of a standalone `paymux sandbox` (e.g. `http://127.0.0.1:8090`): with `sandbox`
+    /// on, this node mounts no sandboxes and routes payments to that one, with the sandbox keys of
+    /// `<data_dir>/sandbox` (the directory that `paymux sandbox` uses). Unset: its own sandboxes.
+    pub sandbox_url: Option<String>,
     /// Sandbox fee rate in basis points of the order amount (60 = 0.6%).
     pub sandbox_fee_rate_bps: u32,
     /// Divides the sandboxes' delays (notification retries, password wait); 1 = real time.
@@ -158,6 +162,7 @@ impl Default for Config {
             code_city: "Shanghai".into(),
             code_mcc: "5999".into(),
             sandbox: true,
+            sandbox_url: None,
             sandbox_fee_rate_bps: 60,
             sandbox_time_compression: 1,
             sandbox_faults: paymux_channels::sandbox::Faults::default(),
@@ -209,6 +214,7 @@ const KEYS: &[&str] = &[
     "code_city",
     "code_mcc",
     "sandbox",
+    "sandbox_url",
     "sandbox_fee_rate_bps",
     "sandbox_time_compression",
     "webhook_poll_interval_ms",
@@ -302,6 +308,17 @@ mod tests {
             assert_eq!(c.sandbox_options().faults.latency_max_ms, 40);
             jail.create_file("bad.toml", "[sandbox_faults]\nerror_pct = 1.0\n")?;
             assert!(Config::load(Some(std::path::Path::new("bad.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sandbox_url_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Config::load(None).map_err(|e| *e)?.sandbox_url, None);
+            jail.set_env("PAYMUX_SANDBOX_URL", "http://127.0.0.1:8090");
+            let c = Config::load(None).map_err(|e| *e)?;
+            assert_eq!(c.sandbox_url.as_deref(), Some("http://127.0.0.1:8090"));
             Ok(())
         });
     }

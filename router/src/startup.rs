@@ -140,7 +140,7 @@ impl Application {
             .with_context(|| format!("listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let sandboxes = if config.sandbox {
+        let sandboxes = if config.sandbox && config.sandbox_url.is_none() {
             Some(
                 paymux_channels::sandbox::Sandboxes::start(config.sandbox_options())
                     .await
@@ -155,7 +155,16 @@ impl Application {
             secrets.clone(),
             sandboxes
                 .as_ref()
-                .map(|sb| crate::routing::SandboxConfigs::of(sb, &base_url)),
+                .map(|sb| crate::routing::SandboxConfigs::of(sb, &base_url))
+                .map(Ok)
+                .or_else(|| match (&config.sandbox_url, config.sandbox) {
+                    (Some(url), true) => Some(crate::routing::SandboxConfigs::external(
+                        &config.sandbox_options().data_dir,
+                        url,
+                    )),
+                    _ => None,
+                })
+                .transpose()?,
             base_url,
             crate::health::BreakerConfig::of(&config),
         )

@@ -134,6 +134,27 @@ impl SandboxConfigs {
     }
 }
 
+impl SandboxConfigs {
+    /// A standalone `paymux sandbox` at `sandbox_url` (its channels under `/wechat`, `/alipay`,
+    /// `/unionpay`), signing with the sandbox accounts it keeps in `dir` (shared data directory).
+    pub fn external(dir: &std::path::Path, sandbox_url: &str) -> anyhow::Result<Self> {
+        use paymux_channels::{alipay, unionpay, wechat};
+        let url = sandbox_url.trim_end_matches('/');
+        let read = |e: std::io::Error| anyhow::anyhow!("sandbox keys in {}: {e}", dir.display());
+        Ok(Self {
+            wechat: wechat::sandbox::SandboxAccount::load_or_create(dir)
+                .map_err(read)?
+                .client_config(&format!("{url}/wechat"), None),
+            alipay: alipay::sandbox::SandboxAccount::load_or_create(dir)
+                .map_err(read)?
+                .client_config(&format!("{url}/alipay/gateway.do"), None),
+            unionpay: unionpay::sandbox::SandboxAccount::load_or_create(dir)
+                .map_err(read)?
+                .client_config(&format!("{url}/unionpay"), None),
+        })
+    }
+}
+
 /// Credentials that name this server's sandbox: `{"sandbox": true}`, optionally with the channel
 /// base URL to reach it at (e.g. a `paymux sandbox` sharing the data directory).
 #[derive(Debug, Deserialize)]

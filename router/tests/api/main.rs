@@ -8,6 +8,7 @@ mod cli;
 mod code_scan;
 mod codes;
 mod expiry;
+mod external_sandbox;
 mod helpers;
 mod limits;
 mod ops;
