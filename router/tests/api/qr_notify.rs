@@ -243,3 +243,27 @@ async fn a_validly_signed_notification_with_a_wrong_amount_is_refused() {
     wait_status(&m, &id, "succeeded").await;
     assert_eq!(audit(&app).await.ledger.entries, 1);
 }
+
+#[tokio::test]
+async fn unionpay_c2b_code_paid_and_notified_once() {
+    let app = app().await;
+    let m = app.merchant("Noodles").await;
+    let r = m.create_payment(&qr_body("q-up", 3_300, "unionpay")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let qr = r.body["qr_code"].as_str().unwrap().to_string();
+    assert!(!qr.is_empty());
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["status"], "created");
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/unionpay/sandbox/pay", app.base))
+        .json(&json!({"qr_code": qr}))
+        .send()
+        .await
+        .unwrap();
+    assert!(paid.status().is_success(), "{}", paid.text().await.unwrap());
+    let p = wait_status(&m, &id, "succeeded").await;
+    assert!(p["channel_trade_no"].is_string(), "{p}");
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 1, "one payment entry");
+}

@@ -182,3 +182,44 @@ async fn unpaid_payments_cannot_be_refunded_and_alipay_refunds_at_once() {
     assert_eq!(hidden.status, 404);
     audit(&app).await;
 }
+
+#[tokio::test]
+async fn a_unionpay_payment_is_refunded_in_parts() {
+    let app = app().await;
+    let m = app.merchant("Rice").await;
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": "up-1", "amount": 2_000, "currency": "CNY", "subject": "米",
+            "method": "code_scan", "auth_code": "6212345678901234567",
+        }))
+        .await;
+    assert!(matches!(r.status.as_u16(), 201 | 202), "{:?}", r.body);
+    let pid = r.body["id"].as_str().unwrap().to_string();
+    let mut status = String::new();
+    for _ in 0..800 {
+        status = m.get_payment(&pid).await.body["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "succeeded");
+    for (no, amount) in [("up-r1", 500), ("up-r2", 1_500)] {
+        let r = refund(&m, &pid, no, amount).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        assert_eq!(
+            wait_refund(&m, r.body["id"].as_str().unwrap()).await["status"],
+            "succeeded"
+        );
+    }
+    let over = refund(&m, &pid, "up-r3", 1).await;
+    assert_eq!(
+        (over.status.as_u16(), over.code()),
+        (422, "refund_exceeds_paid")
+    );
+    assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 2_000);
+    audit(&app).await;
+}
