@@ -343,3 +343,29 @@ async fn refusals_get_clear_pages_and_create_nothing() {
     assert_eq!(payments(&m).await.len(), 1, "nothing more was created");
     assert_eq!(audit(&app).await.ledger.entries, 0);
 }
+
+#[tokio::test]
+async fn a_lost_notification_is_made_up_for_by_the_result_page_asking_the_channel() {
+    let app = spawn_app().await;
+    let m = app.merchant("Night Market").await;
+    let code = new_code(&m, json!({"store_id": "n1"})).await;
+    // The WeChat sandbox drops every notification: only querying the channel can settle it.
+    let r = app
+        .http
+        .put(format!("{}/sandbox/wechat/sandbox/faults", app.base))
+        .json(&json!({"drop_notify_pct": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let started = std::time::Instant::now();
+    pay(&Payer::new(WECHAT_UA, "zh-CN"), &code, "66.60").await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "settled by the query, not by a notification"
+    );
+    let ps = payments(&m).await;
+    assert_eq!((ps.len(), ps[0]["status"].as_str()), (1, Some("succeeded")));
+    assert_eq!(ps[0]["amount"], 6660);
+    assert_eq!(audit(&app).await.ledger.entries, 1);
+}
