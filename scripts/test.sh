@@ -38,6 +38,8 @@ need_pkg curl curl
 if [ -z "$(pg_bindir)" ]; then need_pkg /usr/lib/postgresql/15/bin/initdb postgresql; fi
 need_pkg redis-server redis-server
 need_pkg zbarimg zbar-tools
+need_pkg chromium chromium
+need_pkg chromedriver chromium-driver
 need_pkg /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc fonts-wqy-zenhei
 for extra in ${PAYMUX_TEST_EXTRA_PACKAGES:-}; do need_pkg "$extra" "$extra"; done
 
@@ -94,4 +96,7 @@ say "channel SDK conformance: unmodified public SDKs against paymux sandbox"
 cargo build --quiet --bin paymux
 "$ROOT/scripts/conformance/against-sandbox.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" all
 
-say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes"
+say "cashier in headless Chromium: static codes paid in WeChat and Alipay through the sandboxes"
+"$ROOT/scripts/cashier-browser/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux"
+
+say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes; the cashier passes in Chromium"

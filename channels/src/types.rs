@@ -297,4 +297,26 @@ pub trait Channel: Send + Sync + 'static {
     /// Downloads the bill of a day (the channel's local date) as normalised records, verified against
     /// the file's own digest and summary rows.
     async fn download_bill(&self, date: NaiveDate) -> Result<BillRecords, ChannelError>;
+
+    /// In-app (JSAPI) payments: where to send the payer's wallet app so that it comes back to
+    /// `redirect_uri` with a one-time code and `state` (WeChat OAuth `snsapi_base`, Alipay
+    /// `auth_base`). `None`: this account cannot learn the payer's id.
+    fn payer_auth_url(&self, _redirect_uri: &str, _state: &str) -> Option<String> {
+        None
+    }
+
+    /// The payer's id at the channel (WeChat `openid`, Alipay `buyer_id`) for the code the
+    /// authorisation redirect brought back.
+    async fn payer_id(&self, _code: &str) -> Result<String, ChannelError> {
+        Err(ChannelError::Config(
+            "this channel account cannot learn the payer's id".into(),
+        ))
+    }
+
+    /// A sandbox account's page that stands in for the wallet app's in-app payment call
+    /// (`WeixinJSBridge` `getBrandWCPayRequest`, `AlipayJSBridge` `tradePay`); `None` for live
+    /// accounts.
+    fn wallet_stand_in_url(&self) -> Option<String> {
+        None
+    }
 }

@@ -913,6 +913,8 @@ fn config_debug_hides_keys() {
         alipay_public_key: public,
         seller_id: None,
         notify_url: None,
+        oauth_base_url: None,
+        wallet_stand_in_url: None,
     };
     let shown = format!("{cfg:?}");
     assert!(shown.contains("2021000000000001"));
@@ -941,10 +943,117 @@ proptest! {
             alipay_public_key: public,
             seller_id: None,
             notify_url: None,
+            oauth_base_url: None,
+            wallet_stand_in_url: None,
         }).unwrap();
         prop_assert!(ali.open_reply(&bytes, "alipay.trade.pay").is_err());
         prop_assert!(ali.open_reply(text.as_bytes(), "alipay.trade.pay").is_err());
         prop_assert!(ali.verify_notification(&http::HeaderMap::new(), &bytes).is_err());
         prop_assert!(ali.verify_notification(&http::HeaderMap::new(), text.as_bytes()).is_err());
     }
+}
+
+#[tokio::test]
+async fn auth_code_buyer_id_then_the_wallet_stand_in_pays_the_jsapi_trade() {
+    let env = Env::start().await;
+    let ali = env.adapter();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let auth = ali
+        .payer_auth_url("https://shop.example/c/1/auth", "st_2")
+        .unwrap();
+    assert!(auth.starts_with(&format!(
+        "{}/oauth2/publicAppAuthorize.htm?app_id=",
+        env.base
+    )));
+    let r = no_redirect.get(&auth).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(loc.path(), "/c/1/auth");
+    let q: std::collections::HashMap<String, String> = loc.query_pairs().into_owned().collect();
+    assert_eq!(q["state"], "st_2");
+    assert_eq!(q["app_id"], env.sandbox.account().app_id);
+    // alipay.system.oauth.token: the auth_code once for the buyer's user_id.
+    let buyer = ali.payer_id(&q["auth_code"]).await.unwrap();
+    assert!(buyer.starts_with("2088") && buyer.len() == 16, "{buyer}");
+    let again = ali.payer_id(&q["auth_code"]).await.unwrap_err();
+    assert!(
+        format!("{again:?}").contains("isv.code-invalid"),
+        "{again:?}"
+    );
+    assert!(ali.payer_id("made-up").await.is_err());
+
+    let out = no("S");
+    let CreatedOrder::Jsapi { params } = ali
+        .create_order(&CreateOrder {
+            order: order(&out, 2500),
+            kind: CreateKind::Jsapi {
+                payer_id: buyer.clone(),
+            },
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("not JSAPI")
+    };
+    let trade_no = params["tradeNO"].as_str().unwrap().to_string();
+    let stand_in = ali.wallet_stand_in_url().unwrap();
+    assert_eq!(stand_in, format!("{}/sandbox/wallet", env.base));
+    let form = |trade: &str, action: &str| {
+        vec![
+            ("tradeNO".to_string(), trade.to_string()),
+            (
+                "return_url".to_string(),
+                "https://shop.example/r/2".to_string(),
+            ),
+            ("action".to_string(), action.to_string()),
+        ]
+    };
+    let unknown = no_redirect
+        .post(&stand_in)
+        .form(&form("2099000000000000000000000000", "pay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let sheet = no_redirect
+        .post(&stand_in)
+        .form(&form(&trade_no, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sheet.status(), 200);
+    assert!(sheet.text().await.unwrap().contains("¥25.00"));
+    assert_eq!(
+        ali.query(&out).await.unwrap().state,
+        TradeState::UserPaying,
+        "waiting for its buyer"
+    );
+    let paid = no_redirect
+        .post(&stand_in)
+        .form(&form(&trade_no, "pay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 302);
+    assert_eq!(paid.headers()["location"], "https://shop.example/r/2");
+    let trade = ali.query(&out).await.unwrap();
+    assert_eq!(trade.state, TradeState::Succeeded);
+    assert_eq!(trade.payer_id.as_deref(), Some(buyer.as_str()));
+    env.wait_for(|ns| {
+        ns.iter().find_map(|n| match &n.event {
+            NotificationEvent::Payment { trade } if trade.out_trade_no == out => Some(()),
+            _ => None,
+        })
+    })
+    .await;
+    let twice = no_redirect
+        .post(&stand_in)
+        .form(&form(&trade_no, "pay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 409);
 }

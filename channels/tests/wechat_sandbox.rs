@@ -740,3 +740,149 @@ async fn bills_from_the_books() {
         matches!(wx.download_bill(today).await, Err(ChannelError::Rejected { code, .. }) if code == "NO_STATEMENT_EXIST")
     );
 }
+
+/// Query parameters of a redirect's `Location`.
+fn location_query(resp: &reqwest::Response) -> std::collections::HashMap<String, String> {
+    let loc = resp.headers()["location"].to_str().unwrap();
+    let url = reqwest::Url::parse(loc).unwrap();
+    url.query_pairs().into_owned().collect()
+}
+
+#[tokio::test]
+async fn oauth_openid_then_the_wallet_stand_in_verifies_pay_sign_and_pays() {
+    let env = Env::start().await;
+    let wx = env.adapter();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // OAuth: the authorize redirect brings a code and the state back to the page.
+    let auth = wx
+        .payer_auth_url("https://shop.example/c/1/auth?x=1", "st_1")
+        .expect("the sandbox account has an app secret");
+    assert!(auth.starts_with(&format!("{}/connect/oauth2/authorize?appid=", env.base)));
+    let r = no_redirect.get(&auth).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let q = location_query(&r);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("https://shop.example/c/1/auth?x=1&code=")
+    );
+    assert_eq!(q["state"], "st_1");
+    let openid = wx.payer_id(&q["code"]).await.unwrap();
+    assert!(openid.starts_with('o') && openid.len() == 28, "{openid}");
+    // A code works once; a wrong secret or app is refused.
+    let again = wx.payer_id(&q["code"]).await.unwrap_err();
+    assert!(
+        matches!(&again, ChannelError::Rejected { code, .. } if code == "40029"),
+        "{again}"
+    );
+    let token_url = format!("{}/sns/oauth2/access_token", env.base);
+    let r = no_redirect.get(&auth).send().await.unwrap();
+    let code2 = location_query(&r)["code"].clone();
+    let bad: serde_json::Value = env
+        .http
+        .get(&token_url)
+        .query(&[
+            ("appid", env.sandbox.account().appid.as_str()),
+            ("secret", "not-the-secret"),
+            ("code", &code2),
+            ("grant_type", "authorization_code"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["errcode"], 40125);
+    let bad_app = no_redirect
+        .get(auth.replace(&env.sandbox.account().appid, "wx0000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_app.status(), 400);
+
+    // The JSAPI order for that openid, and the stand-in of getBrandWCPayRequest.
+    let out = no("S");
+    let CreatedOrder::Jsapi { params } = wx
+        .create_order(&CreateOrder {
+            order: order(&out, 1234),
+            kind: CreateKind::Jsapi {
+                payer_id: openid.clone(),
+            },
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("not JSAPI params")
+    };
+    let stand_in = wx.wallet_stand_in_url().expect("sandbox stand-in");
+    assert_eq!(stand_in, format!("{}/sandbox/wallet", env.base));
+    let form = |action: &str, pay_sign: &str| {
+        let mut f: Vec<(String, String)> =
+            ["appId", "timeStamp", "nonceStr", "package", "signType"]
+                .iter()
+                .map(|k| (k.to_string(), params[*k].as_str().unwrap().to_string()))
+                .collect();
+        f.push(("paySign".into(), pay_sign.to_string()));
+        f.push(("return_url".into(), "https://shop.example/r/1".into()));
+        f.push(("action".into(), action.into()));
+        f
+    };
+    let good_sign = params["paySign"].as_str().unwrap();
+    // A forged paySign is refused at every step and pays nothing.
+    let mut forged = good_sign.to_string().into_bytes();
+    forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let r = no_redirect
+        .post(&stand_in)
+        .form(&form("pay", &forged))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("paySign"));
+    assert_eq!(wx.query(&out).await.unwrap().state, TradeState::NotPaid);
+    // The sheet shows the order; paying returns to the page and notifies.
+    let sheet = no_redirect
+        .post(&stand_in)
+        .form(&form("", good_sign))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sheet.status(), 200);
+    let html = sheet.text().await.unwrap();
+    assert!(
+        html.contains("¥12.34") && html.contains("id=\"pay\""),
+        "{html}"
+    );
+    let paid = no_redirect
+        .post(&stand_in)
+        .form(&form("pay", good_sign))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 302);
+    assert_eq!(paid.headers()["location"], "https://shop.example/r/1");
+    let trade = wx.query(&out).await.unwrap();
+    assert_eq!(trade.state, TradeState::Succeeded);
+    assert_eq!(trade.payer_id.as_deref(), Some(openid.as_str()));
+    env.wait_for(|ns| {
+        ns.iter().find_map(|n| match &n.event {
+            NotificationEvent::Payment { trade } if trade.out_trade_no == out => Some(()),
+            _ => None,
+        })
+    })
+    .await;
+    // Paid orders cannot be paid again.
+    let twice = no_redirect
+        .post(&stand_in)
+        .form(&form("pay", good_sign))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 409);
+}

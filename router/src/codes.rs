@@ -6,8 +6,8 @@
 //! are public under `/c/<id>/…`, like the printed code itself.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
@@ -21,7 +21,6 @@ use crate::AppState;
 use crate::auth::Merchant;
 use crate::db::{Db, now_us, us_to_datetime};
 use crate::error::{ApiError, ApiResult};
-use crate::paylink::{Lang, escape_html, page, yuan};
 use crate::payments::api::{AMOUNT_MINOR_MAX, check_text, parse_json};
 
 /// `/v1/codes…` (signed merchant requests).
@@ -32,11 +31,9 @@ pub fn router() -> Router<AppState> {
         .route("/codes/{id}/disable", post(disable_code))
 }
 
-/// `/c/…` (public: the code's page and its images).
+/// `/c/{id}/…` (public: the code's images; the page itself is the [`crate::cashier`]).
 pub fn public_router() -> Router<AppState> {
-    Router::new()
-        .route("/c/{id}", get(code_page))
-        .route("/c/{id}/{file}", get(code_image))
+    Router::new().route("/c/{id}/{file}", get(code_image))
 }
 
 /// Store and terminal ids go into the EMV payload's additional data (62.03 / 62.07, at most 25).
@@ -460,121 +457,4 @@ pub async fn code_image(
         body,
     )
         .into_response())
-}
-
-fn message_page(
-    status: StatusCode,
-    lang: Lang,
-    id: &str,
-    zh: (&str, &str),
-    en: (&str, &str),
-) -> Response {
-    let (title, text) = match lang {
-        Lang::Zh => zh,
-        Lang::En => en,
-    };
-    let body = format!("<h1>{title}</h1><p class=\"muted\" id=\"{id}\">{text}</p>");
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(page(lang, title, &body)),
-    )
-        .into_response()
-}
-
-/// `GET /c/{id}`: the page a payer's app opens when scanning the code — the merchant, the store,
-/// the fixed amount if any, the wallets accepted and the app it was opened in. A disabled or
-/// unknown code gets a clear page; nothing is written.
-pub async fn code_page(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let lang = Lang::of(&headers);
-    let unknown = || {
-        message_page(
-            StatusCode::NOT_FOUND,
-            lang,
-            "error",
-            ("收款码无效", "找不到此收款码，请向商户确认。"),
-            (
-                "Unknown code",
-                "This payment code does not exist. Please ask the merchant.",
-            ),
-        )
-    };
-    let Ok(id) = Uuid::parse_str(&id) else {
-        return unknown();
-    };
-    let row = match get_row(&state.db, None, id).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return unknown(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    if !row.active() {
-        return message_page(
-            StatusCode::GONE,
-            lang,
-            "disabled",
-            (
-                "收款码已停用",
-                "此收款码已被商户停用，请勿付款，请向商户索取新的收款码。",
-            ),
-            (
-                "Code disabled",
-                "The merchant has disabled this code. Do not pay; ask the merchant for a new one.",
-            ),
-        );
-    }
-    let name = match merchant_name(&state.db, row.merchant_id).await {
-        Ok(n) => n,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let app = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(paymux_qrcode::useragent::detect)
-        .and_then(|a| a.wallet());
-    let label = |w: WalletBrand| match lang {
-        Lang::Zh => render::wallet_label_zh(w),
-        Lang::En => render::wallet_label_en(w),
-    };
-    let wallets: Vec<&str> = accepted_wallets(&state, row.merchant_id)
-        .await
-        .into_iter()
-        .map(label)
-        .collect();
-    let (pay_to, accepted, opened_in) = match lang {
-        Lang::Zh => ("付款给", "可用", "当前应用"),
-        Lang::En => ("Pay to", "Accepted", "Opened in"),
-    };
-    let mut body = format!("<h1>{pay_to} {}</h1>", escape_html(&name));
-    if let Some(store) = row.description.as_ref().or(row.store_id.as_ref()) {
-        body.push_str(&format!(
-            "<p class=\"muted\" id=\"store\">{}</p>",
-            escape_html(store)
-        ));
-    }
-    if let Some(a) = row.fixed_amount_minor {
-        body.push_str(&format!(
-            "<p class=\"amount\" id=\"amount\">¥{}</p>",
-            yuan(a)
-        ));
-    }
-    body.push_str(&format!(
-        "<p class=\"muted\" id=\"wallets\">{accepted}: {}</p>",
-        wallets.join(" · ")
-    ));
-    if let Some(w) = app {
-        body.push_str(&format!(
-            "<p class=\"muted\" id=\"app\">{opened_in}: {}</p>",
-            label(w)
-        ));
-    }
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(page(lang, &name, &body)),
-    )
-        .into_response()
 }

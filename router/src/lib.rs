@@ -16,7 +16,9 @@
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
 //! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet.
-//! - [`codes`]: static merchant codes (`/v1/codes`, the public `/c/{id}` page and images).
+//! - [`codes`]: static merchant codes (`/v1/codes`, their public images under `/c/{id}/…`).
+//! - [`cashier`]: the one-code cashier `/c/{id}` — the scanning app's page, the amount, the
+//!   wallet's OAuth and in-app payment, the result page.
 //! - [`routing`]: merchants' channel accounts and routes — the live registry, the route choice, the
 //!   admin API under `/admin/v1`.
 //! - [`reconciliation`]: `paymux reconcile` — bills against our records, resolutions, channel and
@@ -25,6 +27,7 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod cashier;
 pub mod cli;
 pub mod codes;
 pub mod config;

@@ -281,6 +281,7 @@ pub fn router(state: AppState) -> Router {
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
         .route("/p/{token}", get(crate::paylink::show))
         .merge(crate::codes::public_router())
+        .merge(crate::cashier::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

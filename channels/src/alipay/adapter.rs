@@ -29,6 +29,9 @@ use crate::{
 /// The production gateway.
 pub const GATEWAY: &str = "https://openapi.alipay.com/gateway.do";
 
+/// The host a payer's Alipay is sent to for authorisation (`auth_base`).
+pub const OAUTH_BASE: &str = "https://openauth.alipay.com";
+
 /// How many times `alipay.trade.cancel` is retried while Alipay answers `retry_flag=Y`.
 pub const CANCEL_RETRIES: u32 = 3;
 
@@ -50,6 +53,13 @@ pub struct AlipayConfig {
     pub seller_id: Option<String>,
     /// The default `notify_url` of created orders.
     pub notify_url: Option<String>,
+    /// Base URL of the payer authorisation page (`/oauth2/publicAppAuthorize.htm`) of in-app
+    /// (JSAPI) payments; unset: [`OAUTH_BASE`].
+    #[serde(default)]
+    pub oauth_base_url: Option<String>,
+    /// A sandbox's page standing in for `AlipayJSBridge` `tradePay` (sandbox only).
+    #[serde(default)]
+    pub wallet_stand_in_url: Option<String>,
 }
 
 impl std::fmt::Debug for AlipayConfig {
@@ -221,6 +231,7 @@ impl Alipay {
         &self,
         method: &str,
         biz: &Value,
+        top: &[(&str, &str)],
         notify_url: Option<&str>,
     ) -> BTreeMap<String, String> {
         let mut p = BTreeMap::new();
@@ -243,7 +254,12 @@ impl Alipay {
         if let Some(u) = notify_url {
             put("notify_url", u);
         }
-        put("biz_content", &biz.to_string());
+        if !biz.is_null() {
+            put("biz_content", &biz.to_string());
+        }
+        for (k, v) in top {
+            put(k, v);
+        }
         let sign = sign::sign_request(
             &self.signer,
             p.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -257,9 +273,10 @@ impl Alipay {
         &self,
         method: &str,
         biz: &Value,
+        top: &[(&str, &str)],
         notify_url: Option<&str>,
     ) -> Result<(reqwest::Url, String), ChannelError> {
-        let params = self.params(method, biz, notify_url);
+        let params = self.params(method, biz, top, notify_url);
         let mut url = reqwest::Url::parse(&self.cfg.base_url)
             .map_err(|e| ChannelError::Config(format!("base_url: {e}")))?;
         let mut body = form_urlencoded::Serializer::new(String::new());
@@ -283,7 +300,19 @@ impl Alipay {
         biz: &Value,
         notify_url: Option<&str>,
     ) -> Result<Reply, ChannelError> {
-        let (url, body) = self.request_parts(method, biz, notify_url)?;
+        self.call_with(method, biz, &[], notify_url).await
+    }
+
+    /// Calls a method with common-level parameters of its own (`top`; e.g. `grant_type` and `code`
+    /// of `alipay.system.oauth.token`) and, unless `biz` is null, a `biz_content`.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        biz: &Value,
+        top: &[(&str, &str)],
+        notify_url: Option<&str>,
+    ) -> Result<Reply, ChannelError> {
+        let (url, body) = self.request_parts(method, biz, top, notify_url)?;
         let req = self
             .client
             .post(url)
@@ -664,6 +693,46 @@ impl Channel for Alipay {
 
     fn notification_reply(&self, ok: bool) -> NotificationReply {
         notify::reply(ok)
+    }
+
+    fn payer_auth_url(&self, redirect_uri: &str, state: &str) -> Option<String> {
+        let base = self
+            .cfg
+            .oauth_base_url
+            .as_deref()
+            .unwrap_or(OAUTH_BASE)
+            .trim_end_matches('/');
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        Some(format!(
+            "{base}/oauth2/publicAppAuthorize.htm?app_id={}&scope=auth_base&redirect_uri={}&state={}",
+            enc(&self.cfg.app_id),
+            enc(redirect_uri),
+            enc(state)
+        ))
+    }
+
+    async fn payer_id(&self, code: &str) -> Result<String, ChannelError> {
+        let r = self
+            .call_with(
+                "alipay.system.oauth.token",
+                &Value::Null,
+                &[("grant_type", "authorization_code"), ("code", code)],
+                None,
+            )
+            .await?;
+        if r.error_node || r.str("code").is_some_and(|c| c != "10000") {
+            return Err(r.error());
+        }
+        r.str("user_id")
+            .or(r.str("open_id"))
+            .map(str::to_string)
+            .ok_or_else(|| ChannelError::Protocol("oauth token answer without user_id".into()))
+    }
+
+    fn wallet_stand_in_url(&self) -> Option<String> {
+        self.cfg.wallet_stand_in_url.clone()
     }
 
     async fn download_bill(&self, date: NaiveDate) -> Result<BillRecords, ChannelError> {

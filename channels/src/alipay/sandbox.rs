@@ -10,6 +10,14 @@
 //! | `GET`/`PUT /sandbox/faults` | fault injection |
 //! | `POST /sandbox/notifications/{out_trade_no}` `?times=N` | re-send the payment notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
+//! | `GET /oauth2/publicAppAuthorize.htm?app_id&scope=auth_base&redirect_uri&state` | payer authorisation: 302 to `redirect_uri` with `auth_code`, `app_id`, `scope` and `state` (a new payer each time) |
+//! | `POST /sandbox/wallet` (form: `tradeNO`, `return_url`, `action`) | stands in for `AlipayJSBridge` `tradePay` |
+//!
+//! `alipay.system.oauth.token` (common-level `grant_type=authorization_code`, `code`) exchanges an
+//! `auth_code` (once, within 5 min) for the payer's `user_id`, which `alipay.trade.create` takes as
+//! `buyer_id`. The wallet stand-in shows a JSAPI trade waiting for its buyer; `action=pay` pays it
+//! as that buyer (the notification follows as for any payment) and returns to `return_url`;
+//! `action=cancel` returns without paying.
 //!
 //! Parameters come from the query string and/or the form body (both form-decoded, `+` is a space);
 //! the sandbox speaks `charset=utf-8` only.
@@ -127,6 +135,11 @@ impl SandboxAccount {
             alipay_public_key: self.alipay_public_key.clone(),
             seller_id: Some(self.seller_id.clone()),
             notify_url,
+            oauth_base_url: Some(gateway_url.trim_end_matches("/gateway.do").to_string()),
+            wallet_stand_in_url: Some(format!(
+                "{}/sandbox/wallet",
+                gateway_url.trim_end_matches("/gateway.do")
+            )),
         }
     }
 }
@@ -141,6 +154,8 @@ struct Inner {
     notifier: Notifier,
     /// Bill download tokens: token → (bill date, expiry unix seconds).
     bill_tokens: Mutex<HashMap<String, (NaiveDate, i64)>>,
+    /// Outstanding payer authorisation codes.
+    oauth: sandbox::OAuthCodes,
 }
 
 /// A running Alipay sandbox (its state); [`AlipaySandbox::router`] serves it.
@@ -381,6 +396,7 @@ impl AlipaySandbox {
             faults,
             notifier,
             bill_tokens: Mutex::new(HashMap::new()),
+            oauth: sandbox::OAuthCodes::default(),
         })))
     }
 
@@ -411,7 +427,9 @@ impl AlipaySandbox {
             .route("/sandbox/bill/{token}", get(bill_file))
             .route("/sandbox/pay", post(wallet_pay))
             .route("/sandbox/notifications/{no}", post(resend))
-            .route("/sandbox/account", get(public_account));
+            .route("/sandbox/account", get(public_account))
+            .route("/sandbox/wallet", post(wallet_stand_in))
+            .route("/oauth2/publicAppAuthorize.htm", get(oauth_authorize));
         api.merge(tools)
             .merge(sandbox::faults_router(self.0.faults.clone()))
             .with_state(self.clone())
@@ -583,6 +601,7 @@ async fn gateway(
     let result = match call.method.as_str() {
         "alipay.trade.precreate" => sb.precreate(&call).await,
         "alipay.trade.create" => sb.create(&call).await,
+        "alipay.system.oauth.token" => sb.oauth_token(&call),
         "alipay.trade.pay" => sb.pay(&call).await,
         "alipay.trade.query" => sb.query(&call).await,
         "alipay.trade.close" => sb.close(&call).await,
@@ -781,6 +800,30 @@ impl AlipaySandbox {
         let mut m = Map::new();
         m.insert("out_trade_no".into(), json!(t.out_trade_no));
         m.insert("qr_code".into(), json!(qr(&token)));
+        Ok(m)
+    }
+
+    /// `alipay.system.oauth.token`: an authorisation code (once) for the payer's `user_id`.
+    fn oauth_token(&self, call: &Call) -> BizResult {
+        let top = |k: &str| call.params.get(k).map(String::as_str).unwrap_or("");
+        if top("grant_type") != "authorization_code" {
+            return Err(Biz::new(
+                "40002",
+                "isv.grant-type-invalid",
+                "不支持的grant_type",
+            ));
+        }
+        let user_id = self
+            .0
+            .oauth
+            .redeem(&self.0.account.app_id, top("code"))
+            .ok_or_else(|| Biz::new("40002", "isv.code-invalid", "授权码code无效"))?;
+        let mut m = Map::new();
+        m.insert("user_id".into(), json!(user_id));
+        m.insert("access_token".into(), json!(crypto::random_alnum(40)));
+        m.insert("expires_in".into(), json!(1_209_600));
+        m.insert("refresh_token".into(), json!(crypto::random_alnum(40)));
+        m.insert("re_expires_in".into(), json!(2_592_000));
         Ok(m)
     }
 
@@ -1525,6 +1568,114 @@ async fn public_account(State(sb): State<AlipaySandbox>) -> Json<Value> {
         "app_id": a.app_id, "seller_id": a.seller_id,
         "app_public_key": a.app_public_key, "alipay_public_key": a.alipay_public_key,
     }))
+}
+
+/// `GET /oauth2/publicAppAuthorize.htm`: the payer's Alipay authorises silently (`auth_base`)
+/// and comes back to `redirect_uri` with a one-time `auth_code`. Every authorisation is a new
+/// sandbox payer.
+async fn oauth_authorize(
+    State(sb): State<AlipaySandbox>,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let q = sandbox::form_fields(uri.query().unwrap_or("").as_bytes());
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let bad = |m: &str| {
+        sandbox::stand_in_page(
+            StatusCode::BAD_REQUEST,
+            "授权失败",
+            &format!("<h1 id=\"error\">{}</h1>", sandbox::escape_html(m)),
+        )
+    };
+    let app_id = &sb.0.account.app_id;
+    if field("app_id") != app_id {
+        return bad("app_id 无效");
+    }
+    if !matches!(field("scope"), "auth_base" | "auth_user") {
+        return bad("scope 参数错误");
+    }
+    let Some(code) = sb.0.oauth.issue(app_id, buyer_id()) else {
+        return bad("系统繁忙");
+    };
+    let params = [
+        ("app_id", app_id.as_str()),
+        ("source", "alipay_wallet"),
+        ("scope", field("scope")),
+        ("auth_code", code.as_str()),
+        ("state", field("state")),
+    ];
+    match sandbox::oauth_redirect(field("redirect_uri"), &params) {
+        Some(location) => sandbox::found(&location),
+        None => bad("redirect_uri 参数错误"),
+    }
+}
+
+/// `POST /sandbox/wallet`: stands in for the Alipay app's `tradePay` sheet of a JSAPI trade.
+async fn wallet_stand_in(State(sb): State<AlipaySandbox>, body: Bytes) -> Response {
+    let f = sandbox::form_fields(&body);
+    let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let fail = |status: StatusCode, m: &str| {
+        sandbox::stand_in_page(
+            status,
+            "支付失败",
+            &format!(
+                "<h1>支付宝</h1><p id=\"error\">{}</p>",
+                sandbox::escape_html(m)
+            ),
+        )
+    };
+    let Some(return_url) = sandbox::oauth_redirect(field("return_url"), &[]) else {
+        return fail(StatusCode::BAD_REQUEST, "return_url 无效");
+    };
+    let no: Option<String> = match sqlx::query_scalar(
+        "SELECT out_trade_no FROM trades WHERE trade_no = ?1 AND kind = 'JSAPI'",
+    )
+    .bind(field("tradeNO"))
+    .fetch_optional(&sb.0.db)
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let t = match no {
+        Some(no) => match sb.load(&no).await {
+            Ok(Some(t)) => t,
+            _ => return fail(StatusCode::NOT_FOUND, "交易不存在"),
+        },
+        None => return fail(StatusCode::NOT_FOUND, "交易不存在"),
+    };
+    match field("action") {
+        "cancel" => return sandbox::found(&return_url),
+        "pay" => {
+            if t.trade_status != "WAIT_BUYER_PAY" {
+                return fail(
+                    StatusCode::CONFLICT,
+                    &format!("交易状态为 {}，不能支付", t.trade_status),
+                );
+            }
+            return match sb.mark_paid(&t.out_trade_no, &t.trade_status, None).await {
+                Ok(true) => sandbox::found(&return_url),
+                Ok(false) => fail(StatusCode::CONFLICT, "交易已变化，不能支付"),
+                Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, &e.sub_msg),
+            };
+        }
+        _ => {}
+    }
+    let hidden = sandbox::hidden_inputs(&[
+        ("tradeNO", field("tradeNO")),
+        ("return_url", field("return_url")),
+    ]);
+    let body = format!(
+        "<h1>支付宝</h1><p id=\"description\">{subject}</p>\
+<p class=\"amount\" id=\"total\">¥{amount}</p><p id=\"state\">{state}</p>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"pay\">\
+<button id=\"pay\" type=\"submit\">确认付款 Pay</button></form>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"cancel\">\
+<button id=\"cancel\" type=\"submit\">取消 Cancel</button></form>",
+        subject = sandbox::escape_html(&t.subject),
+        amount = yuan(t.total),
+        state = sandbox::escape_html(&t.trade_status),
+    );
+    sandbox::stand_in_page(StatusCode::OK, "支付宝", &body)
 }
 
 #[cfg(test)]

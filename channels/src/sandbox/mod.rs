@@ -360,6 +360,145 @@ pub fn digits(n: usize) -> String {
         .collect()
 }
 
+/// How long an OAuth code of a sandbox's authorize redirect can be exchanged (once).
+pub const OAUTH_CODE_TTL: Duration = Duration::from_secs(300);
+/// Most OAuth codes a sandbox keeps outstanding (the oldest expired ones are dropped first).
+pub const OAUTH_CODES_MAX: usize = 10_000;
+
+/// The one-time codes of a sandbox's OAuth authorize redirect: each names the payer whose wallet
+/// app authorised, for one app, until redeemed or [`OAUTH_CODE_TTL`] has passed.
+#[derive(Debug, Default)]
+pub struct OAuthCodes(std::sync::Mutex<std::collections::HashMap<String, OAuthGrant>>);
+
+#[derive(Debug)]
+struct OAuthGrant {
+    app_id: String,
+    payer_id: String,
+    issued: std::time::Instant,
+}
+
+impl OAuthCodes {
+    /// A fresh code for `payer_id` at `app_id`; `None` when too many are outstanding.
+    pub fn issue(&self, app_id: &str, payer_id: String) -> Option<String> {
+        let mut codes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if codes.len() >= OAUTH_CODES_MAX {
+            codes.retain(|_, g| g.issued.elapsed() < OAUTH_CODE_TTL);
+            if codes.len() >= OAUTH_CODES_MAX {
+                return None;
+            }
+        }
+        let code = crate::crypto::random_alnum(32);
+        codes.insert(
+            code.clone(),
+            OAuthGrant {
+                app_id: app_id.to_string(),
+                payer_id,
+                issued: std::time::Instant::now(),
+            },
+        );
+        Some(code)
+    }
+
+    /// The payer of a code issued for `app_id`, once: a redeemed, expired, unknown or other app's
+    /// code is `None`.
+    pub fn redeem(&self, app_id: &str, code: &str) -> Option<String> {
+        let mut codes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let grant = codes.remove(code)?;
+        (grant.app_id == app_id && grant.issued.elapsed() < OAUTH_CODE_TTL)
+            .then_some(grant.payer_id)
+    }
+}
+
+/// `redirect_uri` with the authorisation's query parameters appended; `None` unless it is an
+/// absolute http(s) URL.
+pub fn oauth_redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Option<String> {
+    let mut url = reqwest::Url::parse(redirect_uri).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    if !params.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+    }
+    Some(url.to_string())
+}
+
+/// A `302 Found` to `location` (OAuth redirects).
+pub fn found(location: &str) -> Response {
+    match axum::http::HeaderValue::from_str(location) {
+        Ok(v) => (
+            axum::http::StatusCode::FOUND,
+            [(axum::http::header::LOCATION, v)],
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+/// Form fields (`application/x-www-form-urlencoded` body or query string) by name; a repeated
+/// name keeps its first value.
+pub fn form_fields(bytes: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(bytes) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    out
+}
+
+/// Text safe inside HTML element content and quoted attribute values.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A wallet stand-in page: small, no external assets, for a narrow phone screen.
+pub fn stand_in_page(status: axum::http::StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{title}</title>\
+<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:auto;padding:1.25rem}}\
+.amount{{font-size:2.25rem;font-weight:700}}button{{font-size:1.1rem;padding:.75rem;width:100%;margin:.4rem 0}}\
+.sandbox{{color:#a60;font-size:.85rem}}</style></head><body>\
+<p class=\"sandbox\">SANDBOX · 沙箱钱包（代替钱包应用）</p>{body}</body></html>",
+        title = escape_html(title),
+    );
+    (
+        status,
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// Hidden inputs carrying form fields on to the next step.
+pub fn hidden_inputs(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape_html(k),
+                escape_html(v)
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

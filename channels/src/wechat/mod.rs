@@ -30,6 +30,11 @@ use sign::{EncryptedResource, PlatformKeys};
 /// The production host.
 pub const API_BASE: &str = "https://api.mch.weixin.qq.com";
 
+/// The host a payer's WeChat is sent to for OAuth (`snsapi_base`).
+pub const OAUTH_AUTHORIZE_BASE: &str = "https://open.weixin.qq.com";
+/// The host that exchanges an OAuth code for the payer's `openid`.
+pub const OAUTH_API_BASE: &str = "https://api.weixin.qq.com";
+
 /// How far a response or notification timestamp may be from our clock.
 pub const MAX_SKEW_SECS: i64 = 300;
 
@@ -49,6 +54,17 @@ pub struct WechatConfig {
     /// The 32-character APIv3 key.
     pub api_v3_key: String,
     pub notify_url: Option<String>,
+    /// The official account's AppSecret, for the OAuth `snsapi_base` step of in-app (JSAPI)
+    /// payments (the payer's `openid`). Without it the account takes no JSAPI payments.
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    /// Base URL of the OAuth endpoints (`/connect/oauth2/authorize`, `/sns/oauth2/access_token`);
+    /// unset: WeChat's own hosts ([`OAUTH_AUTHORIZE_BASE`], [`OAUTH_API_BASE`]).
+    #[serde(default)]
+    pub oauth_base_url: Option<String>,
+    /// A sandbox's page standing in for `WeixinJSBridge` `getBrandWCPayRequest` (sandbox only).
+    #[serde(default)]
+    pub wallet_stand_in_url: Option<String>,
 }
 
 impl std::fmt::Debug for WechatConfig {
@@ -746,6 +762,65 @@ impl Channel for WechatPay {
                 body: br#"{"code":"FAIL","message":"processing failed, please retry"}"#.to_vec(),
             }
         }
+    }
+
+    fn payer_auth_url(&self, redirect_uri: &str, state: &str) -> Option<String> {
+        self.cfg.app_secret.as_ref()?;
+        let base = self
+            .cfg
+            .oauth_base_url
+            .as_deref()
+            .unwrap_or(OAUTH_AUTHORIZE_BASE)
+            .trim_end_matches('/');
+        Some(format!(
+            "{base}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&scope=snsapi_base&state={}#wechat_redirect",
+            enc(&self.cfg.appid),
+            enc(redirect_uri),
+            enc(state)
+        ))
+    }
+
+    async fn payer_id(&self, code: &str) -> Result<String, ChannelError> {
+        let secret = self.cfg.app_secret.as_deref().ok_or_else(|| {
+            ChannelError::Config(
+                "no app_secret: the account cannot learn the payer's openid".into(),
+            )
+        })?;
+        let base = self
+            .cfg
+            .oauth_base_url
+            .as_deref()
+            .unwrap_or(OAUTH_API_BASE)
+            .trim_end_matches('/');
+        let url = format!(
+            "{base}/sns/oauth2/access_token?appid={}&secret={}&code={}&grant_type=authorization_code",
+            enc(&self.cfg.appid),
+            enc(secret),
+            enc(code)
+        );
+        let resp = chttp::send(self.client.get(&url), self.timeouts.call).await?;
+        if resp.status != 200 {
+            return Err(ChannelError::Unknown(format!(
+                "oauth2/access_token: HTTP {}",
+                resp.status
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| ChannelError::Protocol(format!("oauth2/access_token: {e}")))?;
+        if let Some(openid) = v["openid"].as_str().filter(|o| !o.is_empty()) {
+            return Ok(openid.to_string());
+        }
+        Err(ChannelError::Rejected {
+            code: v["errcode"]
+                .as_i64()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "NO_OPENID".into()),
+            message: v["errmsg"].as_str().unwrap_or("no openid").to_string(),
+        })
+    }
+
+    fn wallet_stand_in_url(&self) -> Option<String> {
+        self.cfg.wallet_stand_in_url.clone()
     }
 
     async fn download_bill(&self, date: NaiveDate) -> Result<BillRecords, ChannelError> {

@@ -13,6 +13,15 @@
 //! | `GET`/`PUT /sandbox/faults` | fault injection |
 //! | `POST /sandbox/notifications/{out_trade_no}` `?times=N` | re-send the payment notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
+//! | `GET /connect/oauth2/authorize?appid&redirect_uri&response_type=code&scope=snsapi_base&state` | OAuth: 302 to `redirect_uri` with `code` and `state` (a new payer each time) |
+//! | `GET /sns/oauth2/access_token?appid&secret&code&grant_type=authorization_code` | `{access_token, expires_in, refresh_token, openid, scope}`; a code works once, for 5 min |
+//! | `POST /sandbox/wallet` (form: the JSAPI params, `return_url`, `action`) | stands in for `WeixinJSBridge` `getBrandWCPayRequest` |
+//!
+//! The wallet stand-in verifies `paySign` (SHA256withRSA over `appId\ntimeStamp\nnonceStr\npackage\n`)
+//! with the merchant's public key on every step, shows the order, and on `action=pay` pays the
+//! `prepay_id` as the payer the order was created for (the notification follows as for any
+//! payment), then returns to `return_url`; `action=cancel` returns without paying. The app secret
+//! of the OAuth exchange is [`SandboxAccount::app_secret`].
 //!
 //! Payment codes: 18 digits starting `10`–`15`; the last four digits choose the payer
 //! ([`PayerBehaviour`]): `1001` password then paid, `1002` password then never, `1003` not enough
@@ -101,6 +110,13 @@ impl SandboxAccount {
         })
     }
 
+    /// The official account's AppSecret of the OAuth exchange (derived from the APIv3 key, so
+    /// account files written before it existed keep working).
+    pub fn app_secret(&self) -> String {
+        let digest = sha2::Sha256::digest(format!("sandbox app secret {}", self.api_v3_key));
+        hex::encode(&digest[..16])
+    }
+
     /// The adapter configuration a merchant of this sandbox uses.
     pub fn client_config(&self, base_url: &str, notify_url: Option<String>) -> WechatConfig {
         WechatConfig {
@@ -115,6 +131,9 @@ impl SandboxAccount {
             )],
             api_v3_key: self.api_v3_key.clone(),
             notify_url,
+            app_secret: Some(self.app_secret()),
+            oauth_base_url: Some(base_url.to_string()),
+            wallet_stand_in_url: Some(format!("{base_url}/sandbox/wallet")),
         }
     }
 }
@@ -129,6 +148,8 @@ struct Inner {
     notifier: Notifier,
     /// Refunds of the sandbox are applied one at a time (check and reserve in one step).
     refund_lock: tokio::sync::Mutex<()>,
+    /// Outstanding OAuth codes.
+    oauth: sandbox::OAuthCodes,
 }
 
 /// A running WeChat sandbox (its state); [`WechatSandbox::router`] serves it.
@@ -210,6 +231,7 @@ impl WechatSandbox {
             faults,
             notifier,
             refund_lock: tokio::sync::Mutex::new(()),
+            oauth: sandbox::OAuthCodes::default(),
         })))
     }
 
@@ -253,7 +275,10 @@ impl WechatSandbox {
         let tools = axum::Router::new()
             .route("/sandbox/pay", post(wallet_pay))
             .route("/sandbox/notifications/{no}", post(resend))
-            .route("/sandbox/account", get(public_account));
+            .route("/sandbox/account", get(public_account))
+            .route("/sandbox/wallet", post(wallet_stand_in))
+            .route("/connect/oauth2/authorize", get(oauth_authorize))
+            .route("/sns/oauth2/access_token", get(oauth_access_token));
         api.merge(tools)
             .merge(sandbox::faults_router(self.0.faults.clone()))
             .with_state(self.clone())
@@ -1361,4 +1386,189 @@ async fn public_account(State(sb): State<WechatSandbox>) -> Json<Value> {
         "mchid": a.mchid, "appid": a.appid, "merchant_serial": a.merchant_serial,
         "platform_serial": a.platform_serial, "platform_public_key": a.platform_public_key,
     }))
+}
+
+/// WeChat's OAuth error answer (`{"errcode","errmsg"}`, HTTP 200).
+fn oauth_error(errcode: i64, errmsg: &str) -> Response {
+    Json(json!({"errcode": errcode, "errmsg": errmsg})).into_response()
+}
+
+/// `GET /connect/oauth2/authorize`: the payer's WeChat authorises silently (`snsapi_base`) and
+/// comes back to `redirect_uri` with a one-time `code` and the `state`. Every authorisation is a
+/// new sandbox payer.
+async fn oauth_authorize(
+    State(sb): State<WechatSandbox>,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let q = sandbox::form_fields(uri.query().unwrap_or("").as_bytes());
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let bad = |m: &str| {
+        sandbox::stand_in_page(
+            StatusCode::BAD_REQUEST,
+            "授权失败",
+            &format!("<h1 id=\"error\">{}</h1>", sandbox::escape_html(m)),
+        )
+    };
+    if field("appid") != sb.0.account.appid {
+        return bad("appid 无效");
+    }
+    if field("response_type") != "code" {
+        return bad("response_type 必须为 code");
+    }
+    if !matches!(field("scope"), "snsapi_base" | "snsapi_userinfo") {
+        return bad("scope 参数错误");
+    }
+    if field("state").len() > 128 {
+        return bad("state 超过 128 字节");
+    }
+    let openid = format!("o{}", crypto::random_alnum(27));
+    let Some(code) = sb.0.oauth.issue(&sb.0.account.appid, openid) else {
+        return bad("系统繁忙");
+    };
+    match sandbox::oauth_redirect(
+        field("redirect_uri"),
+        &[("code", &code), ("state", field("state"))],
+    ) {
+        Some(location) => sandbox::found(&location),
+        None => bad("redirect_uri 参数错误"),
+    }
+}
+
+/// `GET /sns/oauth2/access_token`: exchanges a code (once) for the payer's `openid`.
+async fn oauth_access_token(
+    State(sb): State<WechatSandbox>,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let q = sandbox::form_fields(uri.query().unwrap_or("").as_bytes());
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let account = &sb.0.account;
+    if field("appid") != account.appid {
+        return oauth_error(40013, "invalid appid");
+    }
+    if !crypto_eq(field("secret"), &account.app_secret()) {
+        return oauth_error(40125, "invalid appsecret");
+    }
+    if field("grant_type") != "authorization_code" {
+        return oauth_error(40002, "invalid grant_type");
+    }
+    match sb.0.oauth.redeem(&account.appid, field("code")) {
+        Some(openid) => Json(json!({
+            "access_token": crypto::random_alnum(64),
+            "expires_in": 7200,
+            "refresh_token": crypto::random_alnum(64),
+            "openid": openid,
+            "scope": "snsapi_base",
+        }))
+        .into_response(),
+        None => oauth_error(40029, "invalid code"),
+    }
+}
+
+/// Equal strings, compared in time independent of where they differ.
+fn crypto_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The JSAPI parameters a page hands to `getBrandWCPayRequest`.
+const JSAPI_FIELDS: [&str; 6] = [
+    "appId",
+    "timeStamp",
+    "nonceStr",
+    "package",
+    "signType",
+    "paySign",
+];
+
+/// `POST /sandbox/wallet`: stands in for the WeChat app's payment sheet. Verifies `paySign` with
+/// the merchant's public key at every step; shows the order; `action=pay` pays it as the payer
+/// it was created for and returns to `return_url`, `action=cancel` returns without paying.
+async fn wallet_stand_in(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
+    let f = sandbox::form_fields(&body);
+    let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let fail = |status: StatusCode, m: &str| {
+        sandbox::stand_in_page(
+            status,
+            "支付失败",
+            &format!(
+                "<h1>微信支付</h1><p id=\"error\">{}</p>",
+                sandbox::escape_html(m)
+            ),
+        )
+    };
+    if field("appId") != sb.0.account.appid {
+        return fail(StatusCode::BAD_REQUEST, "appId 与商户不符");
+    }
+    if field("signType") != "RSA" {
+        return fail(StatusCode::BAD_REQUEST, "signType 必须为 RSA");
+    }
+    let message = format!(
+        "{}\n{}\n{}\n{}\n",
+        field("appId"),
+        field("timeStamp"),
+        field("nonceStr"),
+        field("package")
+    );
+    if !sb
+        .0
+        .merchant_key
+        .verify_base64(message.as_bytes(), field("paySign"))
+    {
+        return fail(StatusCode::BAD_REQUEST, "paySign 签名错误");
+    }
+    let Some(prepay_id) = field("package").strip_prefix("prepay_id=") else {
+        return fail(StatusCode::BAD_REQUEST, "package 格式错误");
+    };
+    let Some(return_url) = sandbox::oauth_redirect(field("return_url"), &[]) else {
+        return fail(StatusCode::BAD_REQUEST, "return_url 无效");
+    };
+    let row = match sqlx::query("SELECT * FROM trades WHERE token = ?1 AND trade_type = 'JSAPI'")
+        .bind(prepay_id)
+        .fetch_optional(&sb.0.db)
+        .await
+    {
+        Ok(Some(r)) => TradeRow::from_row(&r),
+        Ok(None) => return fail(StatusCode::NOT_FOUND, "订单不存在"),
+        Err(e) => return sb.error(e.into()),
+    };
+    let t = match sb.expire(row).await {
+        Ok(t) => t,
+        Err(e) => return sb.error(e),
+    };
+    match field("action") {
+        "cancel" => return sandbox::found(&return_url),
+        "pay" => {
+            if t.trade_state != "NOTPAY" {
+                return fail(
+                    StatusCode::CONFLICT,
+                    &format!("订单状态为 {}，不能支付", t.trade_state),
+                );
+            }
+            return match sb.mark_paid(&t.out_trade_no, &["NOTPAY"], None, true).await {
+                Ok(true) => sandbox::found(&return_url),
+                Ok(false) => fail(StatusCode::CONFLICT, "订单已变化，不能支付"),
+                Err(e) => sb.error(e),
+            };
+        }
+        _ => {}
+    }
+    let mut carried: Vec<(&str, &str)> = JSAPI_FIELDS.iter().map(|k| (*k, field(k))).collect();
+    carried.push(("return_url", field("return_url")));
+    let hidden = sandbox::hidden_inputs(&carried);
+    let body = format!(
+        "<h1>微信支付</h1><p id=\"description\">{desc}</p>\
+<p class=\"amount\" id=\"total\">¥{yuan}.{cents:02}</p><p id=\"state\">{state}</p>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"pay\">\
+<button id=\"pay\" type=\"submit\">确认支付 Pay</button></form>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"cancel\">\
+<button id=\"cancel\" type=\"submit\">取消 Cancel</button></form>",
+        desc = sandbox::escape_html(&t.description),
+        yuan = t.total / 100,
+        cents = t.total % 100,
+        state = sandbox::escape_html(&t.trade_state),
+    );
+    sandbox::stand_in_page(StatusCode::OK, "微信支付", &body)
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod batch_settle;
 mod breaker;
+mod cashier;
 mod cli;
 mod code_scan;
 mod codes;

@@ -1,0 +1,371 @@
+//! The one-code cashier over HTTP, the payer's journey redirect by redirect (the browser tests in
+//! `scripts/cashier-browser/` walk the same journey in headless Chromium): a static code opened
+//! in WeChat and in Alipay, the amount, the wallet's OAuth step, the sandbox's stand-in of the
+//! wallet's payment sheet, the result page — and the refusals that write nothing.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{MerchantClient, TestApp, spawn_app};
+
+const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.49.2600(0x28003133) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN";
+const ALIPAY_UA: &str = "Mozilla/5.0 (Linux; U; Android 14; zh-CN; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 NebulaSDK/1.8.100112 Nebula AlipayDefined(nt:WIFI,ws:412|0|2.625) AliApp(AP/10.5.86.8000) AlipayClient/10.5.86.8000 Language/zh-Hans";
+const UNKNOWN_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+
+/// A payer's browser: a user agent, no automatic redirects.
+struct Payer {
+    http: reqwest::Client,
+    ua: &'static str,
+    lang: &'static str,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    text: String,
+}
+
+impl Payer {
+    fn new(ua: &'static str, lang: &'static str) -> Payer {
+        Payer {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            ua,
+            lang,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Page {
+        let r = req
+            .header("user-agent", self.ua)
+            .header("accept-language", self.lang)
+            .send()
+            .await
+            .unwrap();
+        Page {
+            status: r.status().as_u16(),
+            location: r
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string()),
+            text: r.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, url: &str) -> Page {
+        self.send(self.http.get(url)).await
+    }
+
+    async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
+        self.send(self.http.post(url).form(form)).await
+    }
+}
+
+/// The JSON of `<script type="application/json" id="{id}">`.
+fn script_json(html: &str, id: &str) -> Value {
+    let open = format!("<script type=\"application/json\" id=\"{id}\">");
+    let start = html
+        .find(&open)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"))
+        + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    serde_json::from_str(&html[start..end]).unwrap()
+}
+
+/// The form fields of the stand-in form on the pay page.
+fn stand_in_form(html: &str) -> (String, Vec<(String, String)>) {
+    let start = html
+        .find("id=\"stand-in\"")
+        .expect("a sandbox stand-in form");
+    let form = &html[html[..start].rfind("<form").unwrap()..];
+    let form = &form[..form.find("</form>").unwrap()];
+    let attr = |tag: &str, name: &str| -> String {
+        let k = format!("{name}=\"");
+        let s = tag.find(&k).unwrap() + k.len();
+        tag[s..s + tag[s..].find('"').unwrap()]
+            .replace("&amp;", "&")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+    };
+    let action = attr(form, "action");
+    let fields = form
+        .split("<input ")
+        .skip(1)
+        .map(|i| (attr(i, "name"), attr(i, "value")))
+        .collect();
+    (action, fields)
+}
+
+async fn payments(m: &MerchantClient) -> Vec<Value> {
+    let r = m.send(Method::GET, "/v1/payments?limit=100", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["data"].as_array().unwrap().clone()
+}
+
+async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    db.close().await;
+    assert!(report.is_clean(), "{}: {report}", app.backend());
+    report
+}
+
+async fn new_code(m: &MerchantClient, body: Value) -> String {
+    let r = m.send(Method::POST, "/v1/codes", Some(&body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.body["url"].as_str().unwrap().to_string()
+}
+
+/// Opens the code, enters `amount`, goes through OAuth and the wallet stand-in; returns the
+/// result page's URL once it says `succeeded`.
+async fn pay(payer: &Payer, code_url: &str, amount: &str) -> String {
+    let page = payer.get(code_url).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("id=\"pay-form\""), "{}", page.text);
+    assert!(page.text.contains("width=device-width"));
+    let submitted = payer
+        .post_form(
+            &format!("{code_url}/pay"),
+            &[("amount".into(), amount.into())],
+        )
+        .await;
+    assert_eq!(submitted.status, 303, "{}", submitted.text);
+    // The wallet's OAuth step (the sandbox's authorize page) comes back with a code and the state.
+    let authorize = submitted.location.unwrap();
+    assert!(authorize.contains("/sandbox/"), "{authorize}");
+    let back = payer.get(&authorize).await;
+    assert_eq!(back.status, 302, "{}", back.text);
+    let callback = back.location.unwrap();
+    assert!(
+        callback.starts_with(&format!("{code_url}/auth?")),
+        "{callback}"
+    );
+    let pay_page = payer.get(&callback).await;
+    assert_eq!(pay_page.status, 200, "{}", pay_page.text);
+    let config = script_json(&pay_page.text, "config");
+    let (action, mut form) = stand_in_form(&pay_page.text);
+    assert_eq!(config["standIn"], action.as_str());
+    // The wallet's sheet, then paying, which returns to the result page.
+    let sheet = payer.post_form(&action, &form).await;
+    assert_eq!(sheet.status, 200, "{}", sheet.text);
+    form.push(("action".into(), "pay".into()));
+    let paid = payer.post_form(&action, &form).await;
+    assert_eq!(paid.status, 302, "{}", paid.text);
+    let result = paid.location.unwrap();
+    assert_eq!(result, config["result"].as_str().unwrap());
+    let page = payer.get(&result).await;
+    assert_eq!(page.status, 200);
+    for _ in 0..200 {
+        let s = payer.get(&format!("{result}/status")).await;
+        let v: Value = serde_json::from_str(&s.text).unwrap();
+        if v["status"] == "succeeded" {
+            let page = payer.get(&result).await;
+            assert!(
+                page.text.contains("data-status=\"succeeded\""),
+                "{}",
+                page.text
+            );
+            return result;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the payment at {result} never succeeded");
+}
+
+#[tokio::test]
+async fn a_static_code_is_paid_in_wechat_and_in_alipay_and_posted_once() {
+    let app = spawn_app().await;
+    let m = app.merchant("老王面包店").await;
+    let open = new_code(
+        &m,
+        json!({"store_id": "store-7", "terminal_id": "till-2", "description": "人民路店"}),
+    )
+    .await;
+    let fixed = new_code(&m, json!({"store_id": "store-8", "fixed_amount": 880})).await;
+
+    let wechat = Payer::new(WECHAT_UA, "zh-CN,zh;q=0.9");
+    let page = wechat.get(&open).await;
+    for want in [
+        "付款给 老王面包店",
+        "人民路店",
+        "当前应用: 微信",
+        "金额（元）",
+    ] {
+        assert!(page.text.contains(want), "{want} in {}", page.text);
+    }
+    pay(&wechat, &open, "12.34").await;
+    let alipay = Payer::new(ALIPAY_UA, "en-US,en;q=0.8");
+    let page = alipay.get(&fixed).await;
+    assert!(
+        page.text.contains("Pay to") && page.text.contains("¥8.80"),
+        "{}",
+        page.text
+    );
+    pay(&alipay, &fixed, "8.80").await;
+
+    let mut ps = payments(&m).await;
+    ps.sort_by_key(|p| p["amount"].as_i64());
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    let (ali, wx) = (&ps[0], &ps[1]);
+    for (p, amount, wallet, store) in [
+        (wx, 1234, "wechat", "store-7"),
+        (ali, 880, "alipay", "store-8"),
+    ] {
+        assert_eq!(p["status"], "succeeded", "{p}");
+        assert_eq!(p["method"], "qr_static");
+        assert_eq!(p["amount"], amount);
+        assert_eq!(p["wallet"], wallet);
+        assert_eq!(p["store_id"], store);
+        assert!(p["channel_trade_no"].is_string(), "{p}");
+    }
+    assert_eq!(wx["terminal_id"], "till-2");
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (2, 2));
+}
+
+#[tokio::test]
+async fn refusals_get_clear_pages_and_create_nothing() {
+    let app = spawn_app().await;
+    let m = app.merchant("Corner Shop").await;
+    let open = new_code(&m, json!({"store_id": "s1"})).await;
+    let fixed = new_code(&m, json!({"fixed_amount": 500})).await;
+    let disabled = new_code(&m, json!({"store_id": "s2"})).await;
+    let disabled_id = disabled.rsplit('/').next().unwrap();
+    let d = m
+        .send(
+            Method::POST,
+            &format!("/v1/codes/{disabled_id}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(d.status, 200);
+
+    // An app that cannot pay: the apps that can, in Chinese by default and in English on request.
+    let unknown = Payer::new(UNKNOWN_UA, "zh-CN");
+    let page = unknown.get(&open).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text.contains("id=\"apps\"")
+            && page.text.contains("微信")
+            && page.text.contains("支付宝"),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains("pay-form"));
+    let posted = unknown
+        .post_form(&format!("{open}/pay"), &[("amount".into(), "1.00".into())])
+        .await;
+    assert_eq!(posted.status, 200);
+    assert!(posted.text.contains("id=\"apps\""));
+    let en = Payer::new(UNKNOWN_UA, "en").get(&open).await;
+    assert!(
+        en.text.contains("Scan this code with one of these apps"),
+        "{}",
+        en.text
+    );
+
+    let wechat = Payer::new(WECHAT_UA, "zh-CN");
+    // A disabled code.
+    let page = wechat.get(&disabled).await;
+    assert_eq!(page.status, 410);
+    assert!(page.text.contains("收款码已停用"));
+    let posted = wechat
+        .post_form(
+            &format!("{disabled}/pay"),
+            &[("amount".into(), "1.00".into())],
+        )
+        .await;
+    assert_eq!(posted.status, 410);
+    // A fixed-amount code paid with another amount (a client-side change).
+    let posted = wechat
+        .post_form(&format!("{fixed}/pay"), &[("amount".into(), "0.01".into())])
+        .await;
+    assert_eq!(posted.status, 422);
+    assert!(
+        posted.text.contains("id=\"amount-mismatch\""),
+        "{}",
+        posted.text
+    );
+    let posted = wechat.post_form(&format!("{fixed}/pay"), &[]).await;
+    assert_eq!(posted.status, 422);
+    // Amounts that are not amounts.
+    for bad in ["0", "-5", "1.234", "abc", "100000000.01", ""] {
+        let posted = wechat
+            .post_form(&format!("{open}/pay"), &[("amount".into(), bad.into())])
+            .await;
+        assert_eq!(posted.status, 422, "{bad}");
+        assert!(
+            posted.text.contains("id=\"amount-error\""),
+            "{bad}: {}",
+            posted.text
+        );
+    }
+    // A tampered OAuth state, and one moved to another code.
+    let submitted = wechat
+        .post_form(&format!("{open}/pay"), &[("amount".into(), "3.00".into())])
+        .await;
+    assert_eq!(submitted.status, 303);
+    let back = wechat.get(&submitted.location.unwrap()).await;
+    let callback = back.location.unwrap();
+    let url = reqwest::Url::parse(&callback).unwrap();
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let mut st = q["state"].clone().into_bytes();
+    st[40] = if st[40] == b'A' { b'B' } else { b'A' };
+    let forged = format!(
+        "{open}/auth?code={}&state={}",
+        q["code"],
+        String::from_utf8(st).unwrap()
+    );
+    let page = wechat.get(&forged).await;
+    assert_eq!(page.status, 400);
+    assert!(page.text.contains("链接无效"));
+    let moved = format!("{fixed}/auth?code={}&state={}", q["code"], q["state"]);
+    assert_eq!(wechat.get(&moved).await.status, 400);
+    // The payment created by that submission is the only one, still waiting, with no channel order.
+    let ps = payments(&m).await;
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(
+        (ps[0]["status"].as_str(), ps[0]["amount"].as_i64()),
+        (Some("created"), Some(300))
+    );
+    assert!(ps[0]["channel_account_id"].is_null());
+    // Tampered /p/ and result tokens.
+    let token = "A".repeat(43);
+    let p = wechat.get(&format!("{}/p/{token}", app.base)).await;
+    assert_eq!(p.status, 404);
+    assert!(p.text.contains("链接无效"));
+    let r = wechat.get(&format!("{open}/r/{token}")).await;
+    assert_eq!(r.status, 400);
+    let s = wechat.get(&format!("{open}/r/{token}/status")).await;
+    assert_eq!(s.status, 404);
+    assert_eq!(payments(&m).await.len(), 1, "nothing more was created");
+    assert_eq!(audit(&app).await.ledger.entries, 0);
+}
+
+#[tokio::test]
+async fn a_lost_notification_is_made_up_for_by_the_result_page_asking_the_channel() {
+    let app = spawn_app().await;
+    let m = app.merchant("Night Market").await;
+    let code = new_code(&m, json!({"store_id": "n1"})).await;
+    // The WeChat sandbox drops every notification: only querying the channel can settle it.
+    let r = app
+        .http
+        .put(format!("{}/sandbox/wechat/sandbox/faults", app.base))
+        .json(&json!({"drop_notify_pct": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let started = std::time::Instant::now();
+    pay(&Payer::new(WECHAT_UA, "zh-CN"), &code, "66.60").await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "settled by the query, not by a notification"
+    );
+    let ps = payments(&m).await;
+    assert_eq!((ps.len(), ps[0]["status"].as_str()), (1, Some("succeeded")));
+    assert_eq!(ps[0]["amount"], 6660);
+    assert_eq!(audit(&app).await.ledger.entries, 1);
+}
