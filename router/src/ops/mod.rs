@@ -72,11 +72,16 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         }
         Ok(None) => {
             metrics::counter!("paymux_ops_auth_failures_total").increment(1);
-            ApiError::new(
+            let mut r = ApiError::new(
                 ErrorCode::Unauthorized,
                 "`Authorization: Bearer <operator token>` is missing, wrong or disabled",
             )
-            .into_response()
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
         }
         Err(e) => e.into_response(),
     }

@@ -77,6 +77,7 @@ pub struct CreatedOperator {
 }
 
 type Row = (Uuid, String, String, i64, Option<i64>);
+type RowWithHash = (Uuid, String, String, i64, Option<i64>, Vec<u8>);
 const COLUMNS: &str = "id, name, role, created_at_us, disabled_at_us";
 
 fn from_row((id, name, role, created, disabled): Row) -> ApiResult<Operator> {
@@ -209,7 +210,7 @@ pub async fn authenticate(db: &Db, token: &str) -> ApiResult<Option<Operator>> {
     let sql = format!(
         "SELECT {COLUMNS}, token_hash FROM operators WHERE token_hash = $1 AND disabled_at_us IS NULL"
     );
-    let row: Option<(Uuid, String, String, i64, Option<i64>, Vec<u8>)> =
+    let row: Option<RowWithHash> =
         on_db!(db, pool => sqlx::query_as(&sql).bind(&hash).fetch_optional(pool).await?);
     match row {
         Some((id, name, role, created, disabled, stored)) if same(&stored, &hash) => {
