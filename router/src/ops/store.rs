@@ -237,7 +237,7 @@ impl From<ExceptionRow> for Exception {
     }
 }
 
-/// Oldest first, keyset-paged by item id within equal creation times.
+/// In item-id order, keyset-paged by item id.
 pub async fn list_exceptions(
     db: &Db,
     status: Option<&str>,

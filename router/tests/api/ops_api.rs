@@ -92,6 +92,7 @@ async fn operators_work_exceptions_search_payments_and_read_statements_with_an_a
         (none.status, none.code()),
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
     let wrong = get(&app, &format!("{viewer}x"), "/exceptions").await;
     assert_eq!(
         (wrong.status, wrong.code()),
