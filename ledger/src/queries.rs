@@ -183,6 +183,65 @@ pub async fn statement(
     })
 }
 
+/// Like [`statement`], limited to postings effective in `[from_us, to_us)` (either bound optional).
+/// The running balances are still the account's totals after each line.
+pub async fn statement_between(
+    pool: &LedgerPool,
+    account: AccountId,
+    from_us: Option<i64>,
+    to_us: Option<i64>,
+    after_seq: Option<i64>,
+    limit: i64,
+) -> Result<StatementPage, LedgerError> {
+    let b = balance(pool, account).await?;
+    let limit = limit.clamp(1, 10_000);
+    let sql = "SELECT p.seq, p.entry_id, e.kind, e.reference, p.is_credit, p.amount_minor, \
+        p.is_pending, p.effective_at_us, p.debits_posted_after, p.credits_posted_after \
+        FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id \
+        WHERE p.account_id = $1 AND p.seq > $2 AND p.effective_at_us >= $3 AND p.effective_at_us < $4 \
+        ORDER BY p.seq LIMIT $5";
+    let raw: Vec<RawLine> = on_pool!(pool, p => sqlx::query_as(sql)
+        .bind(account.into_uuid())
+        .bind(after_seq.unwrap_or(i64::MIN))
+        .bind(from_us.unwrap_or(i64::MIN))
+        .bind(to_us.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(p)
+        .await?);
+    let full = raw.len() as i64 == limit;
+    let mut lines = Vec::with_capacity(raw.len());
+    for r in raw {
+        lines.push(StatementLine {
+            seq: r.seq,
+            entry_id: EntryId::from_uuid(r.entry_id),
+            kind: r.kind.parse()?,
+            reference: r.reference,
+            side: if r.is_credit {
+                Side::Credit
+            } else {
+                Side::Debit
+            },
+            amount_minor: r.amount_minor,
+            is_pending: r.is_pending,
+            effective_at_us: r.effective_at_us,
+            running_balance_minor: normal_balance(
+                b.kind,
+                r.debits_posted_after,
+                r.credits_posted_after,
+            ),
+        });
+    }
+    let next_after_seq = if full {
+        lines.last().map(|l| l.seq)
+    } else {
+        None
+    };
+    Ok(StatementPage {
+        lines,
+        next_after_seq,
+    })
+}
+
 /// A stored entry with its postings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {

@@ -549,3 +549,49 @@ async fn entries_round_trip_and_two_phase_resolves_with_batches_in_flight() {
         assert_eq!(report.open_pending, 0);
     }
 }
+
+#[tokio::test]
+async fn a_statement_between_two_times_lists_only_the_postings_effective_in_between() {
+    use paymux_ledger::queries::statement_between;
+    for t in pools().await {
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        let (merchant, channel) = (MerchantId::new(), ChannelAccountId::new());
+        let entries = [100, 200, 300]
+            .into_iter()
+            .map(|at_us| {
+                rules::payment_succeeded(
+                    PaymentId::new(),
+                    merchant,
+                    channel,
+                    Money::cny(10_000),
+                    0,
+                    0,
+                    at_us,
+                )
+            })
+            .collect();
+        ledger.post(entries).await.unwrap();
+        let payable = chart::merchant_payable(merchant, Currency::Cny).id();
+        let all = statement_between(&t.pool, payable, None, None, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(all.lines.len(), 3, "{}", name(&t.pool));
+        let mid = statement_between(&t.pool, payable, Some(200), Some(300), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(mid.lines.len(), 1, "{}", name(&t.pool));
+        assert_eq!(mid.lines[0].effective_at_us, 200);
+        assert_eq!(
+            mid.lines[0].running_balance_minor, 20_000,
+            "the account's total after it"
+        );
+        let paged = statement_between(&t.pool, payable, Some(150), None, None, 1)
+            .await
+            .unwrap();
+        assert_eq!(paged.lines.len(), 1);
+        let next = statement_between(&t.pool, payable, Some(150), None, paged.next_after_seq, 1)
+            .await
+            .unwrap();
+        assert_eq!(next.lines[0].effective_at_us, 300);
+    }
+}

@@ -40,6 +40,7 @@ error_codes! {
     AuthStaleTimestamp = "auth_stale_timestamp", 401, "The request timestamp is outside the allowed window";
     AuthReplayedNonce = "auth_replayed_nonce", 401, "The request nonce was already used";
     AdminUnauthorized = "admin_unauthorized", 401, "A valid admin or operator token is required";
+    Unauthorized = "unauthorized", 401, "A valid operator token is required";
     Forbidden = "forbidden", 403, "The credentials do not allow this action";
     NotFound = "not_found", 404, "No such resource";
     MethodNotAllowed = "method_not_allowed", 405, "Method not allowed";

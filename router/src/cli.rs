@@ -51,6 +51,9 @@ pub enum Command {
     /// A merchant's routes per (wallet, method).
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Operators of the operations API `/ops/v1`.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Reconcile a day (Asia/Shanghai) against the channels' bills: resolutions, channel settlement,
     /// and — when every channel account is reconciled — merchant settlement with payout files.
     /// Needs the running server's sandboxes at `public_base_url` when `sandbox` is on. Exits 1 when
@@ -161,6 +164,25 @@ pub enum LedgerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Create an operator and print it with its token as JSON (the token is shown only now).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `viewer`, `operator` or `admin`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Print every operator as JSON.
+    List,
+    /// Disable an operator: its token stops working at once.
+    Disable {
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MerchantCommand {
     /// Create a merchant and print its credentials as JSON (the secret is shown only now).
     Create {
@@ -245,6 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&r.map_err(api)?)?);
             Ok(())
         }
+        Command::Operator(c) => operator(&config, c).await,
         Command::ChannelAccount(c) => channel_account(&config, c).await,
         Command::Route(c) => route(&config, c).await,
         Command::Reconcile {
@@ -267,6 +290,29 @@ fn api(e: crate::error::ApiError) -> anyhow::Error {
         Some(f) => anyhow::anyhow!("{} ({f}): {}", e.code, e.detail),
         None => anyhow::anyhow!("{}: {}", e.code, e.detail),
     }
+}
+
+async fn operator(config: &Config, c: OperatorCommand) -> anyhow::Result<()> {
+    use crate::ops::{audit::Actor, operators};
+    let db = open_database(config).await?;
+    let out = match c {
+        OperatorCommand::Create { name, role } => operators::create(
+            &db,
+            Actor::CommandLine,
+            operators::NewOperator { name, role },
+        )
+        .await
+        .map(|o| serde_json::to_value(o).unwrap_or_default()),
+        OperatorCommand::List => operators::list(&db)
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default()),
+        OperatorCommand::Disable { id } => operators::disable(&db, Actor::CommandLine, id)
+            .await
+            .map(|o| serde_json::to_value(o).unwrap_or_default()),
+    };
+    db.close().await;
+    println!("{}", serde_json::to_string_pretty(&out.map_err(api)?)?);
+    Ok(())
 }
 
 async fn channel_account(config: &Config, c: ChannelAccountCommand) -> anyhow::Result<()> {

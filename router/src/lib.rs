@@ -23,6 +23,8 @@
 //!   admin API under `/admin/v1`.
 //! - [`reconciliation`]: `paymux reconcile` — bills against our records, resolutions, channel and
 //!   merchant settlement, run reports.
+//! - [`ops`]: the operations API under `/ops/v1` — operators with roles, exceptions workflow,
+//!   searches across merchants, ledger statements, the audit log.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;
@@ -38,6 +40,7 @@ pub mod health;
 pub mod ledger_audit;
 pub mod merchants;
 pub mod openapi;
+pub mod ops;
 pub mod orchestrate;
 pub mod paylink;
 pub mod payments;

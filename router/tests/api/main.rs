@@ -13,6 +13,7 @@ mod external_sandbox;
 mod helpers;
 mod limits;
 mod ops;
+mod ops_api;
 mod paylink;
 mod payments;
 mod qr_notify;

@@ -19,7 +19,7 @@ use crate::helpers::{
 
 const FEE_BPS: u32 = 60;
 
-async fn app() -> TestApp {
+pub async fn app() -> TestApp {
     let db = fresh_database().await;
     let mut config = test_config(&db);
     config.sandbox_time_compression = 100;
@@ -31,7 +31,7 @@ fn fee(amount: i64) -> i64 {
 }
 
 /// Seconds to add to now so that the sandbox books at `at` (Asia/Shanghai).
-fn offset_to(day: NaiveDate, h: u32, m: u32) -> i64 {
+pub fn offset_to(day: NaiveDate, h: u32, m: u32) -> i64 {
     let at = Shanghai
         .from_local_datetime(&day.and_hms_opt(h, m, 0).unwrap())
         .unwrap()
@@ -39,7 +39,7 @@ fn offset_to(day: NaiveDate, h: u32, m: u32) -> i64 {
     at - Utc::now().timestamp()
 }
 
-async fn put_faults(app: &TestApp, faults: &Value) {
+pub async fn put_faults(app: &TestApp, faults: &Value) {
     let r = app
         .http
         .put(format!("{}/sandbox/wechat/sandbox/faults", app.base))
@@ -50,7 +50,7 @@ async fn put_faults(app: &TestApp, faults: &Value) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
-async fn code_pay(m: &MerchantClient, order_no: &str, amount: i64) -> String {
+pub async fn code_pay(m: &MerchantClient, order_no: &str, amount: i64) -> String {
     let r = m
         .create_payment(&json!({
             "merchant_order_no": order_no, "amount": amount, "currency": "CNY", "subject": "Tea",
@@ -64,7 +64,7 @@ async fn code_pay(m: &MerchantClient, order_no: &str, amount: i64) -> String {
 
 /// An order made at the WeChat sandbox by someone else (not through this platform): only the
 /// channel knows it. Returns its `out_trade_no`.
-async fn stranger_order(app: &TestApp, amount: i64) -> String {
+pub async fn stranger_order(app: &TestApp, amount: i64) -> String {
     let stranger = uuid::Uuid::new_v4().simple().to_string();
     let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
         .await
@@ -92,12 +92,12 @@ async fn stranger_order(app: &TestApp, amount: i64) -> String {
     stranger
 }
 
-fn hex(id: &str) -> String {
+pub fn hex(id: &str) -> String {
     id.replace('-', "")
 }
 
 /// Runs reconciliation in-process, as `paymux reconcile` does, against the app's sandboxes.
-async fn reconcile(app: &TestApp, day: NaiveDate) -> DayReport {
+pub async fn reconcile(app: &TestApp, day: NaiveDate) -> DayReport {
     let mut config = app.config.clone();
     config.public_base_url = Some(app.base.clone());
     let (state, _sb) = paymux::reconciliation::standalone_state(config)
