@@ -135,52 +135,7 @@ pub async fn statement(
     after_seq: Option<i64>,
     limit: i64,
 ) -> Result<StatementPage, LedgerError> {
-    let b = balance(pool, account).await?;
-    let limit = limit.clamp(1, 10_000);
-    let sql = "SELECT p.seq, p.entry_id, e.kind, e.reference, p.is_credit, p.amount_minor, \
-        p.is_pending, p.effective_at_us, p.debits_posted_after, p.credits_posted_after \
-        FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id \
-        WHERE p.account_id = $1 AND p.seq > $2 ORDER BY p.seq LIMIT $3";
-    let raw: Vec<RawLine> = on_pool!(pool, p => sqlx::query_as(sql)
-        .bind(account.into_uuid())
-        .bind(after_seq.unwrap_or(i64::MIN))
-        .bind(limit)
-        .fetch_all(p)
-        .await?);
-    let full = raw.len() as i64 == limit;
-    let lines = raw
-        .into_iter()
-        .map(|r| {
-            Ok(StatementLine {
-                seq: r.seq,
-                entry_id: EntryId::from_uuid(r.entry_id),
-                kind: r.kind.parse()?,
-                reference: r.reference,
-                side: if r.is_credit {
-                    Side::Credit
-                } else {
-                    Side::Debit
-                },
-                amount_minor: r.amount_minor,
-                is_pending: r.is_pending,
-                effective_at_us: r.effective_at_us,
-                running_balance_minor: normal_balance(
-                    b.kind,
-                    r.debits_posted_after,
-                    r.credits_posted_after,
-                ),
-            })
-        })
-        .collect::<Result<Vec<_>, LedgerError>>()?;
-    let next_after_seq = if full {
-        lines.last().map(|l| l.seq)
-    } else {
-        None
-    };
-    Ok(StatementPage {
-        lines,
-        next_after_seq,
-    })
+    statement_between(pool, account, None, None, after_seq, limit).await
 }
 
 /// Like [`statement`], limited to postings effective in `[from_us, to_us)` (either bound optional).
