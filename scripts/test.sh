@@ -74,6 +74,10 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
+# One clean build: incremental caches only cost disk here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+say "disk: $(df -h --output=avail "$ROOT" 2>/dev/null | tail -n 1 | tr -d ' ') free where the build goes"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
