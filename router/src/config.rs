@@ -83,6 +83,10 @@ pub struct Config {
     pub code_pay_poll_interval_ms: u64,
     /// …until this long after the charge, then reverse.
     pub code_pay_deadline_ms: u64,
+    /// A code payment still `processing` this long after its last change lost its follow-up (the
+    /// node stopped, the database refused the write): the sweeper asks the channel and finishes it.
+    /// At least `code_pay_deadline_ms` plus two poll intervals.
+    pub processing_recovery_after_ms: u64,
     /// City in static codes' EMVCo payloads (field 60, 1–15 characters).
     pub code_city: String,
     /// Merchant category code in static codes' EMVCo payloads (field 52, 4 digits).
@@ -159,6 +163,7 @@ impl Default for Config {
             merchant_fee_rate_bps: 60,
             code_pay_poll_interval_ms: 5_000,
             code_pay_deadline_ms: 45_000,
+            processing_recovery_after_ms: 120_000,
             code_city: "Shanghai".into(),
             code_mcc: "5999".into(),
             sandbox: true,
@@ -211,6 +216,7 @@ const KEYS: &[&str] = &[
     "merchant_fee_rate_bps",
     "code_pay_poll_interval_ms",
     "code_pay_deadline_ms",
+    "processing_recovery_after_ms",
     "code_city",
     "code_mcc",
     "sandbox",

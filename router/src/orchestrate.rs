@@ -315,7 +315,7 @@ async fn settle_succeeded(
     Ok(())
 }
 
-async fn settle_failed(
+pub(crate) async fn settle_failed(
     state: &AppState,
     row: &PaymentRow,
     route: &Route,

@@ -8,13 +8,19 @@
 //!   harmless). When the channel refuses to close because the order was paid, or its query says so,
 //!   the payment is settled as `succeeded` instead: money that moved is never closed. Payments whose
 //!   channel gives no clear answer stay `created` and are tried again later, with a backoff.
+//! - Code payments left `processing` longer than `processing_recovery_after_ms` lost their
+//!   follow-up (their node stopped, or the database refused the final write): each account of the
+//!   merchant that serves the payment's wallet is asked for the order. Paid somewhere → `succeeded`
+//!   with its ledger entry; open → reversed, then what the channel says; declined → `failed`;
+//!   unknown to every channel → `closed` (the charge never reached one). No clear answer → later.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use paymux_channels::{ChannelError, TradeState};
-use paymux_model::{ChannelAccountId, PaymentId, PaymentStatus};
+use paymux_model::{ChannelAccountId, PayMethod, PaymentId, PaymentStatus, WalletBrand};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -24,6 +30,7 @@ use crate::db::{Db, now_us};
 use crate::orchestrate::{self, Route};
 use crate::payments::model::PaymentRow;
 use crate::payments::repo;
+use crate::routing::kind_serves;
 
 /// The first and the longest wait before a payment whose channel gave no clear answer is tried again.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -36,6 +43,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retries = Retries::default();
+    let mut recoveries = Retries::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -43,6 +51,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         close_local(&state.db, batch_max, &stop).await;
         close_channel_orders(&state, batch_max, concurrency, &mut retries).await;
+        recover_stale_processing(&state, batch_max, concurrency, &mut recoveries).await;
     }
 }
 
@@ -237,6 +246,182 @@ async fn settle(
         Err(e) => {
             tracing::error!(payment_id = %row.id, error = ?e, "settling a payment paid at expiry");
             Expiry::Later
+        }
+    }
+}
+
+/// How long a code payment may stay `processing` before the sweeper takes it over: the configured
+/// time, but never less than its own follow-up's deadline plus two polls.
+pub fn recovery_after(config: &crate::config::Config) -> Duration {
+    let floor = config
+        .code_pay_deadline_ms
+        .saturating_add(config.code_pay_poll_interval_ms.saturating_mul(2));
+    Duration::from_millis(config.processing_recovery_after_ms.max(floor))
+}
+
+async fn recover_stale_processing(
+    state: &AppState,
+    batch_max: u32,
+    concurrency: usize,
+    retries: &mut Retries,
+) {
+    let before = now_us() - recovery_after(&state.config).as_micros() as i64;
+    let rows = match repo::stale_processing(&state.db, before, batch_max).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "recovery sweep of processing payments failed; retrying next tick");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let due: Vec<PaymentRow> = rows
+        .into_iter()
+        .filter(|r| retries.due(r.id, now))
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let results: Vec<(Uuid, bool)> = futures::stream::iter(due)
+        .map(|row| async move {
+            let id = row.id;
+            (id, recover(state, row).await)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut finished = 0u64;
+    for (id, done) in results {
+        if done {
+            finished += 1;
+            retries.done(id);
+        } else {
+            retries.later(id, now);
+        }
+    }
+    if finished > 0 {
+        metrics::counter!("paymux_payments_recovered_total").increment(finished);
+        tracing::info!(
+            finished,
+            "code payments left processing finished by the sweeper"
+        );
+    }
+}
+
+/// Finishes one stale `processing` code payment by what its channels say; `false`: no clear answer
+/// yet, try again later.
+async fn recover(state: &AppState, row: PaymentRow) -> bool {
+    let wallet = row
+        .wallet
+        .as_deref()
+        .and_then(|w| w.parse::<WalletBrand>().ok());
+    let (Some(wallet), Ok(method)) = (wallet, row.method.parse::<PayMethod>()) else {
+        tracing::warn!(payment_id = %row.id, method = %row.method, wallet = ?row.wallet,
+            "processing payment without a wallet or with an unknown method; left for operations");
+        return false;
+    };
+    if let Err(e) = state.routes.refresh_if_changed().await {
+        tracing::warn!(error = %e, "refreshing the routing registry");
+    }
+    // Every account of the merchant that could have been asked (a fail-over may have moved the
+    // payment from one to the next; disabled accounts included: they were enabled then).
+    let accounts: Vec<Arc<Route>> = state
+        .routes
+        .all()
+        .into_iter()
+        .filter(|r| {
+            r.merchant_id == row.merchant_id
+                && (row.channel_account_id.is_none_or(|a| a == Uuid::from(r.id)))
+                && (kind_serves(r.kind, wallet, method)
+                    || kind_serves(r.kind, wallet, PayMethod::CodeScan))
+        })
+        .collect();
+    if accounts.is_empty() {
+        tracing::warn!(payment_id = %row.id, %wallet, "no channel account of the merchant serves this processing payment; left for operations");
+        return false;
+    }
+    let no = orchestrate::out_trade_no(row.id);
+    let mut declined: Option<(Arc<Route>, String)> = None;
+    let mut reversed = false;
+    for route in accounts {
+        let trade = match route.query(&no).await {
+            Ok(t) => t,
+            Err(ChannelError::Rejected { code, .. }) if order_not_found(&code) => continue,
+            Err(e) => {
+                tracing::warn!(payment_id = %row.id, channel = route.name, error = %e,
+                    "recovering a processing payment: no answer from the channel; trying again later");
+                return false;
+            }
+        };
+        let trade = match trade.state {
+            TradeState::Succeeded => {
+                return settle(state, &row, &route, trade).await == Expiry::Paid;
+            }
+            TradeState::Failed | TradeState::Closed => {
+                declined = Some((route.clone(), trade.channel_state));
+                continue;
+            }
+            TradeState::NotPaid | TradeState::UserPaying => {
+                // Left open past every deadline: reverse, then believe the channel's answer.
+                if let Err(e) = route.reverse(&no).await {
+                    tracing::warn!(payment_id = %row.id, channel = route.name, error = %e, "reversing a stale code payment");
+                }
+                match route.query(&no).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(payment_id = %row.id, channel = route.name, error = %e,
+                            "recovering a processing payment: no answer after the reversal; trying again later");
+                        return false;
+                    }
+                }
+            }
+        };
+        match trade.state {
+            TradeState::Succeeded => {
+                return settle(state, &row, &route, trade).await == Expiry::Paid;
+            }
+            TradeState::Failed | TradeState::Closed => reversed = true,
+            TradeState::NotPaid | TradeState::UserPaying => return false,
+        }
+    }
+    let payment_id = PaymentId::from(row.id);
+    let outcome = if reversed {
+        state
+            .batcher
+            .submit(WriteOp::Transition {
+                payment_id,
+                to: PaymentStatus::Closed,
+                closed_reason: Some("reversed_at_deadline".into()),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else if let Some((route, channel_state)) = declined {
+        orchestrate::settle_failed(
+            state,
+            &row,
+            &route,
+            channel_state,
+            "the payer did not complete the payment".into(),
+        )
+        .await
+        .map_err(|e| e.detail.clone())
+    } else {
+        state
+            .batcher
+            .submit(WriteOp::Transition {
+                payment_id,
+                to: PaymentStatus::Closed,
+                closed_reason: Some("never_reached_channel".into()),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    match outcome {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(payment_id = %row.id, error = %e, "finishing a recovered code payment");
+            false
         }
     }
 }

@@ -355,6 +355,36 @@ pub async fn expired_channel_orders(
     }
 }
 
+/// `processing` payments unchanged since `before_us`, oldest first, at most `limit`: code payments
+/// whose follow-up was lost (see the sweeper's recovery).
+pub async fn stale_processing(
+    db: &Db,
+    before_us: i64,
+    limit: u32,
+) -> sqlx::Result<Vec<PaymentRow>> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = 'processing' AND updated_at_us <= $1 \
+         ORDER BY updated_at_us LIMIT $2"
+    );
+    let limit = i64::from(limit);
+    match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(&sql)
+                .bind(before_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(&sql)
+                .bind(before_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+    }
+}
+
 /// Indexes rows by `(merchant_id, merchant_order_no)`.
 pub fn index_by_order_no(rows: Vec<PaymentRow>) -> HashMap<(Uuid, String), PaymentRow> {
     rows.into_iter()

@@ -234,3 +234,93 @@ async fn a_unionpay_code_is_accepted_then_found_paid() {
     assert_eq!(p["status"], "failed", "{p}");
     assert_books_clean(&app).await;
 }
+
+/// A node that stops while a code payment waits for the payer leaves it `processing` with nobody
+/// following it up; the next node's sweeper takes it over after `processing_recovery_after_ms`.
+/// This node's own follow-up polls only once a minute, so within a test such a payment can only be
+/// finished by the recovery.
+async fn node_that_will_stop() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.code_pay_poll_interval_ms = 60_000;
+    config.code_pay_deadline_ms = 120_000;
+    config.sandbox_time_compression = 20;
+    spawn_with(db, config).await
+}
+
+/// Stops `first` as a crash would and starts the next node on its database and data directory
+/// (and so on the sandboxes' books); `m` is pointed at the next node.
+async fn next_node(first: &mut TestApp, m: &MerchantClient) -> (TestApp, MerchantClient) {
+    first.kill().await;
+    let mut config = crate::helpers::test_config_on(&first.config);
+    config.code_pay_poll_interval_ms = 50;
+    config.code_pay_deadline_ms = 300;
+    config.processing_recovery_after_ms = 1_000;
+    let db = std::mem::replace(&mut first.db, fresh_database().await);
+    let next = spawn_with(db, config).await;
+    let m = MerchantClient {
+        base: next.base.clone(),
+        ..m.clone()
+    };
+    (next, m)
+}
+
+#[tokio::test]
+async fn a_code_payment_left_processing_by_a_stopped_node_is_finished_by_the_next() {
+    let mut first = node_that_will_stop().await;
+    let m = first.merchant("Cafe").await;
+    let paid = m
+        .create_payment(&code_body("r-1", 700, "134567890123451001"))
+        .await;
+    assert_eq!(paid.status, 202, "{:?}", paid.body);
+    let never = m
+        .create_payment(&code_body("r-2", 300, "134567890123451002"))
+        .await;
+    assert_eq!(never.status, 202, "{:?}", never.body);
+    let (next, m) = next_node(&mut first, &m).await;
+    // The payer entered the password meanwhile: the channel says paid.
+    let p = wait_final(&m, paid.body["id"].as_str().unwrap()).await;
+    assert_eq!(p["status"], "succeeded", "{p}");
+    assert!(p["channel_trade_no"].as_str().is_some(), "{p}");
+    // The payer never did: nothing moved.
+    let p = wait_final(&m, never.body["id"].as_str().unwrap()).await;
+    assert!(
+        matches!(p["status"].as_str(), Some("failed" | "closed")),
+        "{p}"
+    );
+    assert_books_clean(&next).await;
+    let db = paymux::startup::open_database(&next.config).await.unwrap();
+    let report = paymux::ledger_audit::audit(&db).await.unwrap();
+    assert_eq!(
+        (report.succeeded_payments, report.ledger.entries),
+        (1, 1),
+        "{}: posted exactly once",
+        next.backend()
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_processing_code_payment_no_channel_knows_is_closed_by_the_recovery() {
+    let mut first = node_that_will_stop().await;
+    let m = first.merchant("Cafe").await;
+    // A payment the stopped node had marked processing but never sent to a channel.
+    let r = m
+        .create_payment(&crate::helpers::payment_body("r-3", 900))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    first
+        .sql_execute(
+            "UPDATE payments SET status = 'processing', method = 'code_scan', wallet = 'wechat', \
+             updated_at_us = 0 WHERE merchant_order_no = 'r-3'",
+        )
+        .await;
+    let (next, m) = next_node(&mut first, &m).await;
+    let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (p["status"].as_str(), p["closed_reason"].as_str()),
+        (Some("closed"), Some("never_reached_channel")),
+        "{p}"
+    );
+    assert_books_clean(&next).await;
+}
