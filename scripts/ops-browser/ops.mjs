@@ -265,6 +265,19 @@ async function main() {
       return rows.length === 1 && rows[0].textContent.includes(id);
     }, failed.id);
     check(true, 'payment search by status finds the failed one');
+    await page.fill('#pay-date', shanghaiDay(0));
+    await page.click('#pay-search');
+    await page.waitForFunction((id) => {
+      const rows = document.querySelectorAll('#pay-results tbody tr');
+      return rows.length === 1 && rows[0].textContent.includes(id);
+    }, failed.id);
+    await page.fill('#pay-date', yesterday);
+    await page.click('#pay-search');
+    await page.waitForFunction(() => {
+      const rows = document.querySelectorAll('#pay-results tbody tr');
+      return rows.length === 1 && rows[0].querySelector('td.muted');
+    });
+    check(true, 'payment search by day: made today, none yesterday');
     await shot(page, 'ops-6-payments');
     await page.click('#nav a[data-view="settlements"]');
     await page.fill('#st-date', yesterday);
