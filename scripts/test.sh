@@ -103,4 +103,7 @@ cargo build --quiet --bin paymux
 say "cashier in headless Chromium: static codes paid in WeChat and Alipay through the sandboxes"
 "$ROOT/scripts/cashier-browser/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux"
 
-say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes; the cashier passes in Chromium"
+say "operations console in headless Chromium: log in, dashboard, a run's report, an exception resolved"
+"$ROOT/scripts/ops-browser/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux"
+
+say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes; the cashier and the operations console pass in Chromium"

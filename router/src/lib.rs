@@ -24,7 +24,7 @@
 //! - [`reconciliation`]: `paymux reconcile` — bills against our records, resolutions, channel and
 //!   merchant settlement, run reports.
 //! - [`ops`]: the operations API under `/ops/v1` — operators with roles, exceptions workflow,
-//!   searches across merchants, ledger statements, the audit log.
+//!   searches across merchants, ledger statements, the audit log — and its web console `/ops/`.
 //! - [`webhooks`]: merchant webhooks — the outbox written by the batcher, its dispatcher, the list API.
 
 pub mod auth;

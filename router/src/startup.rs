@@ -279,6 +279,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .nest("/admin/v1", crate::routing::admin::router(state.clone()))
         .nest("/ops/v1", crate::ops::router(state.clone()))
+        .merge(crate::ops::console::router())
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
         .route("/p/{token}", get(crate::paylink::show))
         .merge(crate::codes::public_router())

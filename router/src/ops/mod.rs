@@ -11,9 +11,15 @@
 //! - [`operators`]: operators, tokens (only their SHA-256 stored), authentication.
 //! - [`audit`]: the audit log.
 //! - [`store`]: the SQL of the reads and of the exception workflow.
+//! - [`dashboard`]: a day's payments per channel account and kind (the console's chart).
+//! - [`reports`]: a run's report files, found from the run (never from the request's path).
+//! - [`console`]: the web console at `/ops/` that calls this API in the browser.
 
 pub mod audit;
+pub mod console;
+pub mod dashboard;
 pub mod operators;
+pub mod reports;
 pub mod store;
 
 use axum::extract::{Path, Query, Request, State};
@@ -43,6 +49,12 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/reconciliation/runs", get(list_runs))
         .route("/reconciliation/runs/{id}", get(get_run))
+        .route(
+            "/reconciliation/runs/{id}/report/{file}",
+            get(reports::report_file),
+        )
+        .route("/me", get(me))
+        .route("/dashboard", get(dashboard_day))
         .route("/exceptions", get(list_exceptions))
         .route("/exceptions/{id}", get(get_exception))
         .route("/exceptions/{id}/assign", post(assign))
@@ -195,6 +207,26 @@ fn page<T>(mut rows: Vec<T>, limit: i64) -> Page<T> {
         data: rows,
         has_more,
     }
+}
+
+// ---- the operator, the dashboard ----
+
+async fn me(Extension(op): Extension<Operator>) -> Json<Operator> {
+    Json(op)
+}
+
+async fn dashboard_day(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<dashboard::Dashboard>> {
+    let p = params(q, &["date"])?;
+    let day = match date(&p, "date")? {
+        Some(d) => NaiveDate::parse_from_str(&d, "%Y-%m-%d").map_err(ApiError::internal)?,
+        None => chrono::Utc::now()
+            .with_timezone(&chrono_tz::Asia::Shanghai)
+            .date_naive(),
+    };
+    Ok(Json(dashboard::day(&state.db, day).await?))
 }
 
 // ---- reconciliation ----
@@ -367,6 +399,7 @@ async fn search_payments(
     let p = params(
         q,
         &[
+            "id",
             "merchant_id",
             "status",
             "merchant_order_no",
@@ -385,6 +418,8 @@ async fn search_payments(
         })
         .transpose()?;
     let f = store::PaymentFilter {
+        // A payment's id, or its `out_trade_no` at the channel (the id without dashes).
+        id: uuid(&p, "id")?,
         merchant_id: uuid(&p, "merchant_id")?,
         status,
         merchant_order_no: text(&p, "merchant_order_no")?.map(str::to_string),

@@ -510,6 +510,7 @@ pub async fn list_settlements(
 /// Filters of the payment search (all optional; ANDed).
 #[derive(Debug, Default)]
 pub struct PaymentFilter {
+    pub id: Option<Uuid>,
     pub merchant_id: Option<Uuid>,
     pub status: Option<String>,
     pub merchant_order_no: Option<String>,
@@ -525,6 +526,9 @@ pub async fn search_payments(db: &Db, f: &PaymentFilter, limit: i64) -> ApiResul
         qb.push(format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE 1 = 1"
         ));
+        if let Some(id) = f.id {
+            qb.push(" AND id = ").push_bind(id);
+        }
         if let Some(m) = f.merchant_id {
             qb.push(" AND merchant_id = ").push_bind(m);
         }

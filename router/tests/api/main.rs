@@ -14,6 +14,7 @@ mod helpers;
 mod limits;
 mod ops;
 mod ops_api;
+mod ops_console;
 mod paylink;
 mod payments;
 mod qr_notify;

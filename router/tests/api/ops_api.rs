@@ -16,7 +16,7 @@ use crate::helpers::{Reply, TestApp, fresh_database, reply, spawn_with, test_con
 use crate::reconcile::{app, code_pay, offset_to, put_faults, reconcile, stranger_order};
 
 /// An operator created the way `paymux operator create` does it; returns `(id, token)`.
-async fn operator(app: &TestApp, name: &str, role: &str) -> (String, String) {
+pub async fn operator(app: &TestApp, name: &str, role: &str) -> (String, String) {
     let db = paymux::startup::open_database(&app.config).await.unwrap();
     let created = operators::create(
         &db,
@@ -43,11 +43,11 @@ async fn ops(app: &TestApp, token: &str, method: Method, path: &str, body: Optio
     reply(req.send().await.unwrap()).await
 }
 
-async fn get(app: &TestApp, token: &str, path: &str) -> Reply {
+pub async fn get(app: &TestApp, token: &str, path: &str) -> Reply {
     ops(app, token, Method::GET, path, None).await
 }
 
-async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> Reply {
+pub async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> Reply {
     ops(app, token, Method::POST, path, Some(body)).await
 }
 

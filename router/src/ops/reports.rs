@@ -1,0 +1,136 @@
+//! A reconciliation run's report files (`report.html`, `items.csv`, `report.json`) through the ops
+//! API. The file is found from the run's row — its day and channel account under
+//! `<data_dir>/reports/` — and one of three fixed names; nothing of the request's path reaches the
+//! file system, so no other file can be asked for.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use paymux_model::ChannelAccountId;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// The files a run's report has, and how each is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFile {
+    Html,
+    Csv,
+    Json,
+}
+
+impl ReportFile {
+    pub fn parse(name: &str) -> Option<ReportFile> {
+        match name {
+            "report.html" => Some(ReportFile::Html),
+            "items.csv" => Some(ReportFile::Csv),
+            "report.json" => Some(ReportFile::Json),
+            _ => None,
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            ReportFile::Html => "report.html",
+            ReportFile::Csv => "items.csv",
+            ReportFile::Json => "report.json",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            ReportFile::Html => "text/html; charset=utf-8",
+            ReportFile::Csv => "text/csv; charset=utf-8",
+            ReportFile::Json => "application/json",
+        }
+    }
+}
+
+/// Reports are a few hundred kilobytes; refuse to load anything absurd into memory.
+const REPORT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// `GET /ops/v1/reconciliation/runs/{id}/report/{file}`.
+pub async fn report_file(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = super::path_id(&id, "reconciliation run")?;
+    let file = ReportFile::parse(&file).ok_or_else(|| ApiError::not_found("report file"))?;
+    let run = super::store::get_run(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("reconciliation run"))?;
+    let day = NaiveDate::parse_from_str(&run.day, "%Y-%m-%d").map_err(ApiError::internal)?;
+    let dir = crate::reconciliation::report::account_dir(
+        &state.config.data_dir,
+        day,
+        ChannelAccountId::from_uuid(run.channel_account_id),
+    );
+    let path = dir.join(file.file_name());
+    let bytes = match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_file() && m.len() <= REPORT_BYTES_MAX => tokio::fs::read(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("read {}: {e}", path.display())))?,
+        Ok(_) => {
+            return Err(ApiError::internal(format!(
+                "{} is not a report",
+                path.display()
+            )));
+        }
+        // A failed run, or reports removed from this node's disk.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found("report file"));
+        }
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(file.content_type()),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // The report page styles itself inline and draws inline SVG; it runs nothing.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox",
+        ),
+    );
+    if file == ReportFile::Csv {
+        let name = format!(
+            "attachment; filename=\"reconciliation-{}-{}.csv\"",
+            run.day, run.id
+        );
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_three_names() {
+        assert_eq!(ReportFile::parse("report.html"), Some(ReportFile::Html));
+        assert_eq!(ReportFile::parse("items.csv"), Some(ReportFile::Csv));
+        assert_eq!(ReportFile::parse("report.json"), Some(ReportFile::Json));
+        for bad in [
+            "../report.html",
+            "report.html/",
+            "index.html",
+            "",
+            "REPORT.HTML",
+            "..",
+        ] {
+            assert_eq!(ReportFile::parse(bad), None, "{bad}");
+        }
+    }
+}
