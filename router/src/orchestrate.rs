@@ -586,6 +586,7 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
             None,
             paymux_model::RefundStatus::Failed,
             None,
+            None,
             Some((
                 "NO_ROUTE".into(),
                 "the payment's channel account is not configured".into(),
@@ -611,6 +612,7 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
                 Some(&route),
                 paymux_model::RefundStatus::Succeeded,
                 refund.channel_refund_no,
+                refund.succeeded_at.map(|t| t.timestamp_micros()),
                 None,
             )
             .await;
@@ -622,6 +624,7 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
                 &row,
                 Some(&route),
                 paymux_model::RefundStatus::Failed,
+                None,
                 None,
                 Some((code, message)),
             )
@@ -646,6 +649,7 @@ pub async fn settle_refund(
     route: Option<&Route>,
     to: paymux_model::RefundStatus,
     channel_refund_no: Option<String>,
+    succeeded_at_us: Option<i64>,
     failure: Option<(String, String)>,
 ) {
     let ledger = route
@@ -668,6 +672,7 @@ pub async fn settle_refund(
         payment_id: PaymentId::from(payment.id),
         to,
         channel_refund_no,
+        succeeded_at_us,
         failure_code,
         failure_message,
         ledger,
@@ -709,6 +714,7 @@ async fn refund_follow_up(
                         Some(&route),
                         paymux_model::RefundStatus::Succeeded,
                         info.channel_refund_no,
+                        info.succeeded_at.map(|t| t.timestamp_micros()),
                         None,
                     )
                     .await;
@@ -721,6 +727,7 @@ async fn refund_follow_up(
                         &row,
                         Some(&route),
                         paymux_model::RefundStatus::Failed,
+                        None,
                         None,
                         Some((info.channel_state, "the channel did not refund".into())),
                     )
@@ -749,6 +756,7 @@ async fn refund_follow_up(
                         &row,
                         Some(&route),
                         paymux_model::RefundStatus::Failed,
+                        None,
                         None,
                         Some((code, message)),
                     )
@@ -796,6 +804,7 @@ async fn refund_event(
                 Some(route),
                 paymux_model::RefundStatus::Succeeded,
                 info.channel_refund_no,
+                info.succeeded_at.map(|t| t.timestamp_micros()),
                 None,
             )
             .await;
@@ -807,6 +816,7 @@ async fn refund_event(
                 &row,
                 Some(route),
                 paymux_model::RefundStatus::Failed,
+                None,
                 None,
                 Some((info.channel_state, "the channel did not refund".into())),
             )

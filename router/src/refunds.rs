@@ -131,6 +131,8 @@ pub struct RefundSettle {
     pub payment_id: PaymentId,
     pub to: RefundStatus,
     pub channel_refund_no: Option<String>,
+    /// For `succeeded`: when the channel says the money went back (else: when it is settled here).
+    pub succeeded_at_us: Option<i64>,
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
     /// For `succeeded`: what the ledger entry needs besides the refunds that succeeded before.
@@ -237,6 +239,7 @@ macro_rules! refund_sql {
         ) -> sqlx::Result<(bool, Option<paymux_ledger::NewEntry>)> {
             let pid: Uuid = s.payment_id.into();
             let rid: Uuid = s.refund_id.into();
+            let succeeded_at_us = s.succeeded_at_us.unwrap_or(now_us);
             if $lock {
                 sqlx::query("SELECT id FROM payments WHERE id = $1 FOR UPDATE")
                     .bind(pid)
@@ -246,14 +249,15 @@ macro_rules! refund_sql {
             let amount: Option<i64> = sqlx::query_scalar(
                 "UPDATE refunds SET status = $1, channel_refund_no = COALESCE($2, channel_refund_no), \
                  failure_code = $3, failure_message = $4, updated_at_us = $5, \
-                 succeeded_at_us = CASE WHEN $1 = 'succeeded' THEN $5 ELSE NULL END \
-                 WHERE id = $6 AND status = 'processing' RETURNING amount_minor",
+                 succeeded_at_us = CASE WHEN $1 = 'succeeded' THEN $6 ELSE NULL END \
+                 WHERE id = $7 AND status = 'processing' RETURNING amount_minor",
             )
             .bind(s.to.as_str())
             .bind(&s.channel_refund_no)
             .bind(&s.failure_code)
             .bind(&s.failure_message)
             .bind(now_us)
+            .bind(succeeded_at_us)
             .bind(rid)
             .fetch_optional(&mut *conn)
             .await?;
@@ -290,7 +294,7 @@ macro_rules! refund_sql {
                         s.refund_id,
                         &ctx,
                         paymux_model::Money::cny(amount),
-                        now_us,
+                        succeeded_at_us,
                     );
                     Ok((true, Some(entry)))
                 }

@@ -744,6 +744,7 @@ async fn complete_refund(state: &AppState, route: &Route, item: &Item) -> anyhow
         paymux_model::RefundStatus::Succeeded,
         None,
         None,
+        None,
     )
     .await;
     let now = crate::refunds::get(&state.db, None, id).await?;

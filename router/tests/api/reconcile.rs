@@ -474,3 +474,85 @@ async fn merchants_sharing_the_sandbox_bill_each_reconcile_only_their_own_orders
     assert_eq!(nets, want);
     audit_clean(&app).await;
 }
+
+#[tokio::test]
+async fn refunds_are_matched_by_out_refund_no_and_settled_with_their_payments() {
+    let app = app().await;
+    let m = app.merchant("Book Shop").await;
+    let today = Utc::now().with_timezone(&Shanghai).date_naive();
+    let day = today - chrono::Days::new(2);
+    put_faults(&app, &json!({"clock_offset_secs": offset_to(day, 10, 0)})).await;
+    let whole = code_pay(&m, "rf-1", 1000).await;
+    let part = code_pay(&m, "rf-2", 2000).await;
+    code_pay(&m, "rf-3", 3000).await;
+    let mut refund_ids = Vec::new();
+    for (payment, no, amount) in [(&whole, "rf-1-r", 1000), (&part, "rf-2-r", 500)] {
+        let r = m
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/payments/{payment}/refunds"),
+                Some(&json!({"merchant_refund_no": no, "amount": amount, "reason": "退货"})),
+            )
+            .await;
+        assert!(matches!(r.status.as_u16(), 200 | 201 | 202), "{:?}", r.body);
+        refund_ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    for id in &refund_ids {
+        let mut status = String::new();
+        for _ in 0..400 {
+            let r = m
+                .send(reqwest::Method::GET, &format!("/v1/refunds/{id}"), None)
+                .await;
+            status = r.body["status"].as_str().unwrap_or_default().to_string();
+            if status != "processing" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(status, "succeeded", "refund {id}");
+    }
+
+    let report = reconcile(&app, day).await;
+    let w = wechat(&report);
+    // Three payments and two refunds, every one found on both sides with its amount and fee.
+    assert_eq!(w.channel_records, 5, "{w:#?}");
+    assert_eq!(
+        counts(w),
+        vec![
+            (Class::Matched, 5),
+            (Class::MissingOnPlatform, 0),
+            (Class::MissingOnChannel, 0),
+            (Class::AmountMismatch, 0),
+            (Class::StatusMismatch, 0),
+            (Class::FeeMismatch, 0),
+        ],
+        "{w:#?}"
+    );
+    assert!(w.items.is_empty(), "{w:#?}");
+    assert_eq!(w.receivable_residual_minor, 0, "{w:#?}");
+    // The channel pays payments less refunds less its fees (fees of refunded amounts come back).
+    assert_eq!(
+        w.channel_net_minor + w.channel_fees_minor,
+        1000 + 2000 + 3000 - 1000 - 500,
+        "{w:#?}"
+    );
+
+    // The merchant is paid the day's payments less its refunds less merchant fees.
+    assert_eq!(report.merchant_settlements.len(), 1, "{report:#?}");
+    let s = &report.merchant_settlements[0];
+    assert_eq!((s.gross_minor, s.refunds_minor), (6000, 1500), "{s:#?}");
+    assert_eq!(s.net_minor, s.gross_minor - s.refunds_minor - s.fees_minor);
+    assert!(s.fees_minor > 0 && s.fees_minor <= paymux_ledger::rules::fee_minor(6000, 60));
+    audit_clean(&app).await;
+
+    // A rerun changes nothing.
+    let entries = scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await;
+    let again = reconcile(&app, day).await;
+    assert_eq!(wechat(&again).by_class, w.by_class);
+    assert_eq!(again.merchant_settlements[0].net_minor, s.net_minor);
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await,
+        entries
+    );
+    audit_clean(&app).await;
+}
