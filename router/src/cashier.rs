@@ -1,26 +1,30 @@
 //! The one-code cashier: what a payer's wallet app shows after scanning a static code `/c/{id}`.
 //!
 //! 1. `GET /c/{id}` detects the scanning app from the User-Agent. In a wallet the merchant is
-//!    paid through (a `qr_static` route whose account can learn the payer's id), it shows the
-//!    merchant, the store and an amount form (or the code's fixed amount); elsewhere a page that
-//!    lists the apps that can pay. Disabled and unknown codes get a clear page.
+//!    paid through (a `qr_static` route whose account can learn the payer's id: WeChat, Alipay,
+//!    UnionPay QuickPass), it shows the merchant, the store and an amount form (or the code's
+//!    fixed amount); elsewhere a page that lists the apps that can pay (our own wallet, which has
+//!    no channel yet, is told so). Disabled and unknown codes get a clear page.
 //! 2. `POST /c/{id}/pay` checks the amount on the server (a fixed-amount code refuses any other),
 //!    creates the payment (`qr_static`, the wallet, the code's store and terminal) through the
-//!    write batcher and sends the payer's app to the wallet's OAuth step. The `state` it carries
-//!    is signed and binds the code, the payment, the channel account and the amount; it expires.
-//!    Nothing is written when anything is refused.
-//! 3. `GET /c/{id}/auth` (the OAuth redirect) verifies the `state`, exchanges the code for the
-//!    payer's id, creates the channel's in-app order on the bound account, attaches it to the
-//!    payment and renders the pay page, whose script calls the wallet's bridge
-//!    (`WeixinJSBridge` `getBrandWCPayRequest`, `AlipayJSBridge` `tradePay`) — or, for a sandbox
-//!    account without the bridge, posts to the sandbox's wallet stand-in page.
+//!    write batcher and sends the payer's app to the wallet's authorisation step (WeChat OAuth,
+//!    Alipay `auth_base`, UnionPay `userAuth`). The `state` it carries is signed and binds the
+//!    code, the payment, the channel account and the amount; it expires. Nothing is written when
+//!    anything is refused.
+//! 3. `GET /c/{id}/auth` (the authorisation redirect) verifies the `state`, exchanges the code for
+//!    the payer's id (UnionPay with the `appUpIdentifier` of the payer's User-Agent), creates the
+//!    channel's in-app order on the bound account, attaches it to the payment and renders the pay
+//!    page, whose script calls the wallet's bridge (`WeixinJSBridge` `getBrandWCPayRequest`,
+//!    `AlipayJSBridge` `tradePay`, UnionPay `upsdk.pay`) — or, for a sandbox account without the
+//!    bridge, posts to the sandbox's wallet stand-in page.
 //! 4. `GET /c/{id}/r/{token}` (the payment-link token: unguessable) shows the result and polls
 //!    `GET /c/{id}/r/{token}/status` until it is final; a payment still waiting after a few
 //!    seconds is queried at its channel there (the notification may be late).
 //!
 //! Pages are Chinese unless the browser asks for English first, work on a narrow screen, load
 //! nothing from elsewhere, and have a large-text mode (`?large=1`, or the button; remembered in
-//! `localStorage`). Creating payments here counts against the merchant's rate limit.
+//! `localStorage`). Creating payments here counts against the merchant's rate limit. The pieces
+//! the payment links' pages share ([`crate::linkpay`]) are `pub(crate)` here.
 
 use std::collections::HashMap;
 

@@ -409,3 +409,68 @@ async fn links_that_cannot_be_paid_get_clear_pages_and_nothing_is_created() {
     }
     assert_eq!(m.get_payment(&open_id).await.body["status"], "created");
 }
+
+#[tokio::test]
+async fn without_a_qr_merchant_route_a_link_is_paid_through_the_qr_static_route() {
+    use paymux::routing::store::{self, NewAccount, RouteSpec, TargetSpec};
+    use paymux_model::{ChannelKind, PayMethod, WalletBrand};
+    let app = spawn_app().await;
+    let m = app.merchant("Flower Shop").await;
+    // A second Alipay account takes the merchant's qr_static route; its qr_merchant route goes.
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let secrets = paymux::startup::secret_box(&app.config).unwrap();
+    let merchant = m.creds.merchant_id;
+    let second = store::create_account(
+        &db,
+        &secrets,
+        merchant,
+        NewAccount {
+            name: "alipay static".into(),
+            kind: ChannelKind::Alipay,
+            credentials: json!({"sandbox": true}),
+            cost_rate_bps: 30,
+            enabled: Some(true),
+        },
+    )
+    .await
+    .unwrap();
+    store::set_route(
+        &db,
+        merchant,
+        WalletBrand::Alipay,
+        PayMethod::QrStatic,
+        RouteSpec {
+            rule: paymux::routing::Rule::Priority,
+            targets: vec![TargetSpec {
+                channel_account_id: second.id,
+                priority: 0,
+                weight: 1,
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        store::delete_route(&db, merchant, WalletBrand::Alipay, PayMethod::QrMerchant)
+            .await
+            .unwrap()
+    );
+    db.close().await;
+    // Every node sees a routing change within `routing_refresh_ms`.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        app.config.routing_refresh_ms + 500,
+    ))
+    .await;
+
+    let (id, url) = link(&m, "pl-static", 4_200, json!({})).await;
+    pay_link(&Payer::new(ALIPAY_UA, "zh-CN"), &url).await;
+    let p = m.get_payment(&id).await.body;
+    assert_eq!(p["status"], "succeeded", "{p}");
+    assert_eq!(
+        p["channel_account_id"],
+        second.id.to_string().as_str(),
+        "{p}"
+    );
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (1, 1));
+}
