@@ -61,6 +61,27 @@ pub enum CreatedOrder {
     Jsapi { params: serde_json::Value },
 }
 
+/// What the payer's wallet app brought back from its authorisation step
+/// ([`Channel::payer_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayerAuth<'a> {
+    /// The one-time code (WeChat `code`, Alipay `auth_code`, UnionPay `userAuthCode`).
+    pub code: &'a str,
+    /// The User-Agent of the payer's app, for channels that identify the app with the code
+    /// (UnionPay's `appUpIdentifier`, the `UnionPay/<version> <app>` token of the User-Agent).
+    pub user_agent: Option<&'a str>,
+}
+
+impl<'a> PayerAuth<'a> {
+    /// A code without a User-Agent (enough for WeChat and Alipay).
+    pub fn code(code: &'a str) -> Self {
+        Self {
+            code,
+            user_agent: None,
+        }
+    }
+}
+
 /// The state of a trade at the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,9 +326,9 @@ pub trait Channel: Send + Sync + 'static {
         None
     }
 
-    /// The payer's id at the channel (WeChat `openid`, Alipay `buyer_id`) for the code the
-    /// authorisation redirect brought back.
-    async fn payer_id(&self, _code: &str) -> Result<String, ChannelError> {
+    /// The payer's id at the channel (WeChat `openid`, Alipay `buyer_id`, UnionPay `appUserId`)
+    /// for the code the authorisation redirect brought back.
+    async fn payer_id(&self, _auth: &PayerAuth<'_>) -> Result<String, ChannelError> {
         Err(ChannelError::Config(
             "this channel account cannot learn the payer's id".into(),
         ))

@@ -976,14 +976,24 @@ async fn auth_code_buyer_id_then_the_wallet_stand_in_pays_the_jsapi_trade() {
     assert_eq!(q["state"], "st_2");
     assert_eq!(q["app_id"], env.sandbox.account().app_id);
     // alipay.system.oauth.token: the auth_code once for the buyer's user_id.
-    let buyer = ali.payer_id(&q["auth_code"]).await.unwrap();
+    let buyer = ali
+        .payer_id(&paymux_channels::PayerAuth::code(&q["auth_code"]))
+        .await
+        .unwrap();
     assert!(buyer.starts_with("2088") && buyer.len() == 16, "{buyer}");
-    let again = ali.payer_id(&q["auth_code"]).await.unwrap_err();
+    let again = ali
+        .payer_id(&paymux_channels::PayerAuth::code(&q["auth_code"]))
+        .await
+        .unwrap_err();
     assert!(
         format!("{again:?}").contains("isv.code-invalid"),
         "{again:?}"
     );
-    assert!(ali.payer_id("made-up").await.is_err());
+    assert!(
+        ali.payer_id(&paymux_channels::PayerAuth::code("made-up"))
+            .await
+            .is_err()
+    );
 
     let out = no("S");
     let CreatedOrder::Jsapi { params } = ali

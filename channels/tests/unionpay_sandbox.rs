@@ -213,17 +213,20 @@ async fn c2b_order_paid_by_the_payer_and_notified() {
         matches!(&dup, ChannelError::Rejected { code, .. } if code == "12"),
         "{dup}"
     );
-    // In-app payment is not supported yet.
-    assert!(matches!(
-        up.create_order(&CreateOrder {
-            order: order(&no("J"), 1),
+    // An in-app order cannot reuse the C2B order's orderId.
+    let dup = up
+        .create_order(&CreateOrder {
+            order: order(&out, 1234),
             kind: CreateKind::Jsapi {
-                payer_id: "u".into()
+                payer_id: "up1".into(),
             },
         })
-        .await,
-        Err(ChannelError::Unsupported(_))
-    ));
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&dup, ChannelError::Rejected { code, .. } if code == "12"),
+        "{dup}"
+    );
 
     let t = up.query(&out).await.unwrap();
     assert_eq!(
@@ -886,6 +889,8 @@ fn offline_adapter() -> UnionPay {
                 pem: unionpay.public_key_pem,
             }],
             notify_url: None,
+            user_auth_base_url: None,
+            wallet_stand_in_url: None,
         }
     });
     UnionPay::new(cfg.clone()).unwrap()
@@ -930,4 +935,408 @@ proptest! {
         let _ = messages::FileTransRequest::from_fields(&pairs);
         let _ = messages::FileTransResponse::from_fields(&pairs).map(|r| r.file());
     }
+}
+
+const UNIONPAY_UA: &str = "Mozilla/5.0 (Linux; Android 11; M2011K2C Build/RKQ1.200928.002; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/83.0.4103.106 Mobile Safari/537.36 (com.unionpay.mobilepay) (cordova 7.0.0) (updebug 0) (version 930) (UnionPay/1.0 CloudPay) (clientVersion 190) (language zh_CN)";
+
+/// The wallet's `userAuth` step: the adapter's URL, followed without a browser, to the
+/// `redirectUrl` it names; returns that callback's query.
+async fn user_auth(
+    env: &Env,
+    up: &UnionPay,
+    state: &str,
+) -> std::collections::HashMap<String, String> {
+    let url = up
+        .payer_auth_url("https://shop.example/p/tok/auth?x=1", state)
+        .expect("an in-app capable account");
+    assert!(
+        url.starts_with(&format!(
+            "{}/qrcGtwWeb-web/api/userAuth?version=1.0.0&redirectUrl=",
+            env.base
+        )),
+        "{url}"
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        back.starts_with("https://shop.example/p/tok/auth?"),
+        "{back}"
+    );
+    reqwest::Url::parse(&back)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn in_app_payment_user_auth_order_wallet_notification_query_and_bill() {
+    let env = Env::start().await;
+    let up = env.adapter();
+    let q = user_auth(&env, &up, "st_1").await;
+    assert_eq!(
+        (q["x"].as_str(), q["state"].as_str(), q["respCode"].as_str()),
+        ("1", "st_1", "00")
+    );
+    let code = q["userAuthCode"].clone();
+    // Without a UnionPay app in the User-Agent nothing is sent (the code stays unused).
+    let err = up
+        .payer_id(&paymux_channels::PayerAuth {
+            code: &code,
+            user_agent: Some("Mozilla/5.0 Safari"),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ChannelError::Rejected { code, .. } if code == "NO_APP_UP_IDENTIFIER"),
+        "{err}"
+    );
+    let auth = paymux_channels::PayerAuth {
+        code: &code,
+        user_agent: Some(UNIONPAY_UA),
+    };
+    let user = up.payer_id(&auth).await.unwrap();
+    assert!(user.starts_with("up"), "{user}");
+    // A code works once; a made-up one not at all.
+    for c in [code.as_str(), "madeUp123"] {
+        let err = up
+            .payer_id(&paymux_channels::PayerAuth {
+                code: c,
+                user_agent: Some(UNIONPAY_UA),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ChannelError::Rejected { code, .. } if code == "30"),
+            "{c}: {err}"
+        );
+    }
+
+    let out = no("J");
+    let create = CreateOrder {
+        order: order(&out, 1_288),
+        kind: CreateKind::Jsapi {
+            payer_id: user.clone(),
+        },
+    };
+    let tn = match up.create_order(&create).await.unwrap() {
+        CreatedOrder::Jsapi { params } => params["tn"].as_str().unwrap().to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(tn.len(), 21, "{tn}");
+    // The same order sent again (another open of the page) is the same tn.
+    match up.create_order(&create).await.unwrap() {
+        CreatedOrder::Jsapi { params } => assert_eq!(params["tn"], tn.as_str()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(up.query(&out).await.unwrap().state, TradeState::UserPaying);
+    // The wallet stand-in shows the order, then pays it and returns.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let stand_in = up.wallet_stand_in_url().expect("sandbox stand-in");
+    let form = |action: &str| {
+        vec![
+            ("tn", tn.clone()),
+            ("return_url", "https://shop.example/p/tok/r".to_string()),
+            ("action", action.to_string()),
+        ]
+    };
+    let sheet = http.post(&stand_in).form(&form("")).send().await.unwrap();
+    assert_eq!(sheet.status(), 200);
+    let text = sheet.text().await.unwrap();
+    assert!(
+        text.contains("¥12.88") && text.contains("id=\"pay\""),
+        "{text}"
+    );
+    let unknown = http
+        .post(&stand_in)
+        .form(&[
+            ("tn", "000"),
+            ("return_url", "https://shop.example/"),
+            ("action", "pay"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let paid = http
+        .post(&stand_in)
+        .form(&form("pay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 302);
+    assert_eq!(paid.headers()["location"], "https://shop.example/p/tok/r");
+    let again = http
+        .post(&stand_in)
+        .form(&form("pay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "paid once only");
+
+    let trade = env
+        .wait_for(|ns| payments_of(ns, &out).into_iter().next())
+        .await;
+    match trade.event {
+        NotificationEvent::Payment { trade } => {
+            assert_eq!(trade.state, TradeState::Succeeded);
+            assert_eq!(trade.amount_minor, Some(1_288));
+        }
+        other => panic!("{other:?}"),
+    }
+    let q = up.query(&out).await.unwrap();
+    assert_eq!(
+        (q.state, q.amount_minor),
+        (TradeState::Succeeded, Some(1_288))
+    );
+    // Paid: the order cannot be created again.
+    let err = up.create_order(&create).await.unwrap_err();
+    assert!(
+        matches!(&err, ChannelError::Rejected { code, .. } if code == "12"),
+        "{err}"
+    );
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive();
+    let books = env.sandbox.bill_records(today).await.unwrap();
+    assert!(
+        books.iter().any(|b| b.out_trade_no == out
+            && b.amount_minor == 1_288
+            && b.kind == BillKind::Payment),
+        "{books:?}"
+    );
+}
+
+#[tokio::test]
+async fn user_id_exchange_refuses_missing_and_malformed_app_identifiers() {
+    let env = Env::start().await;
+    let up = env.adapter();
+    let signer = paymux_channels::unionpay::sign::SignKey::rsa_from_pem(
+        &env.sandbox.account().merchant_private_key,
+        Some(&env.sandbox.account().merchant_cert_id),
+    )
+    .unwrap();
+    let code = user_auth(&env, &up, "s").await["userAuthCode"].clone();
+    let request = messages::UserAuthRequest {
+        mer_id: env.sandbox.account().mer_id.clone(),
+        order_id: no("UA"),
+        txn_time: messages::parse_txn_time("20240301120000").unwrap(),
+        user_auth_code: code.clone(),
+        app_up_identifier: "UnionPay/1.0 CloudPay".into(),
+    }
+    .to_fields()
+    .unwrap();
+    let send = |fields: paymux_channels::unionpay::Fields| {
+        let http = env.http.clone();
+        let url = format!("{}/gateway/api/backTransReq.do", env.base);
+        async move {
+            let resp = http
+                .post(url)
+                .body(encode_form(&fields))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            decode_form(&resp.bytes().await.unwrap()).unwrap()
+        }
+    };
+    for (change, expected) in [
+        (None, "13"),
+        (Some("CloudPay"), "10"),
+        (Some("UnionPay/x y"), "10"),
+    ] {
+        let mut f = request.clone();
+        match change {
+            None => {
+                f.remove("appUpIdentifier");
+            }
+            Some(v) => {
+                f.insert("appUpIdentifier".into(), v.into());
+            }
+        }
+        signer.sign(&mut f).unwrap();
+        let answer = send(f).await;
+        assert_eq!(
+            answer.get("respCode").map(String::as_str),
+            Some(expected),
+            "{change:?}: {answer:?}"
+        );
+    }
+    // The code was not used up by the refused requests.
+    let mut f = request.clone();
+    signer.sign(&mut f).unwrap();
+    let answer = send(f).await;
+    assert_eq!(
+        answer.get("respCode").map(String::as_str),
+        Some("00"),
+        "{answer:?}"
+    );
+    assert!(answer.get("appUserId").is_some_and(|u| u.starts_with("up")));
+}
+
+#[test]
+fn app_up_identifier_from_user_agents() {
+    assert_eq!(
+        messages::app_up_identifier(UNIONPAY_UA),
+        Some("UnionPay/1.0 CloudPay")
+    );
+    assert_eq!(
+        messages::app_up_identifier("x UnionPay/2.10.3 ICBC)"),
+        Some("UnionPay/2.10.3 ICBC")
+    );
+    for ua in [
+        "",
+        "Mozilla/5.0",
+        "UnionPay/",
+        "UnionPay/1.0",
+        "UnionPay/1.0 ",
+        "UnionPay/a.b App",
+        "UnionPay/ App",
+    ] {
+        assert_eq!(messages::app_up_identifier(ua), None, "{ua:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn in_app_answers_of_garbage_are_errors_not_panics(
+        pairs in proptest::collection::vec(("[a-zA-Z]{1,12}", "[ -~]{0,40}"), 0..12),
+        resp in "[0-9A-Z]{0,3}",
+    ) {
+        let mut f: paymux_channels::unionpay::Fields = pairs.into_iter().collect();
+        f.insert("respCode".into(), resp);
+        let _ = messages::UserAuthResponse::from_fields(&f).map(|r| r.user_id());
+        let _ = messages::JsOrderResponse::from_fields(&f).map(|r| r.created());
+        let _ = messages::app_up_identifier(f.get("respCode").map(String::as_str).unwrap_or(""));
+    }
+}
+
+/// What a fake gateway answers to a request's fields: HTTP status and body.
+type Answerer = fn(&paymux_channels::unionpay::Fields) -> (u16, String);
+
+/// An adapter against a gateway that answers `answer(request fields)` to every request.
+async fn against(env: &Env, answer: Answerer) -> UnionPay {
+    async fn handle(State(f): State<Answerer>, body: Bytes) -> axum::response::Response {
+        let req = decode_form(&body).unwrap_or_default();
+        let (status, text) = f(&req);
+        (http::StatusCode::from_u16(status).unwrap(), text).into_response()
+    }
+    let root = serve(
+        axum::Router::new()
+            .route("/gateway/api/backTransReq.do", axum::routing::post(handle))
+            .with_state(answer),
+    )
+    .await;
+    let mut cfg = env.config();
+    cfg.base_url = root;
+    UnionPay::new(cfg).unwrap()
+}
+
+#[tokio::test]
+async fn in_app_garbage_answers_are_errors() {
+    let env = Env::start().await;
+    let auth = paymux_channels::PayerAuth {
+        code: "abc123",
+        user_agent: Some(UNIONPAY_UA),
+    };
+    let js = CreateOrder {
+        order: order(&no("G"), 100),
+        kind: CreateKind::Jsapi {
+            payer_id: "up1".into(),
+        },
+    };
+    // Not a form, a 5xx, an unsigned answer.
+    let up = against(&env, |_| (200, "%%%=&&=".into())).await;
+    assert!(matches!(
+        up.payer_id(&auth).await,
+        Err(ChannelError::Protocol(_))
+    ));
+    assert!(matches!(
+        up.create_order(&js).await,
+        Err(ChannelError::Protocol(_))
+    ));
+    let up = against(&env, |_| (502, "bad gateway".into())).await;
+    assert!(matches!(
+        up.payer_id(&auth).await,
+        Err(ChannelError::Unknown(_))
+    ));
+    assert!(matches!(
+        up.create_order(&js).await,
+        Err(ChannelError::Unknown(_))
+    ));
+    let up = against(&env, |req| (200, encode_form(req))).await;
+    assert!(matches!(
+        up.payer_id(&auth).await,
+        Err(ChannelError::Signature(_))
+    ));
+    assert!(matches!(
+        up.create_order(&js).await,
+        Err(ChannelError::Signature(_))
+    ));
+
+    // Signed, but respCode 00 without the payer's id / the tn, or for another order.
+    static ENV_KEYS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let _ = ENV_KEYS.set((
+        env.sandbox.account().unionpay_private_key.clone(),
+        env.sandbox.account().unionpay_cert_id.clone(),
+    ));
+    fn sign(mut f: paymux_channels::unionpay::Fields) -> String {
+        let (key, id) = ENV_KEYS.get().unwrap();
+        paymux_channels::unionpay::sign::SignKey::rsa_from_pem(key, Some(id))
+            .unwrap()
+            .sign(&mut f)
+            .unwrap();
+        encode_form(&f)
+    }
+    let up = against(&env, |req| {
+        let mut f = req.clone();
+        f.retain(|k, _| {
+            !k.starts_with("sign") && k != "certId" && k != "userAuthCode" && k != "appUserId"
+        });
+        f.insert("respCode".into(), "00".into());
+        (200, sign(f))
+    })
+    .await;
+    assert!(
+        matches!(up.payer_id(&auth).await, Err(ChannelError::Protocol(m)) if m.contains("appUserId"))
+    );
+    assert!(
+        matches!(up.create_order(&js).await, Err(ChannelError::Protocol(m)) if m.contains("tn"))
+    );
+    let up = against(&env, |req| {
+        let mut f = req.clone();
+        f.retain(|k, _| !k.starts_with("sign") && k != "certId");
+        f.insert("respCode".into(), "00".into());
+        f.insert("orderId".into(), "OTHER0000000".into());
+        f.insert("tn".into(), "123".into());
+        f.insert("appUserId".into(), "up1".into());
+        (200, sign(f))
+    })
+    .await;
+    assert!(
+        matches!(up.payer_id(&auth).await, Err(ChannelError::Protocol(m)) if m.contains("OTHER"))
+    );
+    assert!(
+        matches!(up.create_order(&js).await, Err(ChannelError::Protocol(m)) if m.contains("OTHER"))
+    );
+    // A refusal is a rejection with the gateway's code.
+    let up = against(&env, |req| {
+        let mut f = req.clone();
+        f.retain(|k, _| !k.starts_with("sign") && k != "certId");
+        f.insert("respCode".into(), "30".into());
+        f.insert("respMsg".into(), "no".into());
+        (200, sign(f))
+    })
+    .await;
+    assert!(
+        matches!(up.payer_id(&auth).await, Err(ChannelError::Rejected { code, .. }) if code == "30")
+    );
 }

@@ -771,10 +771,16 @@ async fn oauth_openid_then_the_wallet_stand_in_verifies_pay_sign_and_pays() {
             .starts_with("https://shop.example/c/1/auth?x=1&code=")
     );
     assert_eq!(q["state"], "st_1");
-    let openid = wx.payer_id(&q["code"]).await.unwrap();
+    let openid = wx
+        .payer_id(&paymux_channels::PayerAuth::code(&q["code"]))
+        .await
+        .unwrap();
     assert!(openid.starts_with('o') && openid.len() == 28, "{openid}");
     // A code works once; a wrong secret or app is refused.
-    let again = wx.payer_id(&q["code"]).await.unwrap_err();
+    let again = wx
+        .payer_id(&paymux_channels::PayerAuth::code(&q["code"]))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&again, ChannelError::Rejected { code, .. } if code == "40029"),
         "{again}"

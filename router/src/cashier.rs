@@ -1,26 +1,30 @@
 //! The one-code cashier: what a payer's wallet app shows after scanning a static code `/c/{id}`.
 //!
 //! 1. `GET /c/{id}` detects the scanning app from the User-Agent. In a wallet the merchant is
-//!    paid through (a `qr_static` route whose account can learn the payer's id), it shows the
-//!    merchant, the store and an amount form (or the code's fixed amount); elsewhere a page that
-//!    lists the apps that can pay. Disabled and unknown codes get a clear page.
+//!    paid through (a `qr_static` route whose account can learn the payer's id: WeChat, Alipay,
+//!    UnionPay QuickPass), it shows the merchant, the store and an amount form (or the code's
+//!    fixed amount); elsewhere a page that lists the apps that can pay (our own wallet, which has
+//!    no channel yet, is told so). Disabled and unknown codes get a clear page.
 //! 2. `POST /c/{id}/pay` checks the amount on the server (a fixed-amount code refuses any other),
 //!    creates the payment (`qr_static`, the wallet, the code's store and terminal) through the
-//!    write batcher and sends the payer's app to the wallet's OAuth step. The `state` it carries
-//!    is signed and binds the code, the payment, the channel account and the amount; it expires.
-//!    Nothing is written when anything is refused.
-//! 3. `GET /c/{id}/auth` (the OAuth redirect) verifies the `state`, exchanges the code for the
-//!    payer's id, creates the channel's in-app order on the bound account, attaches it to the
-//!    payment and renders the pay page, whose script calls the wallet's bridge
-//!    (`WeixinJSBridge` `getBrandWCPayRequest`, `AlipayJSBridge` `tradePay`) — or, for a sandbox
-//!    account without the bridge, posts to the sandbox's wallet stand-in page.
+//!    write batcher and sends the payer's app to the wallet's authorisation step (WeChat OAuth,
+//!    Alipay `auth_base`, UnionPay `userAuth`). The `state` it carries is signed and binds the
+//!    code, the payment, the channel account and the amount; it expires. Nothing is written when
+//!    anything is refused.
+//! 3. `GET /c/{id}/auth` (the authorisation redirect) verifies the `state`, exchanges the code for
+//!    the payer's id (UnionPay with the `appUpIdentifier` of the payer's User-Agent), creates the
+//!    channel's in-app order on the bound account, attaches it to the payment and renders the pay
+//!    page, whose script calls the wallet's bridge (`WeixinJSBridge` `getBrandWCPayRequest`,
+//!    `AlipayJSBridge` `tradePay`, UnionPay `upsdk.pay`) — or, for a sandbox account without the
+//!    bridge, posts to the sandbox's wallet stand-in page.
 //! 4. `GET /c/{id}/r/{token}` (the payment-link token: unguessable) shows the result and polls
 //!    `GET /c/{id}/r/{token}/status` until it is final; a payment still waiting after a few
 //!    seconds is queried at its channel there (the notification may be late).
 //!
 //! Pages are Chinese unless the browser asks for English first, work on a narrow screen, load
 //! nothing from elsewhere, and have a large-text mode (`?large=1`, or the button; remembered in
-//! `localStorage`). Creating payments here counts against the merchant's rate limit.
+//! `localStorage`). Creating payments here counts against the merchant's rate limit. The pieces
+//! the payment links' pages share ([`crate::linkpay`]) are `pub(crate)` here.
 
 use std::collections::HashMap;
 
@@ -94,10 +98,12 @@ impl CashierState {
     }
 
     fn key(state: &AppState) -> ring::hmac::Key {
-        ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &state.secrets.derive_key("paymux cashier oauth state v1"),
-        )
+        Self::key_for(state, "paymux cashier oauth state v1")
+    }
+
+    /// The state key of one flow (`purpose` separates the static codes' states from others').
+    pub(crate) fn key_for(state: &AppState, purpose: &str) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.secrets.derive_key(purpose))
     }
 
     /// The state as sent through the wallet's OAuth step (86 URL-safe characters).
@@ -159,14 +165,14 @@ pub fn parse_yuan(text: &str) -> Option<i64> {
 }
 
 /// The page's texts in both languages.
-fn t(lang: Lang, zh: &'static str, en: &'static str) -> &'static str {
+pub(crate) fn t(lang: Lang, zh: &'static str, en: &'static str) -> &'static str {
     match lang {
         Lang::Zh => zh,
         Lang::En => en,
     }
 }
 
-fn wallet_label(lang: Lang, w: WalletBrand) -> &'static str {
+pub(crate) fn wallet_label(lang: Lang, w: WalletBrand) -> &'static str {
     match lang {
         Lang::Zh => render::wallet_label_zh(w),
         Lang::En => render::wallet_label_en(w),
@@ -181,14 +187,14 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn large(&self) -> bool {
+    pub(crate) fn large(&self) -> bool {
         self.large.as_deref() == Some("1")
     }
 }
 
 /// A cashier page: small, no external assets, for a narrow phone screen, with the large-text
 /// toggle (remembered in `localStorage`).
-fn cashier_page(lang: Lang, title: &str, body: &str, large: bool) -> String {
+pub(crate) fn cashier_page(lang: Lang, title: &str, body: &str, large: bool) -> String {
     let html_lang = t(lang, "zh-CN", "en");
     let toggle = t(lang, "大字模式", "Large text");
     let class = if large { "large" } else { "" };
@@ -214,12 +220,12 @@ try{{localStorage.setItem(k,on?'1':'0');}}catch(e){{}}}};}})();</script></body><
     )
 }
 
-fn html(status: StatusCode, page: String) -> Response {
+pub(crate) fn html(status: StatusCode, page: String) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
 }
 
 /// A page with one message (`id` names it for tests and screen readers).
-fn message(
+pub(crate) fn message(
     status: StatusCode,
     lang: Lang,
     large: bool,
@@ -270,7 +276,7 @@ fn disabled_code(lang: Lang, large: bool) -> Response {
     )
 }
 
-fn unavailable(lang: Lang, large: bool) -> Response {
+pub(crate) fn unavailable(lang: Lang, large: bool) -> Response {
     message(
         StatusCode::SERVICE_UNAVAILABLE,
         lang,
@@ -305,7 +311,7 @@ async fn active_code(
     }
 }
 
-fn detected_wallet(headers: &HeaderMap) -> Option<WalletBrand> {
+pub(crate) fn detected_wallet(headers: &HeaderMap) -> Option<WalletBrand> {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -360,8 +366,28 @@ fn apps_page(
             yuan(a)
         ));
     }
-    if let Some(w) = opened_in {
-        body.push_str(&format!(
+    body.push_str(&apps_list(lang, opened_in, apps));
+    html(StatusCode::OK, cashier_page(lang, name, &body, large))
+}
+
+/// The app the page was opened in (when it cannot pay here) and the apps that can pay.
+pub(crate) fn apps_list(
+    lang: Lang,
+    opened_in: Option<WalletBrand>,
+    apps: &[WalletBrand],
+) -> String {
+    let mut body = String::new();
+    match opened_in {
+        // Our own wallet has no channel yet: say so plainly, never pretend it can pay.
+        Some(WalletBrand::Paymux) => body.push_str(&format!(
+            "<p class=\"muted\" id=\"own-wallet\">{}</p>",
+            t(
+                lang,
+                "Paymux 钱包暂时还不能支付此付款码，请用以下应用付款。",
+                "The Paymux wallet cannot pay this code yet; please pay with one of the apps below."
+            )
+        )),
+        Some(w) => body.push_str(&format!(
             "<p class=\"muted\" id=\"app\">{}: {} — {}</p>",
             t(lang, "当前应用", "Opened in"),
             wallet_label(lang, w),
@@ -370,7 +396,8 @@ fn apps_page(
                 "暂不支持在此应用中付款",
                 "paying in this app is not supported here"
             )
-        ));
+        )),
+        None => {}
     }
     if apps.is_empty() {
         body.push_str(&format!(
@@ -395,7 +422,7 @@ fn apps_page(
             )
         ));
     }
-    html(StatusCode::OK, cashier_page(lang, name, &body, large))
+    body
 }
 
 /// The amount form (or the fixed amount) for a payable wallet.
@@ -631,18 +658,37 @@ pub async fn submit(
     }
 }
 
-/// The OAuth redirect's query: WeChat sends `code`, Alipay `auth_code`.
+/// The OAuth redirect's query: WeChat sends `code`, Alipay `auth_code`, UnionPay `userAuthCode`
+/// and `respCode` (the `state` rides in UnionPay's `redirectUrl`).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct AuthQuery {
     #[serde(default)]
     code: Option<String>,
     #[serde(default)]
     auth_code: Option<String>,
+    #[serde(default, rename = "userAuthCode")]
+    user_auth_code: Option<String>,
+    #[serde(default, rename = "respCode")]
+    resp_code: Option<String>,
     #[serde(default)]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
 }
 
-fn invalid_link(lang: Lang) -> Response {
+impl AuthQuery {
+    /// The wallet's one-time code, unless the wallet said the authorisation failed.
+    pub(crate) fn auth_code(&self) -> Option<&str> {
+        if self.resp_code.as_deref().is_some_and(|c| c != "00") {
+            return None;
+        }
+        self.code
+            .as_deref()
+            .or(self.auth_code.as_deref())
+            .or(self.user_auth_code.as_deref())
+            .filter(|c| !c.is_empty() && c.len() <= 256)
+    }
+}
+
+pub(crate) fn invalid_link(lang: Lang) -> Response {
     message(
         StatusCode::BAD_REQUEST,
         lang,
@@ -681,11 +727,7 @@ pub async fn authorized(
     }) else {
         return invalid_link(lang);
     };
-    let Some(auth_code) = q
-        .code
-        .or(q.auth_code)
-        .filter(|c| !c.is_empty() && c.len() <= 256)
-    else {
+    let Some(auth_code) = q.auth_code().map(str::to_string) else {
         return invalid_link(lang);
     };
     let row = match active_code(&state, &id, lang, false).await {
@@ -723,7 +765,13 @@ pub async fn authorized(
     else {
         return unavailable(lang, false);
     };
-    let payer = match route.channel.payer_id(&auth_code).await {
+    let auth = paymux_channels::PayerAuth {
+        code: &auth_code,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    };
+    let payer = match route.channel.payer_id(&auth).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(payment_id = %payment.id, error = %e, "exchanging the payer's authorisation");
@@ -758,12 +806,7 @@ pub async fn authorized(
             return unavailable(lang, false);
         }
     };
-    // The channel's reference of the in-app order (WeChat `prepay_id=…`, Alipay trade number).
-    let reference = params["package"]
-        .as_str()
-        .or(params["tradeNO"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let reference = order_reference(&params);
     let attached = state
         .batcher
         .submit(WriteOp::AttachQr {
@@ -804,6 +847,17 @@ pub async fn authorized(
     )
 }
 
+/// The channel's reference of an in-app order (WeChat `prepay_id=…`, Alipay trade number,
+/// UnionPay `tn`), kept in the payment's `qr_code`.
+pub(crate) fn order_reference(params: &serde_json::Value) -> String {
+    params["package"]
+        .as_str()
+        .or(params["tradeNO"].as_str())
+        .or(params["tn"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// JSON for a `<script>` element: `<`, `>` and `&` escaped so it cannot close the element.
 fn script_json(v: &serde_json::Value) -> String {
     v.to_string()
@@ -814,7 +868,7 @@ fn script_json(v: &serde_json::Value) -> String {
 
 /// The page that hands the order to the wallet: its bridge inside the app, or the sandbox's
 /// stand-in page when the bridge is absent and the account is a sandbox's.
-fn pay_page(
+pub(crate) fn pay_page(
     lang: Lang,
     name: &str,
     payment: &PaymentRow,
@@ -827,6 +881,10 @@ fn pay_page(
         WalletBrand::Alipay => (
             "function(){AlipayJSBridge.call('tradePay',{tradeNO:p.tradeNO},function(){done()})}",
             vec!["tradeNO"],
+        ),
+        WalletBrand::Unionpay => (
+            "function(){upsdk.pay({tn:p.tn,success:done,fail:done,cancel:done})}",
+            vec!["tn"],
         ),
         _ => (
             "function(){WeixinJSBridge.invoke('getBrandWCPayRequest',p,function(){done()})}",
@@ -842,6 +900,7 @@ fn pay_page(
     };
     let bridge_name = match wallet {
         WalletBrand::Alipay => "AlipayJSBridge",
+        WalletBrand::Unionpay => "upsdk",
         _ => "WeixinJSBridge",
     };
     let mut body = format!(
@@ -944,6 +1003,11 @@ pub async fn result_page(
     let name = merchant_name(&state.db, p.merchant_id)
         .await
         .unwrap_or_default();
+    result_html(lang, large, &name, &p)
+}
+
+/// The result page of a payment: its status, polled at `<this page>/status` until final.
+pub(crate) fn result_html(lang: Lang, large: bool, name: &str, p: &PaymentRow) -> Response {
     let status = p.status();
     let texts = serde_json::json!({
         "created": status_text(PaymentStatus::Created, lang),
@@ -965,13 +1029,13 @@ fetch(location.pathname+'/status',{{cache:'no-store'}}).then(function(r){{return
 el.textContent=tx[j.status]||j.status}}setTimeout(tick,1500)}},function(){{setTimeout(tick,3000)}})}}\
 setTimeout(tick,1000)}})();</script>",
         t(lang, "付款给", "Paid to"),
-        escape_html(&name),
+        escape_html(name),
         yuan(p.amount_minor),
         code = status.as_str(),
         text = status_text(status, lang),
         texts = script_json(&texts),
     );
-    html(StatusCode::OK, cashier_page(lang, &name, &body, large))
+    html(StatusCode::OK, cashier_page(lang, name, &body, large))
 }
 
 /// `GET /c/{id}/r/{token}/status`: `{"status"}`. A payment still waiting a few seconds after its
@@ -985,6 +1049,12 @@ pub async fn status(
         Ok(None) => return crate::error::ApiError::not_found("payment").into_response(),
         Err(e) => return crate::error::ApiError::from(e).into_response(),
     };
+    status_json(&state, &p).await
+}
+
+/// `{"status"}` of a polled payment; one still waiting a few seconds after its order was attached
+/// is asked about at its channel (settled if paid there).
+pub(crate) async fn status_json(state: &AppState, p: &PaymentRow) -> Response {
     let mut status = p.status();
     if status == PaymentStatus::Created
         && now_us() - p.updated_at_us > QUERY_AFTER_US
@@ -993,7 +1063,7 @@ pub async fn status(
         && let Ok(trade) = route.query(&crate::orchestrate::out_trade_no(p.id)).await
         && trade.state == paymux_channels::TradeState::Succeeded
     {
-        match crate::orchestrate::settle_paid(&state, &p, &route, trade).await {
+        match crate::orchestrate::settle_paid(state, p, &route, trade).await {
             Ok(true) => status = PaymentStatus::Succeeded,
             Ok(false) => {}
             Err(e) => {

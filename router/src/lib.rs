@@ -15,7 +15,8 @@
 //! - [`ledger_audit`]: the ledger's audit joined with the payments (each success posted once).
 //! - [`cli`]: the `paymux` command line.
 //! - [`health`]: a circuit breaker per channel account (fail fast while a channel is down).
-//! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet.
+//! - [`paylink`]: the aggregated payment link `/p/{token}` of a C2B payment without a wallet;
+//!   [`linkpay`]: its pages, and paying it in the wallet app that opened it.
 //! - [`codes`]: static merchant codes (`/v1/codes`, their public images under `/c/{id}/…`).
 //! - [`cashier`]: the one-code cashier `/c/{id}` — the scanning app's page, the amount, the
 //!   wallet's OAuth and in-app payment, the result page.
@@ -38,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod ledger_audit;
+pub mod linkpay;
 pub mod merchants;
 pub mod openapi;
 pub mod ops;

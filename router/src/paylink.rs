@@ -4,16 +4,14 @@
 //! The token is the payment id and a truncated HMAC-SHA256 tag over it (key derived from the master
 //! key), base64url without padding: `/p/` pages cannot be enumerated or forged, and a tampered token
 //! is refused before the database is asked. The QR payload of such a payment is the URL itself.
+//! The pages behind the link, and paying it in a wallet app, are [`crate::linkpay`]'s.
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use paymux_model::{PayMethod, PaymentStatus, WalletBrand};
+use paymux_model::PayMethod;
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::crypto::SecretBox;
 use crate::payments::model::{Payment, PaymentRow};
 
@@ -134,158 +132,6 @@ pub use paymux_qrcode::render::xml_escape as escape_html;
 /// `12.34` from 1234 fen.
 pub fn yuan(fen: i64) -> String {
     format!("{}.{:02}", fen / 100, (fen % 100).abs())
-}
-
-fn status_text(status: PaymentStatus, lang: Lang) -> &'static str {
-    match (status, lang) {
-        (PaymentStatus::Created, Lang::Zh) => "待支付",
-        (PaymentStatus::Created, Lang::En) => "Awaiting payment",
-        (PaymentStatus::Processing, Lang::Zh) => "支付处理中",
-        (PaymentStatus::Processing, Lang::En) => "Processing",
-        (PaymentStatus::Succeeded, Lang::Zh) => "支付成功",
-        (PaymentStatus::Succeeded, Lang::En) => "Paid",
-        (PaymentStatus::Failed, Lang::Zh) => "支付失败",
-        (PaymentStatus::Failed, Lang::En) => "Payment failed",
-        (PaymentStatus::Closed, Lang::Zh) => "已关闭",
-        (PaymentStatus::Closed, Lang::En) => "Closed",
-    }
-}
-
-fn wallet_name(w: WalletBrand, lang: Lang) -> &'static str {
-    match (w, lang) {
-        (WalletBrand::Wechat, Lang::Zh) => "微信支付",
-        (WalletBrand::Wechat, Lang::En) => "WeChat Pay",
-        (WalletBrand::Alipay, Lang::Zh) => "支付宝",
-        (WalletBrand::Alipay, Lang::En) => "Alipay",
-        (WalletBrand::Unionpay, Lang::Zh) => "云闪付",
-        (WalletBrand::Unionpay, Lang::En) => "UnionPay QuickPass",
-        (_, Lang::Zh) => "钱包",
-        (_, Lang::En) => "Wallet",
-    }
-}
-
-/// A small page, no external assets, readable on a narrow phone screen.
-pub fn page(lang: Lang, title: &str, body: &str) -> String {
-    let html_lang = match lang {
-        Lang::Zh => "zh-CN",
-        Lang::En => "en",
-    };
-    format!(
-        "<!doctype html><html lang=\"{html_lang}\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<title>{title}</title><style>\
-body{{font-family:system-ui,sans-serif;margin:0;padding:1.25rem;max-width:28rem;margin:auto;color:#1a1a1a}}\
-h1{{font-size:1.25rem}}.amount{{font-size:2.25rem;font-weight:700;margin:.5rem 0}}\
-.muted{{color:#555}}.status{{display:inline-block;padding:.25rem .75rem;border-radius:1rem;background:#eef}}\
-</style></head><body>{body}</body></html>",
-        title = escape_html(title),
-    )
-}
-
-fn not_found_page(lang: Lang) -> Response {
-    let (title, text) = match lang {
-        Lang::Zh => (
-            "链接无效",
-            "此付款链接无效或已被篡改，请向商户索取新的付款码。",
-        ),
-        Lang::En => (
-            "Invalid link",
-            "This payment link is not valid or has been altered. Ask the merchant for a new code.",
-        ),
-    };
-    let body = format!("<h1>{title}</h1><p class=\"muted\" id=\"error\">{text}</p>");
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(page(lang, title, &body)),
-    )
-        .into_response()
-}
-
-/// `GET /p/{token}`: the payment behind a link — merchant, subject, amount, status and the wallets
-/// it can be paid with. A tampered or unknown token gets a 404 page; nothing is written.
-pub async fn show(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let lang = Lang::of(&headers);
-    let Some(id) = state.paylinks.verify(&token) else {
-        return not_found_page(lang);
-    };
-    let row = match crate::payments::repo::get_any(&state.db, id).await {
-        Ok(Some(row)) if PayLinks::applies(&row) => row,
-        Ok(_) => return not_found_page(lang),
-        Err(e) => {
-            tracing::error!(error = %e, "loading a payment for its link");
-            return crate::error::ApiError::unavailable(e).into_response();
-        }
-    };
-    let merchant = merchant_name(&state, row.merchant_id).await;
-    let app = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(paymux_qrcode::useragent::detect)
-        .and_then(|a| a.wallet());
-    let wallets: Vec<&str> = state
-        .routes
-        .wallets(row.merchant_id, PayMethod::QrMerchant)
-        .await
-        .into_iter()
-        .map(|w| wallet_name(w, lang))
-        .collect();
-    let (pay_to, accepted, opened_in) = match lang {
-        Lang::Zh => ("付款给", "可用", "当前应用"),
-        Lang::En => ("Pay to", "Accepted", "Opened in"),
-    };
-    let status = row.status();
-    let mut body = format!(
-        "<h1>{pay_to} {merchant}</h1><p class=\"muted\">{subject}</p>\
-<p class=\"amount\" id=\"amount\">¥{amount}</p>\
-<p><span class=\"status\" id=\"status\" data-status=\"{code}\">{status_text}</span></p>",
-        merchant = escape_html(&merchant),
-        subject = escape_html(&row.subject),
-        amount = yuan(row.amount_minor),
-        code = status.as_str(),
-        status_text = status_text(status, lang),
-    );
-    if !status.is_final() {
-        body.push_str(&format!(
-            "<p class=\"muted\">{accepted}: {}</p>",
-            wallets.join(" · ")
-        ));
-        if let Some(w) = app {
-            body.push_str(&format!(
-                "<p class=\"muted\">{opened_in}: {}</p>",
-                wallet_name(w, lang)
-            ));
-        }
-    }
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(page(lang, &format!("¥{}", yuan(row.amount_minor)), &body)),
-    )
-        .into_response()
-}
-
-async fn merchant_name(state: &AppState, id: Uuid) -> String {
-    let sql = "SELECT name FROM merchants WHERE id = $1";
-    let name: Option<String> = match &state.db {
-        crate::db::Db::Sqlite(pool) => sqlx::query_scalar(sql)
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten(),
-        crate::db::Db::Postgres(pool) => sqlx::query_scalar(sql)
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten(),
-    };
-    name.unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/ops/v1", crate::ops::router(state.clone()))
         .merge(crate::ops::console::router())
         .route("/notify/{channel_account_id}", axum::routing::post(channel_notify))
-        .route("/p/{token}", get(crate::paylink::show))
+        .merge(crate::linkpay::router())
         .merge(crate::codes::public_router())
         .merge(crate::cashier::router())
         .route("/healthz", get(|| async { "ok" }))

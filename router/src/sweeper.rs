@@ -213,9 +213,11 @@ async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
     }
 }
 
+/// WeChat `ORDER_NOT_EXIST`, Alipay `ACQ.TRADE_NOT_EXIST`, UnionPay `34` (查无此交易: e.g. an
+/// in-app order of a payment link whose creation never reached the gateway).
 fn order_not_found(code: &str) -> bool {
     let c = code.to_ascii_uppercase().replace('_', "");
-    c.ends_with("ORDERNOTEXIST") || c.ends_with("TRADENOTEXIST")
+    c.ends_with("ORDERNOTEXIST") || c.ends_with("TRADENOTEXIST") || c == "34"
 }
 
 async fn close_here(state: &AppState, row: &PaymentRow) -> Expiry {
@@ -435,6 +437,8 @@ mod tests {
         assert!(order_not_found("ORDERNOTEXIST"));
         assert!(order_not_found("ACQ.TRADE_NOT_EXIST"));
         assert!(order_not_found("ORDER_NOT_EXIST"));
+        assert!(order_not_found("34"));
+        assert!(!order_not_found("03"));
         assert!(!order_not_found("ORDERPAID"));
         assert!(!order_not_found("SYSTEMERROR"));
     }

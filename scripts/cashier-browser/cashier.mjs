@@ -1,12 +1,13 @@
 // The one-code cashier in headless Chromium (playwright-core driving the system's Chromium)
 // against a running `paymux serve` with its sandboxes — started by run.sh beside this file.
 //
-// For the WeChat and the Alipay User-Agent on a 375×740 screen: open a static code, enter an
-// amount, go through the wallet's OAuth step and the sandbox's stand-in of the wallet's payment
-// sheet, see success; the payments are `succeeded` in the merchant API (run.sh then runs
-// `paymux ledger audit`). Then the clear pages — another app, a disabled code, a fixed-amount
-// code sent another amount, a tampered /p/ link — each creating nothing. Screenshots go to
-// SCREENSHOT_DIR.
+// For the WeChat, Alipay and UnionPay QuickPass User-Agents on a 375×740 screen: open a static
+// code, enter an amount, go through the wallet's OAuth / userAuth step and the sandbox's stand-in
+// of the wallet's payment sheet, see success; then a payment link /p/{token} opened and paid in
+// WeChat. The payments are `succeeded` in the merchant API (run.sh then runs `paymux ledger
+// audit`). Then the clear pages — another app, our own wallet (no channel yet), a disabled code, a
+// fixed-amount code sent another amount, a paid link, a tampered /p/ link — each creating nothing.
+// Screenshots go to SCREENSHOT_DIR.
 //
 // Env: PAYMUX_URL, PAYMUX_KEY_ID, PAYMUX_KEY_SECRET, SCREENSHOT_DIR, CHROMIUM (/usr/bin/chromium).
 
@@ -31,10 +32,20 @@ const UA = {
     'Mozilla/5.0 (Linux; U; Android 14; zh-CN; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) ' +
     'Version/4.0 Chrome/120.0 Mobile Safari/537.36 NebulaSDK/1.8.100112 Nebula ' +
     'AliApp(AP/10.5.86.8000) AlipayClient/10.5.86.8000 Language/zh-Hans',
+  unionpay:
+    'Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240105.004; wv) AppleWebKit/537.36 (KHTML, ' +
+    'like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 (com.unionpay.mobilepay) ' +
+    '(cordova 7.0.0) (updebug 0) (version 1003) (UnionPay/1.0 CloudPay) (clientVersion 203) ' +
+    '(language zh_CN) (languageFamily zh_CN) (upHtml) (walletMode 00)',
+  ours:
+    'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 ' +
+    'Mobile Safari/537.36 PaymuxWallet/2.3.1',
   unknown:
     'Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like ' +
     'Gecko) Version/17.4 Mobile/15E148 Safari/604.1',
 };
+
+const STAND_IN = /\/sandbox\/(wechat|alipay|unionpay)\/sandbox\/wallet/;
 
 function need(name) {
   const v = process.env[name];
@@ -112,8 +123,8 @@ async function journey(browser, wallet, lang, codeUrl, amount, expectLarge) {
     await shot(page, `${wallet}-1-code-large`);
   }
   if (await page.$('#amount-input')) await page.fill('#amount-input', amount);
-  // Pay → OAuth redirect → pay page → (no bridge: sandbox) the wallet stand-in's sheet.
-  await Promise.all([page.waitForURL(/\/sandbox\/(wechat|alipay)\/sandbox\/wallet/), page.click('#pay')]);
+  // Pay → OAuth / userAuth redirect → pay page → (no bridge: sandbox) the wallet stand-in's sheet.
+  await Promise.all([page.waitForURL(STAND_IN), page.click('#pay')]);
   await page.waitForSelector('#pay');
   check((await page.textContent('#total')).includes(amount), `${wallet}: the wallet sheet shows ¥${amount}`);
   await shot(page, `${wallet}-2-wallet`);
@@ -122,6 +133,32 @@ async function journey(browser, wallet, lang, codeUrl, amount, expectLarge) {
   check(true, `${wallet}: the result page shows success`);
   await fitsNarrowScreen(page, `${wallet} result page`);
   await shot(page, `${wallet}-3-result`);
+  await page.context().close();
+}
+
+/** A payment link opened in a wallet app: the payment's page, pay, the wallet, the result. */
+async function linkJourney(browser, wallet, lang, payUrl, amount) {
+  console.log(`${wallet}: pay the link ${payUrl}`);
+  const page = await newPage(browser, UA[wallet], lang);
+  const opened = await page.goto(payUrl);
+  check(opened.status() === 200, `${wallet}: the link's page opens`);
+  await page.waitForSelector('#pay-form');
+  check((await page.textContent('#amount')).includes(amount), `${wallet}: the link shows ¥${amount}`);
+  await fitsNarrowScreen(page, `${wallet} link page`);
+  await shot(page, `link-${wallet}-1-page`);
+  await Promise.all([page.waitForURL(STAND_IN), page.click('#pay')]);
+  await page.waitForSelector('#pay');
+  check((await page.textContent('#total')).includes(amount), `${wallet}: the wallet sheet shows ¥${amount}`);
+  await shot(page, `link-${wallet}-2-wallet`);
+  await Promise.all([page.waitForURL(/\/p\/[^/]+\/r$/), page.click('#pay')]);
+  await page.waitForSelector('#status[data-status="succeeded"]', { timeout: 30000 });
+  check(true, `${wallet}: the link's result page shows success`);
+  await fitsNarrowScreen(page, `${wallet} link result page`);
+  await shot(page, `link-${wallet}-3-result`);
+  // Opened again: paid, nothing more to pay.
+  const again = await page.goto(payUrl);
+  check(again.status() === 200 && (await page.$('#paid')) && !(await page.$('#pay-form')), `${wallet}: the paid link says so`);
+  await shot(page, `link-${wallet}-4-paid`);
   await page.context().close();
 }
 
@@ -136,13 +173,20 @@ async function main() {
 
     await journey(browser, 'wechat', 'zh-CN,zh;q=0.9', open.url, '12.34', true);
     await journey(browser, 'alipay', 'en-US,en;q=0.8', fixed.url, '8.80', false);
+    await journey(browser, 'unionpay', 'zh-CN,zh;q=0.9', open.url, '45.60', false);
+    const paidLink = await api('POST', '/v1/payments', {
+      merchant_order_no: `paid-link-${Date.now()}`, amount: 1999, currency: 'CNY', subject: '外卖订单', method: 'qr_merchant',
+    });
+    await linkJourney(browser, 'wechat', 'zh-CN,zh;q=0.9', paidLink.pay_url, '19.99');
     const paid = await payments();
-    check(paid.length === 2, 'two payments');
-    for (const [wallet, amount, store] of [['wechat', 1234, 'store-7'], ['alipay', 880, 'store-8']]) {
+    check(paid.length === 4, 'four payments');
+    for (const [wallet, amount, store] of [['wechat', 1234, 'store-7'], ['alipay', 880, 'store-8'], ['unionpay', 4560, 'store-7']]) {
       const p = paid.find((x) => x.wallet === wallet);
       check(p && p.status === 'succeeded' && p.method === 'qr_static', `${wallet}: payment succeeded, qr_static`);
       check(p.amount === amount && p.store_id === store, `${wallet}: amount ${amount}, store ${store}`);
     }
+    const l = paid.find((x) => x.id === paidLink.id);
+    check(l && l.status === 'succeeded' && l.method === 'qr_merchant' && l.channel_account_id, 'the link: succeeded on one channel account');
 
     // The clear pages. A link to a payment without wallet, to tamper with.
     const link = await api('POST', '/v1/payments', {
@@ -155,6 +199,13 @@ async function main() {
     check(r.status() === 200 && (await other.$('#apps')) && !(await other.$('#pay-form')), 'another app: the apps that can pay');
     await fitsNarrowScreen(other, 'apps page');
     await shot(other, 'clear-1-unknown-app');
+
+    const ours = await newPage(browser, UA.ours, 'zh-CN');
+    r = await ours.goto(open.url);
+    check(r.status() === 200 && (await ours.$('#own-wallet')) && (await ours.$('#apps')) && !(await ours.$('#pay-form')),
+      'our wallet: cannot pay yet, the apps that can');
+    await fitsNarrowScreen(ours, 'our wallet page');
+    await shot(ours, 'clear-1b-own-wallet');
 
     const wx = await newPage(browser, UA.wechat, 'zh-CN');
     r = await wx.goto(disabled.url);

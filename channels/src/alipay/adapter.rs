@@ -22,8 +22,8 @@ use crate::crypto::{RsaSigner, RsaVerifier};
 use crate::http::{self as chttp, Timeouts};
 use crate::{
     BillRecords, Capabilities, Channel, ChannelError, CreateKind, CreateOrder, CreatedOrder,
-    Notification, NotificationReply, OrderRequest, PayOutcome, RefundInfo, RefundOutcome,
-    RefundRequest, RefundState, Trade, TradeState,
+    Notification, NotificationReply, OrderRequest, PayOutcome, PayerAuth, RefundInfo,
+    RefundOutcome, RefundRequest, RefundState, Trade, TradeState,
 };
 
 /// The production gateway.
@@ -713,7 +713,8 @@ impl Channel for Alipay {
         ))
     }
 
-    async fn payer_id(&self, code: &str) -> Result<String, ChannelError> {
+    async fn payer_id(&self, auth: &PayerAuth<'_>) -> Result<String, ChannelError> {
+        let code = auth.code;
         let r = self
             .call_with(
                 "alipay.system.oauth.token",

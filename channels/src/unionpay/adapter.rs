@@ -3,7 +3,9 @@
 //! | call | message | path |
 //! |---|---|---|
 //! | [`Channel::create_order`] `Qr` | C2B order, `txnSubType=07` → `qrCode` | `POST /gateway/api/backTransReq.do` |
-//! | [`Channel::create_order`] `Jsapi` | not supported yet (`userAuth` flow) | — |
+//! | [`Channel::payer_auth_url`] | the wallet's `userAuth` page: `GET /qrcGtwWeb-web/api/userAuth?version=1.0.0&redirectUrl=…` (the `state` rides inside `redirectUrl`); the wallet comes back with `userAuthCode` and `respCode=00` | `https://qr.95516.com` |
+//! | [`Channel::payer_id`] | user-id exchange, `txnType=00`, `txnSubType=10`: `userAuthCode` + `appUpIdentifier` (from the payer's User-Agent) → `appUserId` | `POST /gateway/api/backTransReq.do` |
+//! | [`Channel::create_order`] `Jsapi` | in-app order, `txnType=01`, `txnSubType=01`, `tradeType=mobileWeb`, `appUserId` → `tn` (params `{"tn"}`) | `POST /gateway/api/backTransReq.do` |
 //! | [`Channel::pay_with_code`] | B2C, `txnSubType=06`: `respCode=00` only means *accepted*, so the outcome is `UserPaying` and the caller queries | `POST /gateway/api/backTransReq.do` |
 //! | [`Channel::query`] / [`Channel::query_refund`] | query, `txnType=00` (by `orderId` + `txnTime`) | `POST /gateway/api/queryTrans.do` |
 //! | [`Channel::close`] / [`Channel::reverse`] | query, then cancel (消费撤销) `txnType=31` with the `origQryId` | `POST /gateway/api/backTransReq.do` |
@@ -14,6 +16,19 @@
 //! UnionPay's keys, chosen by its `certId` ([`VerifyKeys`]) — an unsigned or forged answer is
 //! [`ChannelError::Signature`] (and a B2C charge with such an answer is `Unknown`), never an outcome.
 //! HTTP 5xx and timeouts are `Unknown`; a refused connection is `Unreachable`.
+//!
+//! # In-app payment (`userAuth`): what is modelled
+//!
+//! The public facts are the `userAuth` redirect (`https://qr.95516.com/qrcGtwWeb-web/api/userAuth`
+//! with `version=1.0.0` and `redirectUrl`, answered by a redirect with `userAuthCode` and
+//! `respCode`), the exchange of `userAuthCode` with the `appUpIdentifier` of the payer's app for its
+//! `appUserId`, and an order for that user whose answer the page hands to the wallet's JS SDK
+//! (`upsdk.pay`). Modelled by paymux, not taken from UnionPay's specification: the ACP form of the
+//! exchange (`txnType=00`, `txnSubType=10`, `bizType=000000`, `channelType=08`) and of the order
+//! (`txnType=01`, `txnSubType=01`, `tradeType=mobileWeb`), the answer field `tn` (a transaction
+//! number, as in UnionPay's app payments) as the whole of what the wallet needs, and the JS call
+//! `upsdk.pay({tn})` without the SDK's `upsdk.config` signature step. The order is queried, closed,
+//! refunded and notified like any other order of the gateway.
 //!
 //! # `txnTime`
 //!
@@ -47,20 +62,26 @@ use super::bill;
 use super::messages::{
     self, B2cPayRequest, B2cPayResponse, BackNotification, C2bCode, C2bCreateRequest,
     C2bCreateResponse, CancelRequest, CancelResponse, FileTransRequest, FileTransResponse,
-    MessageError, QueryRequest, QueryResponse, RefundResponse,
+    JsOrderRequest, JsOrderResponse, MessageError, QueryRequest, QueryResponse, RefundResponse,
+    UserAuthRequest, UserAuthResponse,
 };
 use super::sign::{SignKey, SignMethod, VerifyKey, VerifyKeys};
 use crate::http::{self as chttp, Timeouts};
 use crate::{
     BillRecords, Capabilities, Channel, ChannelError, CreateKind, CreateOrder, CreatedOrder,
-    Notification, NotificationReply, OrderRequest, PayOutcome, RefundInfo, RefundOutcome,
-    RefundRequest, RefundState, Trade, TradeState,
+    Notification, NotificationReply, OrderRequest, PayOutcome, PayerAuth, RefundInfo,
+    RefundOutcome, RefundRequest, RefundState, Trade, TradeState,
 };
 
 /// The production gateway.
 pub const GATEWAY: &str = "https://gateway.95516.com";
 /// The test gateway.
 pub const TEST_GATEWAY: &str = "https://gateway.test.95516.com";
+
+/// The host the payer's wallet is sent to for its user authorisation (`userAuth`).
+pub const USER_AUTH_BASE: &str = "https://qr.95516.com";
+/// The `userAuth` page under [`USER_AUTH_BASE`].
+pub const USER_AUTH_PATH: &str = "/qrcGtwWeb-web/api/userAuth";
 
 /// Payments, refunds and cancels.
 pub const BACK_TRANS_PATH: &str = "/gateway/api/backTransReq.do";
@@ -105,6 +126,13 @@ pub struct UnionPayConfig {
     /// The default `backUrl` (an order's `notify_url` wins).
     #[serde(default)]
     pub notify_url: Option<String>,
+    /// Base URL of the wallet's `userAuth` page (`/qrcGtwWeb-web/api/userAuth`) of in-app
+    /// payments; unset: [`USER_AUTH_BASE`].
+    #[serde(default)]
+    pub user_auth_base_url: Option<String>,
+    /// A sandbox's page standing in for the wallet's `upsdk.pay` (sandbox only).
+    #[serde(default)]
+    pub wallet_stand_in_url: Option<String>,
 }
 
 impl std::fmt::Debug for UnionPayConfig {
@@ -123,6 +151,7 @@ impl std::fmt::Debug for UnionPayConfig {
                     .collect::<Vec<_>>(),
             )
             .field("notify_url", &self.notify_url)
+            .field("user_auth_base_url", &self.user_auth_base_url)
             .finish_non_exhaustive()
     }
 }
@@ -246,7 +275,11 @@ impl UnionPay {
             caps: Capabilities {
                 kind: ChannelKind::UnionpayQr,
                 wallets: vec![WalletBrand::Unionpay],
-                methods: vec![PayMethod::QrMerchant, PayMethod::CodeScan],
+                methods: vec![
+                    PayMethod::QrMerchant,
+                    PayMethod::QrStatic,
+                    PayMethod::CodeScan,
+                ],
                 refund: true,
                 reverse: true,
                 close: true,
@@ -440,6 +473,37 @@ impl UnionPay {
         })
     }
 
+    /// The in-app order of a payer whose `appUserId` is known: its `tn`.
+    async fn create_js_order(
+        &self,
+        o: &OrderRequest,
+        app_user_id: &str,
+    ) -> Result<CreatedOrder, ChannelError> {
+        let txn_time = self.txn_time_for(&o.out_trade_no);
+        let back_url = self.back_url(o.notify_url.as_ref())?;
+        let fields = JsOrderRequest {
+            mer_id: self.cfg.mer_id.clone(),
+            order_id: o.out_trade_no.clone(),
+            txn_time,
+            txn_amt: fen(o.amount)?,
+            app_user_id: app_user_id.to_string(),
+            back_url: back_url.clone(),
+        }
+        .to_fields()?;
+        self.remember(&o.out_trade_no, txn_time, Some(back_url));
+        let answer = self
+            .post(BACK_TRANS_PATH, fields, self.timeouts.call)
+            .await?;
+        let resp = JsOrderResponse::from_fields(&answer)?;
+        if resp.order_id != o.out_trade_no {
+            return Err(ChannelError::Protocol(format!(
+                "in-app order answer for orderId {}, asked {}",
+                resp.order_id, o.out_trade_no
+            )));
+        }
+        resp.created()
+    }
+
     /// Verifies and decodes a back notification without mapping it.
     pub fn open_notification(&self, body: &[u8]) -> Result<BackNotification, ChannelError> {
         let fields = messages::decode_form(body)?;
@@ -464,12 +528,10 @@ impl Channel for UnionPay {
     }
 
     async fn create_order(&self, req: &CreateOrder) -> Result<CreatedOrder, ChannelError> {
-        if let CreateKind::Jsapi { .. } = req.kind {
-            return Err(ChannelError::Unsupported(
-                "UnionPay in-app payment (userAuth) is not supported yet",
-            ));
-        }
         let o = &req.order;
+        if let CreateKind::Jsapi { payer_id } = &req.kind {
+            return self.create_js_order(o, payer_id).await;
+        }
         let txn_time = self.txn_time_for(&o.out_trade_no);
         let back_url = self.back_url(o.notify_url.as_ref())?;
         let fields = C2bCreateRequest {
@@ -648,6 +710,62 @@ impl Channel for UnionPay {
 
     fn notification_reply(&self, ok: bool) -> NotificationReply {
         messages::notification_reply(ok)
+    }
+
+    /// The wallet's `userAuth` page; UnionPay's redirect carries no `state` of its own, so the state
+    /// rides in `redirectUrl`'s query.
+    fn payer_auth_url(&self, redirect_uri: &str, state: &str) -> Option<String> {
+        let mut back = reqwest::Url::parse(redirect_uri).ok()?;
+        back.query_pairs_mut().append_pair("state", state);
+        let base = self
+            .cfg
+            .user_auth_base_url
+            .as_deref()
+            .unwrap_or(USER_AUTH_BASE)
+            .trim_end_matches('/');
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        Some(format!(
+            "{base}{USER_AUTH_PATH}?version=1.0.0&redirectUrl={}",
+            enc(back.as_str())
+        ))
+    }
+
+    /// Exchanges `userAuthCode` with the `appUpIdentifier` of the payer's User-Agent for the
+    /// payer's `appUserId`; without the identifier (not a UnionPay app) nothing is sent.
+    async fn payer_id(&self, auth: &PayerAuth<'_>) -> Result<String, ChannelError> {
+        let Some(app) = auth.user_agent.and_then(messages::app_up_identifier) else {
+            return Err(ChannelError::Rejected {
+                code: "NO_APP_UP_IDENTIFIER".into(),
+                message: "the payer's User-Agent names no UnionPay app (`UnionPay/<ver> <app>`)"
+                    .into(),
+            });
+        };
+        let order_id = format!("UA{}", crate::crypto::random_alnum(30));
+        let fields = UserAuthRequest {
+            mer_id: self.cfg.mer_id.clone(),
+            order_id: order_id.clone(),
+            txn_time: shanghai_now(),
+            user_auth_code: auth.code.to_string(),
+            app_up_identifier: app.to_string(),
+        }
+        .to_fields()?;
+        let answer = self
+            .post(BACK_TRANS_PATH, fields, self.timeouts.call)
+            .await?;
+        let resp = UserAuthResponse::from_fields(&answer)?;
+        if resp.order_id != order_id {
+            return Err(ChannelError::Protocol(format!(
+                "user-id answer for orderId {}, asked {order_id}",
+                resp.order_id
+            )));
+        }
+        resp.user_id()
+    }
+
+    fn wallet_stand_in_url(&self) -> Option<String> {
+        self.cfg.wallet_stand_in_url.clone()
     }
 
     /// The file of a settlement date; the file's header must name our `merId` and that date (ACP

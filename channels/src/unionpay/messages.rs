@@ -11,6 +11,8 @@
 //! |---|---|---|---|---|---|---|
 //! | [`B2cPayRequest`] (被扫, charge the customer's code) | `01` | `06` | `000000` | `08` | `qrNo`, `txnAmt`, `currencyCode=156`, `backUrl` | [`B2cPayResponse`]: `respCode=00` only means *accepted*; the result comes by notification or query |
 //! | [`C2bCreateRequest`] (主扫, merchant QR) | `01` | `07` | `000000` | `08` | `txnAmt`, `currencyCode=156`, `backUrl` | [`C2bCreateResponse`]: `qrCode` |
+//! | [`UserAuthRequest`] (the payer's id for an in-app payment) | `00` | `10` | `000000` | `08` | `userAuthCode` (from the wallet's `userAuth` redirect), `appUpIdentifier` (the `UnionPay/<ver> <app>` token of the wallet's User-Agent) | [`UserAuthResponse`]: `appUserId` |
+//! | [`JsOrderRequest`] (in-app order, paid in the wallet) | `01` | `01` | `000000` | `08` | `tradeType=mobileWeb`, `appUserId`, `txnAmt`, `currencyCode=156`, `backUrl` | [`JsOrderResponse`]: `tn`, handed to the wallet's JS (`upsdk.pay`) |
 //! | [`QueryRequest`] | `00` | `00` | `000000` | — | `orderId` + `txnTime` of the original order | [`QueryResponse`]: `origRespCode` is the order's state |
 //! | [`RefundRequest`] | `04` | `00` | `000000` | `08` | `origQryId`, `txnAmt`, `currencyCode=156`, `backUrl` | [`RefundResponse`]: `respCode=00` means accepted |
 //! | [`CancelRequest`] (消费撤销) | `31` | `00` | `000000` | `08` | `origQryId`, `txnAmt` (the whole payment), `currencyCode=156`, `backUrl` | [`CancelResponse`]: `respCode=00` means done |
@@ -65,6 +67,16 @@ pub const ACCESS_TYPE_MERCHANT: &str = "0";
 pub const SUB_TYPE_B2C: &str = "06";
 /// `txnSubType` of a C2B order (merchant QR).
 pub const SUB_TYPE_C2B: &str = "07";
+/// `txnSubType` of an in-app (JS) order paid inside the payer's wallet (`txnType=01`).
+pub const SUB_TYPE_JS: &str = "01";
+/// `txnType` of the payer's user-id exchange (`userAuthCode` → `appUserId`).
+pub const TXN_TYPE_USER_AUTH: &str = "00";
+/// `txnSubType` of the payer's user-id exchange.
+pub const SUB_TYPE_USER_AUTH: &str = "10";
+/// `tradeType` of an in-app order paid in a wallet's web view.
+pub const TRADE_TYPE_MOBILE_WEB: &str = "mobileWeb";
+/// The most bytes of an `appUpIdentifier` or `appUserId` accepted.
+pub const APP_FIELD_MAX: usize = 64;
 /// The `txnTime` format.
 pub const TXN_TIME_FORMAT: &str = "%Y%m%d%H%M%S";
 /// `txnType` of a cancel (消费撤销).
@@ -776,6 +788,294 @@ impl C2bCreateResponse {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// In-app payment: the payer's id, then the order
+//
+// Modelled on the public integrations of UnionPay's `userAuth` flow; which parts are modelled is
+// said in the adapter's documentation.
+
+/// The `appUpIdentifier` of a wallet's User-Agent: the `UnionPay/<version> <app>` token (e.g.
+/// `UnionPay/1.0 CloudPay`), `None` when there is none.
+pub fn app_up_identifier(user_agent: &str) -> Option<&str> {
+    let start = user_agent.find("UnionPay/")?;
+    let rest = &user_agent[start..];
+    let version_end = rest.find(' ')?;
+    let version = &rest["UnionPay/".len()..version_end];
+    let app_len = rest[version_end + 1..]
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(rest.len() - version_end - 1);
+    let end = version_end + 1 + app_len;
+    let ok = !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && app_len > 0
+        && end <= APP_FIELD_MAX;
+    ok.then(|| &rest[..end])
+}
+
+fn check_app_up_identifier(value: &str) -> Result<(), MessageError> {
+    if app_up_identifier(value) == Some(value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "appUpIdentifier",
+            format!("{} is not `UnionPay/<version> <app>`", shown(value)),
+        ))
+    }
+}
+
+fn check_token(field: &'static str, value: &str) -> Result<(), MessageError> {
+    if value.is_empty() {
+        return Err(MessageError::Missing(field));
+    }
+    if value.len() > APP_FIELD_MAX
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is not 1–{APP_FIELD_MAX} letters, digits, `_` or `-`",
+                shown(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Exchange the wallet's one-time `userAuthCode` for the payer's `appUserId`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAuthRequest {
+    pub mer_id: String,
+    /// A fresh order number of the exchange itself.
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    pub user_auth_code: String,
+    /// `UnionPay/<version> <app>` from the payer's User-Agent ([`app_up_identifier`]).
+    pub app_up_identifier: String,
+}
+
+impl UserAuthRequest {
+    pub fn to_fields(&self) -> Result<Fields, MessageError> {
+        check_ids(&self.mer_id, &self.order_id)?;
+        check_token("userAuthCode", &self.user_auth_code)?;
+        check_app_up_identifier(&self.app_up_identifier)?;
+        let mut f = envelope(
+            TXN_TYPE_USER_AUTH,
+            SUB_TYPE_USER_AUTH,
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put(&mut f, "channelType", CHANNEL_TYPE_MOBILE);
+        put(&mut f, "userAuthCode", self.user_auth_code.as_str());
+        put(&mut f, "appUpIdentifier", self.app_up_identifier.as_str());
+        Ok(f)
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_USER_AUTH, SUB_TYPE_USER_AUTH)?;
+        r.expect("channelType", CHANNEL_TYPE_MOBILE)?;
+        let user_auth_code = r.req("userAuthCode")?;
+        check_token("userAuthCode", user_auth_code)?;
+        let app = r.req("appUpIdentifier")?;
+        check_app_up_identifier(app)?;
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            user_auth_code: user_auth_code.to_string(),
+            app_up_identifier: app.to_string(),
+        })
+    }
+}
+
+/// The gateway's answer to a [`UserAuthRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAuthResponse {
+    pub mer_id: String,
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    pub resp_code: String,
+    pub resp_msg: String,
+    pub app_user_id: Option<String>,
+}
+
+impl UserAuthResponse {
+    pub fn to_fields(&self) -> Fields {
+        let mut f = envelope(
+            TXN_TYPE_USER_AUTH,
+            SUB_TYPE_USER_AUTH,
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put_resp(&mut f, &self.resp_code, &self.resp_msg);
+        put_opt(&mut f, "appUserId", self.app_user_id.as_deref());
+        f
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope(TXN_TYPE_USER_AUTH, SUB_TYPE_USER_AUTH)?;
+        let app_user_id = r.opt("appUserId");
+        if let Some(id) = app_user_id {
+            check_token("appUserId", id)?;
+        }
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            resp_code: r.resp_code("respCode")?,
+            resp_msg: r.text("respMsg"),
+            app_user_id: app_user_id.map(str::to_string),
+        })
+    }
+
+    /// The payer's `appUserId`, or why there is none.
+    pub fn user_id(&self) -> Result<String, ChannelError> {
+        match classify(&self.resp_code) {
+            RespClass::Success => self
+                .app_user_id
+                .clone()
+                .ok_or_else(|| ChannelError::Protocol("respCode 00 without `appUserId`".into())),
+            RespClass::InProgress => Err(ChannelError::Unknown(describe(
+                &self.resp_code,
+                &self.resp_msg,
+            ))),
+            RespClass::Failed => Err(ChannelError::Rejected {
+                code: self.resp_code.clone(),
+                message: self.resp_msg.clone(),
+            }),
+        }
+    }
+}
+
+/// Create an in-app order for a known payer (`appUserId`); the answer's `tn` is what the page
+/// hands to the wallet's JS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsOrderRequest {
+    pub mer_id: String,
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    pub txn_amt: i64,
+    pub app_user_id: String,
+    pub back_url: String,
+}
+
+impl JsOrderRequest {
+    pub fn to_fields(&self) -> Result<Fields, MessageError> {
+        check_ids(&self.mer_id, &self.order_id)?;
+        check_url("backUrl", &self.back_url)?;
+        check_token("appUserId", &self.app_user_id)?;
+        let mut f = envelope(
+            "01",
+            SUB_TYPE_JS,
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put(&mut f, "channelType", CHANNEL_TYPE_MOBILE);
+        put(&mut f, "tradeType", TRADE_TYPE_MOBILE_WEB);
+        put(&mut f, "appUserId", self.app_user_id.as_str());
+        put(
+            &mut f,
+            "txnAmt",
+            format_positive_fen("txnAmt", self.txn_amt)?,
+        );
+        put(&mut f, "currencyCode", CURRENCY_CNY);
+        put(&mut f, "backUrl", self.back_url.as_str());
+        Ok(f)
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope("01", SUB_TYPE_JS)?;
+        r.expect("channelType", CHANNEL_TYPE_MOBILE)?;
+        r.expect("tradeType", TRADE_TYPE_MOBILE_WEB)?;
+        r.expect("currencyCode", CURRENCY_CNY)?;
+        let app_user_id = r.req("appUserId")?;
+        check_token("appUserId", app_user_id)?;
+        let txn_amt = r.fen("txnAmt")?;
+        if txn_amt == 0 {
+            return Err(invalid("txnAmt", "must be positive"));
+        }
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            txn_amt,
+            app_user_id: app_user_id.to_string(),
+            back_url: r.url("backUrl")?,
+        })
+    }
+}
+
+/// The gateway's answer to a [`JsOrderRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsOrderResponse {
+    pub mer_id: String,
+    pub order_id: String,
+    pub txn_time: NaiveDateTime,
+    pub resp_code: String,
+    pub resp_msg: String,
+    /// The transaction number the wallet's JS pays.
+    pub tn: Option<String>,
+}
+
+impl JsOrderResponse {
+    pub fn to_fields(&self) -> Fields {
+        let mut f = envelope(
+            "01",
+            SUB_TYPE_JS,
+            &self.mer_id,
+            &self.order_id,
+            self.txn_time,
+        );
+        put_resp(&mut f, &self.resp_code, &self.resp_msg);
+        put_opt(&mut f, "tn", self.tn.as_deref());
+        f
+    }
+
+    pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
+        let r = Reader(fields);
+        r.envelope("01", SUB_TYPE_JS)?;
+        let tn = r.opt("tn");
+        if let Some(tn) = tn {
+            check_token("tn", tn)?;
+        }
+        Ok(Self {
+            mer_id: r.mer_id()?,
+            order_id: r.order_id()?,
+            txn_time: r.time("txnTime")?,
+            resp_code: r.resp_code("respCode")?,
+            resp_msg: r.text("respMsg"),
+            tn: tn.map(str::to_string),
+        })
+    }
+
+    /// `{"tn": …}` for the pay page, or why there is none.
+    pub fn created(&self) -> Result<CreatedOrder, ChannelError> {
+        match classify(&self.resp_code) {
+            RespClass::Success => match &self.tn {
+                Some(tn) => Ok(CreatedOrder::Jsapi {
+                    params: serde_json::json!({ "tn": tn }),
+                }),
+                None => Err(ChannelError::Protocol("respCode 00 without `tn`".into())),
+            },
+            RespClass::InProgress => Err(ChannelError::Unknown(describe(
+                &self.resp_code,
+                &self.resp_msg,
+            ))),
+            RespClass::Failed => Err(ChannelError::Rejected {
+                code: self.resp_code.clone(),
+                message: self.resp_msg.clone(),
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Query
 
 /// Ask for the state of an order, named by its `orderId` and `txnTime`.
@@ -1296,7 +1596,7 @@ impl FileTransResponse {
 /// What a back notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifiedTxn {
-    /// `txnType=01` (B2C `06` or C2B `07`).
+    /// `txnType=01` (B2C `06`, C2B `07` or in-app `01`).
     Payment,
     /// `txnType=04`.
     Refund,
@@ -1307,7 +1607,7 @@ pub enum NotifiedTxn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackNotification {
     pub txn: NotifiedTxn,
-    /// `06`, `07` (payments) or `00` (refunds).
+    /// `06`, `07`, `01` (payments) or `00` (refunds).
     pub txn_sub_type: String,
     pub mer_id: String,
     /// The payment's or the refund's own order number.
@@ -1361,7 +1661,9 @@ impl BackNotification {
     pub fn from_fields(fields: &Fields) -> Result<Self, MessageError> {
         let r = Reader(fields);
         let (txn, txn_sub_type) = match (r.req("txnType")?, r.req("txnSubType")?) {
-            ("01", sub @ (SUB_TYPE_B2C | SUB_TYPE_C2B)) => (NotifiedTxn::Payment, sub),
+            ("01", sub @ (SUB_TYPE_B2C | SUB_TYPE_C2B | SUB_TYPE_JS)) => {
+                (NotifiedTxn::Payment, sub)
+            }
             ("04", sub @ "00") => (NotifiedTxn::Refund, sub),
             (t, s) => {
                 return Err(invalid(

@@ -4,10 +4,12 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `POST /gateway/api/backTransReq.do` | B2C charge (`01`/`06`), C2B order (`01`/`07`), refund (`04`), cancel (`31`) |
+//! | `POST /gateway/api/backTransReq.do` | B2C charge (`01`/`06`), C2B order (`01`/`07`), in-app order (`01`/`01`), user-id exchange (`00`/`10`), refund (`04`), cancel (`31`) |
 //! | `POST /gateway/api/queryTrans.do` | query (`00`) by `orderId` + `txnTime` |
 //! | `POST /gateway/api/fileTransRequest.do` | daily file (`76`, `fileType=00`, `settleDate=MMdd`) → base64 `fileContent` |
-//! | `POST /sandbox/pay` `{"qr_code": …}` | a payer scans and pays a C2B order |
+//! | `POST /sandbox/pay` `{"qr_code": …}` or `{"tn": …}` | a payer scans and pays a C2B order, or pays an in-app order |
+//! | `GET /qrcGtwWeb-web/api/userAuth?version=1.0.0&redirectUrl=…` | stands in for the wallet's user authorisation: 302 to `redirectUrl` with `userAuthCode` and `respCode=00` (a new sandbox payer each time) |
+//! | `POST /sandbox/wallet` (form: `tn`, `return_url`, `action`) | stands in for the wallet's `upsdk.pay` sheet of an in-app order: shows it; `action=pay` pays it (then notifies) and returns to `return_url`, `action=cancel` returns unpaid |
 //! | `GET`/`PUT /sandbox/faults` | fault injection |
 //! | `POST /sandbox/notifications/{orderId}` `?times=N` | re-send a paid order's notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
@@ -44,6 +46,16 @@
 //! `03`. Others pay at once. A B2C answer `00` only means *accepted*: the query gives the result.
 //! A C2B order's `qrCode` is `https://qr.95516.com/00010001/62…`; `POST /sandbox/pay` pays it.
 //!
+//! # In-app payments
+//!
+//! The `userAuth` stand-in issues a one-time `userAuthCode` (valid 5 minutes) for a new payer. The
+//! user-id exchange (`00`/`10`) redeems it once for the payer's `appUserId`: an unknown, expired or
+//! used code is refused with `30`, a missing `appUpIdentifier` with `13`, one that is not
+//! `UnionPay/<version> <app>` with `10`. The in-app order (`01`/`01`, `tradeType=mobileWeb`) answers a
+//! 21-digit `tn`; the same `orderId` sent again with the same amount and `txnTime` while unpaid answers
+//! the same `tn` (another payer may open it), anything else is `12`. The wallet stand-in pays it like
+//! a scanned C2B order: notification, query and daily file.
+//!
 //! The order states a query reports as `origRespCode`: `05` waiting for the payer, `00` paid, `01`
 //! failed or cancelled (`origRespMsg` says which). Refunds are `05` for a moment, then `00`. A cancel
 //! is done synchronously. A paid order cancelled (payer `1005` reversed, say) answers `01` from then
@@ -69,7 +81,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{OriginalUri, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -84,8 +96,9 @@ use super::adapter::{BACK_TRANS_PATH, FILE_TRANS_PATH, QUERY_PATH, UnionPayConfi
 use super::bill::write_bill;
 use super::messages::{
     self, B2cPayRequest, B2cPayResponse, BackNotification, C2bCreateRequest, C2bCreateResponse,
-    CancelRequest, CancelResponse, FileTransRequest, FileTransResponse, MessageError, NotifiedTxn,
-    QueryRequest, QueryResponse, RefundRequest, RefundResponse,
+    CancelRequest, CancelResponse, FileTransRequest, FileTransResponse, JsOrderRequest,
+    JsOrderResponse, MessageError, NotifiedTxn, QueryRequest, QueryResponse, RefundRequest,
+    RefundResponse, UserAuthRequest, UserAuthResponse,
 };
 use super::sign::{GeneratedKey, SignKey, SignMethod, VerifyKeys};
 use super::{Fields, sign};
@@ -96,6 +109,9 @@ use crate::types::{BillKind, BillRecord};
 
 /// The notification retry schedule after the first attempt: 1, 2, 4, 8, 16 minutes.
 pub const RETRY_SCHEDULE_SECS: [u64; 5] = [60, 120, 240, 480, 960];
+
+/// The `appId` the `userAuth` codes are issued under (the wallet, not a merchant, authorises).
+const USER_AUTH_APP: &str = "unionpay-userAuth";
 
 /// The `respMsg` of a success.
 const OK_MSG: &str = "成功[0000000]";
@@ -188,6 +204,8 @@ impl SandboxAccount {
             merchant_cert_id: Some(self.merchant_cert_id.clone()),
             unionpay_keys: vec![self.unionpay_key()],
             notify_url,
+            user_auth_base_url: Some(base_url.to_string()),
+            wallet_stand_in_url: Some(format!("{}/sandbox/wallet", base_url.trim_end_matches('/'))),
         }
     }
 
@@ -222,6 +240,8 @@ struct Inner {
     opts: SandboxOptions,
     faults: FaultSwitch,
     notifier: Notifier,
+    /// Outstanding `userAuthCode`s.
+    user_auth: sandbox::OAuthCodes,
 }
 
 /// A running UnionPay sandbox (its state); [`UnionPaySandbox::router`] serves it.
@@ -406,6 +426,7 @@ impl UnionPaySandbox {
             opts,
             faults,
             notifier,
+            user_auth: sandbox::OAuthCodes::default(),
         })))
     }
 
@@ -434,7 +455,9 @@ impl UnionPaySandbox {
         let tools = axum::Router::new()
             .route("/sandbox/pay", post(wallet_pay))
             .route("/sandbox/notifications/{no}", post(resend))
-            .route("/sandbox/account", get(public_account));
+            .route("/sandbox/account", get(public_account))
+            .route("/sandbox/wallet", post(wallet_stand_in))
+            .route(super::adapter::USER_AUTH_PATH, get(user_auth_page));
         api.merge(tools)
             .merge(sandbox::faults_router(self.0.faults.clone()))
             .with_state(self.clone())
@@ -752,6 +775,70 @@ impl UnionPaySandbox {
                 req.txn_amt,
                 None,
                 Some(&qr_code),
+                &req.back_url,
+            )
+            .await?;
+        Ok(answer(t.qr_code))
+    }
+
+    /// The user-id exchange: a `userAuthCode` (once) and the app's `appUpIdentifier` for the
+    /// payer's `appUserId`.
+    fn user_id(&self, f: &Fields) -> Answer {
+        let req = UserAuthRequest::from_fields(f)?;
+        let app_user_id = self
+            .0
+            .user_auth
+            .redeem(USER_AUTH_APP, &req.user_auth_code)
+            .ok_or_else(|| Refusal::new("30", "交易未通过: userAuthCode 无效、已过期或已使用"))?;
+        Ok(UserAuthResponse {
+            mer_id: req.mer_id,
+            order_id: req.order_id,
+            txn_time: req.txn_time,
+            resp_code: "00".into(),
+            resp_msg: OK_MSG.into(),
+            app_user_id: Some(app_user_id),
+        }
+        .to_fields())
+    }
+
+    /// An in-app order for a known payer: its `tn` (kept in the `qr_code` column, which holds
+    /// what the payer's wallet pays: a C2B `qrCode` or an in-app `tn`).
+    async fn js_order(&self, f: &Fields) -> Answer {
+        let req = JsOrderRequest::from_fields(f)?;
+        let answer = |tn: Option<String>| {
+            JsOrderResponse {
+                mer_id: req.mer_id.clone(),
+                order_id: req.order_id.clone(),
+                txn_time: req.txn_time,
+                resp_code: "00".into(),
+                resp_msg: OK_MSG.into(),
+                tn,
+            }
+            .to_fields()
+        };
+        if let Some(t) = self.load(&req.order_id).await? {
+            let same = t.txn_type == "01"
+                && t.txn_sub_type == messages::SUB_TYPE_JS
+                && t.amount == req.txn_amt
+                && t.txn_time() == req.txn_time
+                && t.state == "05";
+            return if same {
+                Ok(answer(t.qr_code))
+            } else {
+                Err(Refusal::new("12", "重复交易"))
+            };
+        }
+        let tn = new_query_id();
+        let t = self
+            .insert(
+                &req.order_id,
+                req.txn_time,
+                "01",
+                messages::SUB_TYPE_JS,
+                None,
+                req.txn_amt,
+                None,
+                Some(&tn),
                 &req.back_url,
             )
             .await?;
@@ -1086,6 +1173,8 @@ async fn back_trans(State(sb): State<UnionPaySandbox>, body: Bytes) -> Response 
     let answer = match kind {
         ("01", messages::SUB_TYPE_B2C) => sb.b2c(&f).await,
         ("01", messages::SUB_TYPE_C2B) => sb.c2b(&f).await,
+        ("01", messages::SUB_TYPE_JS) => sb.js_order(&f).await,
+        (messages::TXN_TYPE_USER_AUTH, messages::SUB_TYPE_USER_AUTH) => sb.user_id(&f),
         ("04", "00") => sb.refund(&f).await,
         (messages::TXN_TYPE_CANCEL, "00") => sb.cancel(&f).await,
         (t, s) => Err(Refusal::new(
@@ -1130,13 +1219,19 @@ fn tool_error(status: StatusCode, code: &str, message: impl Into<String>) -> Res
 
 #[derive(Debug, Deserialize)]
 struct WalletPay {
-    qr_code: String,
+    #[serde(default)]
+    qr_code: Option<String>,
+    #[serde(default)]
+    tn: Option<String>,
 }
 
-/// A payer scans a C2B order's `qrCode` and pays it.
+/// A payer scans a C2B order's `qrCode` and pays it, or pays an in-app order's `tn`.
 async fn wallet_pay(State(sb): State<UnionPaySandbox>, Json(p): Json<WalletPay>) -> Response {
-    let row = sqlx::query("SELECT * FROM txns WHERE qr_code = ?1")
-        .bind(&p.qr_code)
+    let Some(what) = p.qr_code.or(p.tn) else {
+        return tool_error(StatusCode::BAD_REQUEST, "13", "qr_code or tn is required");
+    };
+    let row = sqlx::query("SELECT * FROM txns WHERE qr_code = ?1 AND txn_type = '01'")
+        .bind(&what)
         .fetch_optional(&sb.0.db)
         .await;
     let t = match row {
@@ -1180,6 +1275,99 @@ async fn resend(
         ),
         Err(e) => tool_error(StatusCode::INTERNAL_SERVER_ERROR, "04", e.to_string()),
     }
+}
+
+/// `GET /qrcGtwWeb-web/api/userAuth`: the payer's wallet authorises silently and comes back to
+/// `redirectUrl` with a one-time `userAuthCode` and `respCode=00`. Every authorisation is a new
+/// sandbox payer.
+async fn user_auth_page(
+    State(sb): State<UnionPaySandbox>,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let q = sandbox::form_fields(uri.query().unwrap_or("").as_bytes());
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let bad = |m: &str| {
+        sandbox::stand_in_page(
+            StatusCode::BAD_REQUEST,
+            "授权失败",
+            &format!("<h1 id=\"error\">{}</h1>", sandbox::escape_html(m)),
+        )
+    };
+    if field("version") != "1.0.0" {
+        return bad("version 参数错误");
+    }
+    let payer = format!("up{}", crate::crypto::random_alnum(30));
+    let Some(code) = sb.0.user_auth.issue(USER_AUTH_APP, payer) else {
+        return bad("系统繁忙");
+    };
+    let params = [("userAuthCode", code.as_str()), ("respCode", "00")];
+    match sandbox::oauth_redirect(field("redirectUrl"), &params) {
+        Some(location) => sandbox::found(&location),
+        None => bad("redirectUrl 参数错误"),
+    }
+}
+
+/// `POST /sandbox/wallet`: stands in for the wallet's `upsdk.pay` sheet of an in-app order.
+async fn wallet_stand_in(State(sb): State<UnionPaySandbox>, body: Bytes) -> Response {
+    let f = sandbox::form_fields(&body);
+    let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let fail = |status: StatusCode, m: &str| {
+        sandbox::stand_in_page(
+            status,
+            "支付失败",
+            &format!(
+                "<h1>云闪付</h1><p id=\"error\">{}</p>",
+                sandbox::escape_html(m)
+            ),
+        )
+    };
+    let Some(return_url) = sandbox::oauth_redirect(field("return_url"), &[]) else {
+        return fail(StatusCode::BAD_REQUEST, "return_url 无效");
+    };
+    let row = sqlx::query(
+        "SELECT * FROM txns WHERE qr_code = ?1 AND txn_type = '01' AND txn_sub_type = ?2",
+    )
+    .bind(field("tn"))
+    .bind(messages::SUB_TYPE_JS)
+    .fetch_optional(&sb.0.db)
+    .await;
+    let t = match row {
+        Ok(Some(r)) => TxnRow::from_row(&r),
+        Ok(None) => return fail(StatusCode::NOT_FOUND, "查无此交易"),
+        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match field("action") {
+        "cancel" => return sandbox::found(&return_url),
+        "pay" => {
+            if t.state != "05" {
+                return fail(
+                    StatusCode::CONFLICT,
+                    &format!("交易状态为 {}（{}），不能支付", t.state, t.state_msg),
+                );
+            }
+            return match sb.mark_paid(&t.order_id).await {
+                Ok(true) => sandbox::found(&return_url),
+                Ok(false) => fail(StatusCode::CONFLICT, "交易已变化，不能支付"),
+                Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+        }
+        _ => {}
+    }
+    let hidden =
+        sandbox::hidden_inputs(&[("tn", field("tn")), ("return_url", field("return_url"))]);
+    let body = format!(
+        "<h1>云闪付</h1><p id=\"order\">{order}</p>\
+<p class=\"amount\" id=\"total\">¥{yuan}.{fen:02}</p><p id=\"state\">{state}</p>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"pay\">\
+<button id=\"pay\" type=\"submit\">确认付款 Pay</button></form>\
+<form method=\"post\">{hidden}<input type=\"hidden\" name=\"action\" value=\"cancel\">\
+<button id=\"cancel\" type=\"submit\">取消 Cancel</button></form>",
+        order = sandbox::escape_html(&t.order_id),
+        yuan = t.amount / 100,
+        fen = t.amount % 100,
+        state = sandbox::escape_html(&t.state_msg),
+    );
+    sandbox::stand_in_page(StatusCode::OK, "云闪付", &body)
 }
 
 async fn public_account(State(sb): State<UnionPaySandbox>) -> Json<Value> {

@@ -23,7 +23,7 @@ use crate::http::{self as chttp, RawResponse, Timeouts};
 use crate::{
     BillError, BillRecords, Capabilities, Channel, ChannelError, CreateKind, CreateOrder,
     CreatedOrder, Notification, NotificationEvent, NotificationReply, OrderRequest, PayOutcome,
-    RefundInfo, RefundOutcome, RefundRequest, RefundState, Trade, TradeState,
+    PayerAuth, RefundInfo, RefundOutcome, RefundRequest, RefundState, Trade, TradeState,
 };
 use sign::{EncryptedResource, PlatformKeys};
 
@@ -780,7 +780,8 @@ impl Channel for WechatPay {
         ))
     }
 
-    async fn payer_id(&self, code: &str) -> Result<String, ChannelError> {
+    async fn payer_id(&self, auth: &PayerAuth<'_>) -> Result<String, ChannelError> {
+        let code = auth.code;
         let secret = self.cfg.app_secret.as_deref().ok_or_else(|| {
             ChannelError::Config(
                 "no app_secret: the account cannot learn the payer's openid".into(),

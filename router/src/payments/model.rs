@@ -86,7 +86,8 @@ pub struct Payment {
     /// For `qr_merchant`: the content of the QR code to show — with a `wallet`, the channel's own
     /// code; without, the payment's link (`pay_url`), which any wallet app can open.
     pub qr_code: Option<String>,
-    /// For `qr_merchant` without a `wallet`: the aggregated payment page `<public_base_url>/p/<token>`.
+    /// For `qr_merchant` without a `wallet`: the aggregated payment page `<public_base_url>/p/<token>`,
+    /// paid inside the WeChat, Alipay or UnionPay QuickPass app that opens it.
     pub pay_url: Option<String>,
 }
 

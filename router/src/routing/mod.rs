@@ -97,7 +97,7 @@ pub fn methods_of_kind(kind: ChannelKind) -> &'static [PayMethod] {
         ChannelKind::WechatV3 | ChannelKind::Alipay => {
             &[QrMerchant, QrStatic, CodeScan, SoundWave, Jsapi]
         }
-        ChannelKind::UnionpayQr => &[QrMerchant, CodeScan, SoundWave],
+        ChannelKind::UnionpayQr => &[QrMerchant, QrStatic, CodeScan, SoundWave],
         _ => &[],
     }
 }

@@ -1,32 +1,35 @@
 //! The one-code cashier over HTTP, the payer's journey redirect by redirect (the browser tests in
 //! `scripts/cashier-browser/` walk the same journey in headless Chromium): a static code opened
-//! in WeChat and in Alipay, the amount, the wallet's OAuth step, the sandbox's stand-in of the
-//! wallet's payment sheet, the result page — and the refusals that write nothing.
+//! in WeChat, Alipay and UnionPay QuickPass, the amount, the wallet's OAuth / `userAuth` step, the
+//! sandbox's stand-in of the wallet's payment sheet, the result page — and the refusals (other
+//! apps, our own wallet, which has no channel yet) that write nothing.
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{MerchantClient, TestApp, spawn_app};
 
-const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.49.2600(0x28003133) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN";
-const ALIPAY_UA: &str = "Mozilla/5.0 (Linux; U; Android 14; zh-CN; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 NebulaSDK/1.8.100112 Nebula AlipayDefined(nt:WIFI,ws:412|0|2.625) AliApp(AP/10.5.86.8000) AlipayClient/10.5.86.8000 Language/zh-Hans";
-const UNKNOWN_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+pub const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.49.2600(0x28003133) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN";
+pub const ALIPAY_UA: &str = "Mozilla/5.0 (Linux; U; Android 14; zh-CN; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 NebulaSDK/1.8.100112 Nebula AlipayDefined(nt:WIFI,ws:412|0|2.625) AliApp(AP/10.5.86.8000) AlipayClient/10.5.86.8000 Language/zh-Hans";
+pub const UNKNOWN_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+pub const UNIONPAY_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240105.004; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 (com.unionpay.mobilepay) (cordova 7.0.0) (updebug 0) (version 1003) (UnionPay/1.0 CloudPay) (clientVersion 203) (language zh_CN) (languageFamily zh_CN) (upHtml) (walletMode 00)";
+pub const OUR_WALLET_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36 PaymuxWallet/2.3.1";
 
 /// A payer's browser: a user agent, no automatic redirects.
-struct Payer {
+pub struct Payer {
     http: reqwest::Client,
     ua: &'static str,
     lang: &'static str,
 }
 
-struct Page {
-    status: u16,
-    location: Option<String>,
-    text: String,
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub text: String,
 }
 
 impl Payer {
-    fn new(ua: &'static str, lang: &'static str) -> Payer {
+    pub fn new(ua: &'static str, lang: &'static str) -> Payer {
         Payer {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -54,17 +57,17 @@ impl Payer {
         }
     }
 
-    async fn get(&self, url: &str) -> Page {
+    pub async fn get(&self, url: &str) -> Page {
         self.send(self.http.get(url)).await
     }
 
-    async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
+    pub async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
         self.send(self.http.post(url).form(form)).await
     }
 }
 
 /// The JSON of `<script type="application/json" id="{id}">`.
-fn script_json(html: &str, id: &str) -> Value {
+pub fn script_json(html: &str, id: &str) -> Value {
     let open = format!("<script type=\"application/json\" id=\"{id}\">");
     let start = html
         .find(&open)
@@ -75,7 +78,7 @@ fn script_json(html: &str, id: &str) -> Value {
 }
 
 /// The form fields of the stand-in form on the pay page.
-fn stand_in_form(html: &str) -> (String, Vec<(String, String)>) {
+pub fn stand_in_form(html: &str) -> (String, Vec<(String, String)>) {
     let start = html
         .find("id=\"stand-in\"")
         .expect("a sandbox stand-in form");
@@ -98,13 +101,13 @@ fn stand_in_form(html: &str) -> (String, Vec<(String, String)>) {
     (action, fields)
 }
 
-async fn payments(m: &MerchantClient) -> Vec<Value> {
+pub async fn payments(m: &MerchantClient) -> Vec<Value> {
     let r = m.send(Method::GET, "/v1/payments?limit=100", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["data"].as_array().unwrap().clone()
 }
 
-async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
+pub async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
     let db = paymux::startup::open_database(&app.config).await.unwrap();
     let report = paymux::ledger_audit::audit(&db).await.unwrap();
     db.close().await;
@@ -112,7 +115,7 @@ async fn audit(app: &TestApp) -> paymux::ledger_audit::PlatformAudit {
     report
 }
 
-async fn new_code(m: &MerchantClient, body: Value) -> String {
+pub async fn new_code(m: &MerchantClient, body: Value) -> String {
     let r = m.send(Method::POST, "/v1/codes", Some(&body)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.body["url"].as_str().unwrap().to_string()
@@ -132,14 +135,19 @@ async fn pay(payer: &Payer, code_url: &str, amount: &str) -> String {
         )
         .await;
     assert_eq!(submitted.status, 303, "{}", submitted.text);
-    // The wallet's OAuth step (the sandbox's authorize page) comes back with a code and the state.
-    let authorize = submitted.location.unwrap();
+    authorize_and_pay(payer, &submitted.location.unwrap(), code_url).await
+}
+
+/// From the wallet's authorisation step (`authorize`, the sandbox's OAuth / `userAuth` page) back
+/// to `<page_url>/auth`, the pay page, the wallet stand-in and the result page; returns the result
+/// page's URL once it says `succeeded`.
+pub async fn authorize_and_pay(payer: &Payer, authorize: &str, page_url: &str) -> String {
     assert!(authorize.contains("/sandbox/"), "{authorize}");
-    let back = payer.get(&authorize).await;
+    let back = payer.get(authorize).await;
     assert_eq!(back.status, 302, "{}", back.text);
     let callback = back.location.unwrap();
     assert!(
-        callback.starts_with(&format!("{code_url}/auth?")),
+        callback.starts_with(&format!("{page_url}/auth?")),
         "{callback}"
     );
     let pay_page = payer.get(&callback).await;
@@ -368,4 +376,107 @@ async fn a_lost_notification_is_made_up_for_by_the_result_page_asking_the_channe
     assert_eq!((ps.len(), ps[0]["status"].as_str()), (1, Some("succeeded")));
     assert_eq!(ps[0]["amount"], 6660);
     assert_eq!(audit(&app).await.ledger.entries, 1);
+}
+
+#[tokio::test]
+async fn a_static_code_is_paid_in_unionpay_through_user_auth_and_posted() {
+    let app = spawn_app().await;
+    let m = app.merchant("便利店").await;
+    let code = new_code(&m, json!({"store_id": "up-1", "description": "南京路店"})).await;
+    let unionpay = Payer::new(UNIONPAY_UA, "zh-CN,zh;q=0.9");
+    let page = unionpay.get(&code).await;
+    for want in [
+        "付款给 便利店",
+        "南京路店",
+        "当前应用: 云闪付",
+        "金额（元）",
+    ] {
+        assert!(page.text.contains(want), "{want} in {}", page.text);
+    }
+    let submitted = unionpay
+        .post_form(&format!("{code}/pay"), &[("amount".into(), "23.45".into())])
+        .await;
+    assert_eq!(submitted.status, 303, "{}", submitted.text);
+    let user_auth = submitted.location.clone().unwrap();
+    assert!(
+        user_auth
+            .contains("/sandbox/unionpay/qrcGtwWeb-web/api/userAuth?version=1.0.0&redirectUrl="),
+        "{user_auth}"
+    );
+    authorize_and_pay(&unionpay, &user_auth, &code).await;
+    let ps = payments(&m).await;
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    let p = &ps[0];
+    assert_eq!(
+        (
+            p["status"].as_str(),
+            p["method"].as_str(),
+            p["wallet"].as_str(),
+            p["amount"].as_i64()
+        ),
+        (
+            Some("succeeded"),
+            Some("qr_static"),
+            Some("unionpay"),
+            Some(2345)
+        )
+    );
+    assert!(p["channel_trade_no"].is_string(), "{p}");
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (1, 1));
+
+    // Another payment: a reload of the callback goes to the result page (no second order), and a
+    // callback whose wallet said the authorisation failed is refused.
+    let submitted = unionpay
+        .post_form(&format!("{code}/pay"), &[("amount".into(), "1.00".into())])
+        .await;
+    let back = unionpay.get(&submitted.location.unwrap()).await;
+    let callback = back.location.unwrap();
+    assert_eq!(unionpay.get(&callback).await.status, 200);
+    assert_eq!(
+        unionpay.get(&callback).await.status,
+        303,
+        "a reload goes to the result"
+    );
+    // A UnionPay callback whose wallet said the authorisation failed.
+    let failed = callback.replace("respCode=00", "respCode=01");
+    assert_eq!(unionpay.get(&failed).await.status, 400);
+    assert_eq!(payments(&m).await.len(), 2);
+}
+
+#[tokio::test]
+async fn our_own_wallet_gets_the_apps_that_can_pay_and_creates_nothing() {
+    let app = spawn_app().await;
+    let m = app.merchant("Tea House").await;
+    let code = new_code(&m, json!({"store_id": "t1"})).await;
+    let ours = Payer::new(OUR_WALLET_UA, "zh-CN");
+    let page = ours.get(&code).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("id=\"own-wallet\""), "{}", page.text);
+    assert!(
+        page.text.contains("Paymux 钱包暂时还不能支付"),
+        "{}",
+        page.text
+    );
+    for app_name in ["微信", "支付宝", "云闪付"] {
+        assert!(
+            page.text.contains(&format!("<li>{app_name}</li>")),
+            "{app_name}: {}",
+            page.text
+        );
+    }
+    assert!(!page.text.contains("pay-form"));
+    let posted = ours
+        .post_form(&format!("{code}/pay"), &[("amount".into(), "5.00".into())])
+        .await;
+    assert_eq!(posted.status, 200);
+    assert!(posted.text.contains("id=\"own-wallet\""));
+    let en = Payer::new(OUR_WALLET_UA, "en").get(&code).await;
+    assert!(
+        en.text
+            .contains("The Paymux wallet cannot pay this code yet"),
+        "{}",
+        en.text
+    );
+    assert!(payments(&m).await.is_empty(), "nothing was created");
 }
