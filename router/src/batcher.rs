@@ -6,6 +6,7 @@
 //! (PostgreSQL) keep transactions in flight while the next batch gathers; SQLite, a single writer, uses
 //! one. The queue is bounded: when it is full, submitters wait (back-pressure), they are never dropped.
 
+use crate::db::BeginWrite;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -190,7 +191,7 @@ async fn run_batch(db: &Db, jobs: Vec<Job>) {
     let result = match db {
         Db::Postgres(pool) => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let out = execute_pg(&mut tx, ops).await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(out)
@@ -199,7 +200,7 @@ async fn run_batch(db: &Db, jobs: Vec<Job>) {
         }
         Db::Sqlite(pool) => {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let out = execute_sqlite(&mut tx, ops).await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(out)

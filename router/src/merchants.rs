@@ -1,6 +1,7 @@
 //! Merchants and their API keys. Key secrets are stored encrypted (AES-256-GCM under the master key,
 //! bound to their key id) and are shown once, when created.
 
+use crate::db::BeginWrite;
 use anyhow::Context;
 use paymux_model::MerchantId;
 use serde::Serialize;
@@ -51,7 +52,7 @@ pub async fn create_merchant(
     let id: Uuid = merchant_id.into();
     macro_rules! run {
         ($pool:expr) => {{
-            let mut tx = $pool.begin().await?;
+            let mut tx = $pool.begin_write().await?;
             sqlx::query("INSERT INTO merchants (id, name, status, created_at_us) VALUES ($1, $2, 'active', $3)")
                 .bind(id)
                 .bind(name)
@@ -97,7 +98,7 @@ pub async fn rotate_key(
     let id: Uuid = merchant_id.into();
     macro_rules! run {
         ($pool:expr) => {{
-            let mut tx = $pool.begin().await?;
+            let mut tx = $pool.begin_write().await?;
             let name: Option<String> = sqlx::query_scalar("SELECT name FROM merchants WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)

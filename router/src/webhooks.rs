@@ -16,6 +16,7 @@
 //!   is logged in `webhook_deliveries`.
 //! - **API.** `GET /v1/webhooks?payment_id=…` lists a merchant's events with their delivery state.
 
+use crate::db::BeginWrite;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -478,7 +479,7 @@ impl Dispatcher {
         let status = a.status.map(i32::from);
         macro_rules! run {
             ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
+                let mut tx = $pool.begin_write().await?;
                 sqlx::query(INSERT)
                     .bind(row.id)
                     .bind(attempts)

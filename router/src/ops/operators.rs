@@ -2,6 +2,7 @@
 //! shown once at creation; only its SHA-256 is stored. Creating and disabling an operator writes an
 //! `ops_audit_log` row in the same transaction (operator `NULL` when done from the command line).
 
+use crate::db::BeginWrite;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -134,7 +135,7 @@ pub async fn create(db: &Db, actor: Actor, new: NewOperator) -> ApiResult<Create
     let now = now_us();
     let detail = serde_json::json!({"name": name, "role": role});
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query(
             "INSERT INTO operators (id, name, role, token_hash, created_at_us) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -177,7 +178,7 @@ pub async fn get(db: &Db, id: Uuid) -> ApiResult<Option<Operator>> {
 pub async fn disable(db: &Db, actor: Actor, id: Uuid) -> ApiResult<Operator> {
     let now = now_us();
     let changed = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let n = sqlx::query(
             "UPDATE operators SET disabled_at_us = $1 WHERE id = $2 AND disabled_at_us IS NULL",
         )

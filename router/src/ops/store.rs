@@ -2,6 +2,7 @@
 //! (assign, comment, resolve — each with its audit row in the same transaction), merchant
 //! settlements, and payment search across merchants.
 
+use crate::db::BeginWrite;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
@@ -308,7 +309,7 @@ pub async fn assign(db: &Db, actor: Actor, id: Uuid, assignee: Uuid) -> ApiResul
     let now = now_us();
     let detail = serde_json::json!({"operator_id": assignee});
     let outcome: Result<(), ApiError> = on_db!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let ok: Option<(String,)> = sqlx::query_as(
             "SELECT role FROM operators WHERE id = $1 AND disabled_at_us IS NULL",
         )
@@ -375,7 +376,7 @@ pub async fn comment(db: &Db, actor: Uuid, id: Uuid, text: &str) -> ApiResult<Co
     let cid = Uuid::now_v7();
     let detail = serde_json::json!({"comment_id": cid, "text": text});
     let found = on_db!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let exists: Option<(Uuid,)> =
             sqlx::query_as("SELECT item_id FROM reconciliation_exceptions WHERE item_id = $1")
                 .bind(id)
@@ -433,7 +434,7 @@ pub async fn resolve(
     let now = now_us();
     let detail = serde_json::json!({"resolution": resolution, "note": note});
     let changed = on_db!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let n = sqlx::query(
             "UPDATE reconciliation_exceptions SET status = 'resolved', resolution = $1, note = $2, \
              resolved_by = $3, resolved_at_us = $4 WHERE item_id = $5 AND status IN ('open', 'assigned')",

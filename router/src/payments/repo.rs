@@ -2,6 +2,7 @@
 //! multi-row statements: one `INSERT … ON CONFLICT DO NOTHING` for all new payments of a batch, one
 //! SELECT for the losers of the uniqueness race, one compare-and-set UPDATE per kind of transition.
 
+use crate::db::BeginWrite;
 use std::collections::HashMap;
 
 use paymux_model::{MerchantId, PaymentId, PaymentStatus};
@@ -300,7 +301,7 @@ pub async fn close_expired(db: &Db, now_us: i64, limit: u32) -> sqlx::Result<Vec
     };
     match db {
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let ids: Vec<Uuid> = sqlx::query_scalar(SQL)
                 .bind(now_us)
                 .bind(limit)
@@ -312,7 +313,7 @@ pub async fn close_expired(db: &Db, now_us: i64, limit: u32) -> sqlx::Result<Vec
         }
         Db::Postgres(pool) => {
             let sql = SQL.replace("LIMIT $2)", "LIMIT $2 FOR UPDATE SKIP LOCKED)");
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let ids: Vec<Uuid> = sqlx::query_scalar(&sql)
                 .bind(now_us)
                 .bind(limit)

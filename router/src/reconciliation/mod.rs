@@ -29,6 +29,7 @@
 pub mod report;
 pub mod scheduler;
 
+use crate::db::BeginWrite;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -1351,13 +1352,13 @@ macro_rules! write_body {
 async fn write_run(db: &Db, w: &Write<'_>) -> anyhow::Result<i64> {
     match db {
         Db::Sqlite(p) => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let r = write_body!(tx, sqlx::Sqlite, paymux_ledger::post_sqlite, w);
             tx.commit().await?;
             Ok(r)
         }
         Db::Postgres(p) => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let r = write_body!(tx, sqlx::Postgres, paymux_ledger::post_postgres, w);
             tx.commit().await?;
             Ok(r)
@@ -1505,12 +1506,12 @@ pub async fn settle_merchants(
         }
         match db {
             Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 settle_body!(tx, sqlx::Sqlite, paymux_ledger::post_sqlite, &new);
                 tx.commit().await?;
             }
             Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 settle_body!(tx, sqlx::Postgres, paymux_ledger::post_postgres, &new);
                 tx.commit().await?;
             }

@@ -3,6 +3,7 @@
 //! bumps `routing_version`, which the nodes' registries poll. Input is validated here, so the admin
 //! API and the command line refuse the same things with the same field names.
 
+use crate::db::BeginWrite;
 use std::collections::HashMap;
 
 use paymux_model::{ChannelKind, MerchantId, PayMethod, WalletBrand};
@@ -332,7 +333,7 @@ pub async fn create_account(
         "INSERT INTO channel_accounts ({ACCOUNT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     );
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query(&sql)
             .bind(row.id)
             .bind(row.merchant_id)
@@ -440,7 +441,7 @@ pub async fn update_account(
         credentials_nonce = $4, credentials_ciphertext = $5, updated_at_us = $6 \
         WHERE id = $7 AND merchant_id = $8";
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query(SQL)
             .bind(&row.name)
             .bind(row.cost_rate_bps as i32)
@@ -529,7 +530,7 @@ pub async fn set_route(
     let now = now_us();
     let route_id = Uuid::now_v7();
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query("DELETE FROM route_targets WHERE route_id IN (SELECT id FROM routes WHERE merchant_id = $1 AND wallet = $2 AND method = $3)")
             .bind(merchant)
             .bind(wallet.as_str())
@@ -585,7 +586,7 @@ pub async fn delete_route(
     let merchant = Uuid::from(merchant);
     merchant_exists(db, merchant).await?;
     let n = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query("DELETE FROM route_targets WHERE route_id IN (SELECT id FROM routes WHERE merchant_id = $1 AND wallet = $2 AND method = $3)")
             .bind(merchant)
             .bind(wallet.as_str())
@@ -681,7 +682,7 @@ pub async fn set_fee_rate(
     merchant_exists(db, m).await?;
     let value = fee_rate_bps.map(|b| b as i32);
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query("UPDATE merchants SET fee_rate_bps = $1 WHERE id = $2")
             .bind(value)
             .bind(m)
