@@ -110,6 +110,15 @@ pub enum ChannelAccountCommand {
         #[arg(long)]
         id: uuid::Uuid,
     },
+    /// The account's time of day for the nightly reconciliation (Asia/Shanghai, after its channel's
+    /// bill is ready), or `default` for `reconcile_schedule`.
+    Schedule {
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// `HH:MM`, `HH:MM:SS` or `default`.
+        #[arg(long)]
+        at: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +364,30 @@ async fn channel_account(config: &Config, c: ChannelAccountCommand) -> anyhow::R
         }
         ChannelAccountCommand::Enable { id } => set_enabled(&db, config, id, true).await?,
         ChannelAccountCommand::Disable { id } => set_enabled(&db, config, id, false).await?,
+        ChannelAccountCommand::Schedule { id, at } => {
+            let time = if at.trim().eq_ignore_ascii_case("default") {
+                None
+            } else {
+                Some(
+                    crate::reconciliation::schedules::parse_time(&at).ok_or_else(|| {
+                        anyhow::anyhow!("--at must be HH:MM, HH:MM:SS or default, not {at:?}")
+                    })?,
+                )
+            };
+            crate::reconciliation::schedules::set(
+                &db,
+                crate::ops::audit::Actor::CommandLine,
+                id,
+                time,
+            )
+            .await
+            .map_err(api)?;
+            serde_json::json!({
+                "channel_account_id": id,
+                "at": time.map(|t| t.format("%H:%M:%S").to_string()),
+                "own": time.is_some(),
+            })
+        }
     };
     db.close().await;
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -53,6 +53,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/reconciliation/runs/{id}/report/{file}",
             get(reports::report_file),
         )
+        .route("/reconciliation/schedules", get(list_schedules))
+        .route(
+            "/reconciliation/schedules/{account}",
+            axum::routing::put(set_schedule),
+        )
         .route("/me", get(me))
         .route("/dashboard", get(dashboard_day))
         .route("/exceptions", get(list_exceptions))
@@ -378,6 +383,79 @@ async fn resolve(
     Ok(Json(
         store::resolve(&state.db, op.id, id, &b.resolution, b.note.as_deref()).await?,
     ))
+}
+
+// ---- reconciliation schedules ----
+
+#[derive(Debug, Serialize)]
+struct ScheduleView {
+    channel_account_id: Uuid,
+    name: &'static str,
+    kind: paymux_model::ChannelKind,
+    /// `HH:MM:SS` in Asia/Shanghai, or `off` (the account follows a disabled `reconcile_schedule`).
+    at: String,
+    /// Whether the account has a time of its own (else the configured `reconcile_schedule`).
+    own: bool,
+}
+
+async fn list_schedules(State(state): State<AppState>) -> ApiResult<Json<Vec<ScheduleView>>> {
+    let own = crate::reconciliation::schedules::own_times(&state.db).await?;
+    let default =
+        crate::reconciliation::scheduler::parse_schedule(&state.config.reconcile_schedule)
+            .ok()
+            .flatten();
+    let rows = state
+        .routes
+        .all()
+        .iter()
+        .map(|r| {
+            let id = Uuid::from(r.id);
+            let mine = own.get(&id).copied();
+            ScheduleView {
+                channel_account_id: id,
+                name: r.name,
+                kind: r.kind,
+                at: match (default, mine) {
+                    (None, _) => "off".into(),
+                    (Some(d), m) => m.unwrap_or(d).format("%H:%M:%S").to_string(),
+                },
+                own: mine.is_some(),
+            }
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    /// `HH:MM` or `HH:MM:SS`; `null` returns the account to `reconcile_schedule`.
+    at: Option<String>,
+}
+
+async fn set_schedule(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(account): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Vec<ScheduleView>>> {
+    require(&op, Role::Admin)?;
+    let account = path_id(&account, "channel account")?;
+    let b: ScheduleBody = parse_json(&body)?;
+    let at = match b.at.as_deref() {
+        None => None,
+        Some(t) => Some(
+            crate::reconciliation::schedules::parse_time(t).ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::ValidationFailed,
+                    "at",
+                    "a time of day, HH:MM or HH:MM:SS (Asia/Shanghai), or null",
+                )
+            })?,
+        ),
+    };
+    crate::reconciliation::schedules::set(&state.db, Actor::Operator(op.id), account, at).await?;
+    list_schedules(State(state)).await
 }
 
 // ---- settlements, payments ----

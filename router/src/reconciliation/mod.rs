@@ -28,6 +28,7 @@
 
 pub mod report;
 pub mod scheduler;
+pub mod schedules;
 
 use crate::db::BeginWrite;
 use std::collections::{HashMap, HashSet};
@@ -307,13 +308,26 @@ pub async fn run_day(
         });
         accounts.push(reconcile_account(state, route, day, progress).await?);
     }
-    let merchant_settlements =
-        if account.is_none() && accounts.iter().all(|a| a.status == "completed") {
-            progress(Progress::Stage("merchant settlement"));
-            settle_merchants(state, day).await?
-        } else {
-            Vec::new()
+    // Merchants are settled once every account has completed the day (this run's accounts, and
+    // for a run of one account, the others' earlier runs).
+    let all_completed = accounts.iter().all(|a| a.status == "completed")
+        && match account {
+            None => true,
+            Some(_) => {
+                let done = scheduler::completed_accounts(&state.db, day).await?;
+                state
+                    .routes
+                    .all()
+                    .iter()
+                    .all(|r| done.contains(&Uuid::from(r.id)))
+            }
         };
+    let merchant_settlements = if all_completed {
+        progress(Progress::Stage("merchant settlement"));
+        settle_merchants(state, day).await?
+    } else {
+        Vec::new()
+    };
     let report = DayReport {
         day,
         accounts,

@@ -1,18 +1,32 @@
-//! The nightly reconciliation in `paymux serve`: every day at `reconcile_schedule` (time of day,
-//! Asia/Shanghai — after the channels' bills for the previous day are ready) the previous day is
-//! reconciled for every channel account. On PostgreSQL the run holds a session advisory lock, and a
-//! node that gets the lock after another finished finds the day's runs completed and does nothing, so
-//! the day is reconciled on exactly one node; SQLite is a single node.
+//! The nightly reconciliation in `paymux serve`: the previous day (Asia/Shanghai) is reconciled for
+//! each channel account once that account's time of day has come — its own
+//! ([`super::schedules`]) or `reconcile_schedule` — i.e. after the channel's bill is ready. A server
+//! that starts after an account's time reconciles the day it missed at once. Once every account
+//! has completed the day, the merchants are settled (T+1; one settlement per merchant and day).
+//!
+//! On PostgreSQL the work holds a session advisory lock, and a node that gets the lock after another
+//! finished finds the accounts' runs completed and does nothing, so each account is reconciled on
+//! exactly one node; SQLite is a single node. A failed run (the bill not there yet, the channel
+//! down) is tried again after [`RETRY_AFTER`].
 
-use chrono::{NaiveTime, TimeZone, Utc};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, NaiveTime, Utc};
 use chrono_tz::Asia::Shanghai;
+use paymux_model::ChannelAccountId;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::db::Db;
 
 /// The advisory lock key of the nightly run (any fixed 64-bit number; "paymuxrc").
 const LOCK_KEY: i64 = 0x7061_796d_7578_7263;
+/// How often the scheduler looks at the clock and the accounts' times.
+const TICK: Duration = Duration::from_secs(2);
+/// How long after a failed run an account is tried again (the same day).
+pub const RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// `HH:MM` or `HH:MM:SS`; empty or `off` disables the scheduler.
 pub fn parse_schedule(s: &str) -> anyhow::Result<Option<NaiveTime>> {
@@ -20,14 +34,15 @@ pub fn parse_schedule(s: &str) -> anyhow::Result<Option<NaiveTime>> {
     if s.is_empty() || s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    NaiveTime::parse_from_str(s, "%H:%M:%S")
-        .or_else(|_| NaiveTime::parse_from_str(s, "%H:%M"))
+    super::schedules::parse_time(s)
         .map(Some)
-        .map_err(|_| anyhow::anyhow!("reconcile_schedule must be HH:MM or HH:MM:SS, not {s:?}"))
+        .ok_or_else(|| anyhow::anyhow!("reconcile_schedule must be HH:MM or HH:MM:SS, not {s:?}"))
 }
 
 /// The next instant the schedule fires after `now`.
+#[cfg(test)]
 fn next_fire(at: NaiveTime, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    use chrono::TimeZone;
     let local = now.with_timezone(&Shanghai);
     let today = local.date_naive().and_time(at);
     let candidate = Shanghai
@@ -42,27 +57,88 @@ fn next_fire(at: NaiveTime, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc>
     }
 }
 
-pub async fn run(state: AppState, at: NaiveTime, mut stop: watch::Receiver<bool>) {
+/// The day to reconcile at `now` (yesterday in Shanghai) and whether an account whose time is `at`
+/// is due for it.
+fn due(at: NaiveTime, now: chrono::DateTime<Utc>) -> (NaiveDate, bool) {
+    let local = now.with_timezone(&Shanghai);
+    (
+        local.date_naive() - chrono::Days::new(1),
+        local.time() >= at,
+    )
+}
+
+pub async fn run(state: AppState, default_at: NaiveTime, mut stop: watch::Receiver<bool>) {
+    let mut failed_at: HashMap<(NaiveDate, Uuid), Instant> = HashMap::new();
     loop {
-        let now = Utc::now();
-        let wait = (next_fire(at, now) - now)
-            .to_std()
-            .unwrap_or(std::time::Duration::from_secs(1));
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(TICK) => {}
             _ = stop.changed() => return,
         }
-        let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(1);
-        if let Err(e) = run_once(&state, day).await {
-            tracing::error!(%day, error = %format!("{e:#}"), "nightly reconciliation");
+        if let Err(e) = tick(&state, default_at, &mut failed_at).await {
+            tracing::error!(error = %format!("{e:#}"), "nightly reconciliation");
         }
     }
 }
 
-/// Reconciles `day` unless another node holds the lock or already completed it.
-pub async fn run_once(state: &AppState, day: chrono::NaiveDate) -> anyhow::Result<bool> {
+/// One look at the clock: the accounts whose time has come and whose day is not completed (nor
+/// failed a moment ago) are reconciled.
+async fn tick(
+    state: &AppState,
+    default_at: NaiveTime,
+    failed_at: &mut HashMap<(NaiveDate, Uuid), Instant>,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let own = super::schedules::own_times(&state.db)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading reconciliation schedules: {}", e.detail))?;
+    let (day, _) = due(default_at, now);
+    failed_at.retain(|(d, _), _| *d == day);
+    let accounts: Vec<Uuid> = state.routes.all().iter().map(|r| r.id.into()).collect();
+    let done = completed_accounts(&state.db, day).await?;
+    let due_now: Vec<Uuid> = accounts
+        .iter()
+        .copied()
+        .filter(|a| due(own.get(a).copied().unwrap_or(default_at), now).1)
+        .filter(|a| !done.contains(a))
+        .filter(|a| {
+            failed_at
+                .get(&(day, *a))
+                .is_none_or(|t| t.elapsed() >= RETRY_AFTER)
+        })
+        .collect();
+    if due_now.is_empty() {
+        return Ok(());
+    }
+    let outcome = with_lock(state, async {
+        let done = completed_accounts(&state.db, day).await?;
+        let mut failed = Vec::new();
+        for account in due_now.iter().filter(|a| !done.contains(a)) {
+            let report =
+                super::run_day(state, day, Some(ChannelAccountId::from(*account)), &|_| {})
+                    .await?;
+            let ok = report.is_ok();
+            tracing::info!(%day, channel_account_id = %account, ok,
+                settled_merchants = report.merchant_settlements.len(), "nightly reconciliation of an account");
+            if !ok {
+                failed.push(*account);
+            }
+        }
+        Ok::<_, anyhow::Error>(failed)
+    })
+    .await?;
+    for account in outcome.unwrap_or_default() {
+        failed_at.insert((day, account), Instant::now());
+    }
+    Ok(())
+}
+
+/// Runs `work` holding the nightly lock (PostgreSQL), or `None` when another node holds it.
+async fn with_lock<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
     match &state.db {
-        Db::Sqlite(_) => run_unless_done(state, day).await,
+        Db::Sqlite(_) => work.await.map(Some),
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -70,52 +146,63 @@ pub async fn run_once(state: &AppState, day: chrono::NaiveDate) -> anyhow::Resul
                 .fetch_one(&mut *conn)
                 .await?;
             if !locked {
-                tracing::info!(%day, "nightly reconciliation runs on another node");
-                return Ok(false);
+                tracing::debug!("nightly reconciliation runs on another node");
+                return Ok(None);
             }
-            let result = run_unless_done(state, day).await;
+            let result = work.await;
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(LOCK_KEY)
                 .execute(&mut *conn)
                 .await;
-            result
+            result.map(Some)
         }
     }
 }
 
-async fn run_unless_done(state: &AppState, day: chrono::NaiveDate) -> anyhow::Result<bool> {
-    let accounts = state.routes.all().len() as i64;
-    let done = completed_runs(&state.db, day).await?;
-    if done >= accounts {
-        return Ok(false);
-    }
-    let report = super::run_day(state, day, None, &|_| {}).await?;
-    tracing::info!(%day, ok = report.is_ok(), accounts = report.accounts.len(), "nightly reconciliation done");
-    Ok(true)
+/// Reconciles `day` for every account not completed yet unless another node holds the lock;
+/// `Ok(false)` when there was nothing to do here.
+pub async fn run_once(state: &AppState, day: NaiveDate) -> anyhow::Result<bool> {
+    let ran = with_lock(state, async {
+        let accounts = state.routes.all().len();
+        let done = completed_accounts(&state.db, day).await?;
+        if done.len() >= accounts {
+            return Ok(false);
+        }
+        let report = super::run_day(state, day, None, &|_| {}).await?;
+        tracing::info!(%day, ok = report.is_ok(), accounts = report.accounts.len(), "nightly reconciliation done");
+        Ok(true)
+    })
+    .await?;
+    Ok(ran.unwrap_or(false))
 }
 
-async fn completed_runs(db: &Db, day: chrono::NaiveDate) -> anyhow::Result<i64> {
-    const SQL: &str =
-        "SELECT COUNT(*) FROM reconciliation_runs WHERE day = $1 AND status = 'completed'";
-    Ok(match db {
+/// The accounts whose run of `day` completed.
+pub async fn completed_accounts(
+    db: &Db,
+    day: NaiveDate,
+) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    const SQL: &str = "SELECT channel_account_id FROM reconciliation_runs WHERE day = $1 AND status = 'completed'";
+    let ids: Vec<Uuid> = match db {
         Db::Sqlite(p) => {
             sqlx::query_scalar(SQL)
                 .bind(day.to_string())
-                .fetch_one(p)
+                .fetch_all(p)
                 .await?
         }
         Db::Postgres(p) => {
             sqlx::query_scalar(SQL)
                 .bind(day.to_string())
-                .fetch_one(p)
+                .fetch_all(p)
                 .await?
         }
-    })
+    };
+    Ok(ids.into_iter().collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn schedules_parse_and_fire_next_in_shanghai() {
@@ -135,5 +222,21 @@ mod tests {
             next_fire(at, now),
             Utc.with_ymd_and_hms(2026, 11, 23, 2, 0, 0).unwrap()
         );
+    }
+
+    #[test]
+    fn an_account_is_due_for_yesterday_once_its_time_has_come() {
+        let at = parse_schedule("10:00").unwrap().unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        // 09:59 in Shanghai: not yet; 10:00 and later (a server started late): due.
+        let before = Utc.with_ymd_and_hms(2026, 11, 22, 1, 59, 0).unwrap();
+        assert_eq!(due(at, before), (day, false));
+        let at_time = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        assert_eq!(due(at, at_time), (day, true));
+        let late = Utc.with_ymd_and_hms(2026, 11, 22, 15, 59, 0).unwrap();
+        assert_eq!(due(at, late), (day, true));
+        // 16:00 UTC is midnight in Shanghai: the day to reconcile moves on, not due before 10:00.
+        let midnight = Utc.with_ymd_and_hms(2026, 11, 22, 16, 0, 0).unwrap();
+        assert_eq!(due(at, midnight), (day + chrono::Days::new(1), false));
     }
 }

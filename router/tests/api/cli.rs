@@ -181,6 +181,42 @@ async fn channel_accounts_routes_and_fee_rates_from_the_command_line() {
     assert_eq!(disabled["enabled"], false);
     let enabled = paymux(&db, &["channel-account", "enable", "--id", &id]);
     assert_eq!(enabled["enabled"], true);
+    let scheduled = paymux(
+        &db,
+        &["channel-account", "schedule", "--id", &id, "--at", "9:30"],
+    );
+    assert_eq!(
+        (&scheduled["at"], &scheduled["own"]),
+        (&serde_json::json!("09:30:00"), &serde_json::json!(true))
+    );
+    let db_handle = paymux::db::Db::connect(&db.url, 2).await.unwrap();
+    let own = paymux::reconciliation::schedules::own_times(&db_handle)
+        .await
+        .unwrap();
+    assert_eq!(
+        own.get(&id.parse::<uuid::Uuid>().unwrap())
+            .map(|t| t.to_string()),
+        Some("09:30:00".into())
+    );
+    let back = paymux(
+        &db,
+        &[
+            "channel-account",
+            "schedule",
+            "--id",
+            &id,
+            "--at",
+            "default",
+        ],
+    );
+    assert_eq!(back["own"], false);
+    assert!(
+        paymux::reconciliation::schedules::own_times(&db_handle)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db_handle.close().await;
     let route = paymux(
         &db,
         &[

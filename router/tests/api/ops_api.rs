@@ -32,7 +32,13 @@ pub async fn operator(app: &TestApp, name: &str, role: &str) -> (String, String)
     (created.operator.id.to_string(), created.token)
 }
 
-async fn ops(app: &TestApp, token: &str, method: Method, path: &str, body: Option<Value>) -> Reply {
+pub async fn ops(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
     let mut req = app
         .http
         .request(method, format!("{}/ops/v1{path}", app.base))

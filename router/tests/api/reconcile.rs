@@ -556,3 +556,206 @@ async fn refunds_are_matched_by_out_refund_no_and_settled_with_their_payments() 
     );
     audit_clean(&app).await;
 }
+
+#[tokio::test]
+async fn each_account_is_reconciled_at_its_own_time_and_merchants_settle_after_the_last() {
+    use crate::ops_api::{get, operator, ops};
+    use reqwest::Method;
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    // Accounts without a time of their own wait for the configured one, later today.
+    let now = Utc::now().with_timezone(&Shanghai);
+    let in_an_hour = now + chrono::Duration::hours(1);
+    let later = if in_an_hour.date_naive() == now.date_naive() {
+        in_an_hour.time()
+    } else {
+        chrono::NaiveTime::from_hms_opt(23, 59, 59).unwrap()
+    };
+    config.reconcile_schedule = later.format("%H:%M:%S").to_string();
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Scheduled").await;
+    let yesterday = now.date_naive() - chrono::Days::new(1);
+    // A payment of yesterday, so that there is something to settle.
+    put_faults(
+        &app,
+        &json!({"clock_offset_secs": offset_to(yesterday, 12, 0)}),
+    )
+    .await;
+    code_pay(&m, "sch-1", 1000).await;
+    put_faults(&app, &json!({})).await;
+
+    let (_, admin) = operator(&app, "Ada", "admin").await;
+    let (_, viewer) = operator(&app, "Vic", "viewer").await;
+    let list = get(&app, &viewer, "/reconciliation/schedules").await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let rows = list.body.as_array().unwrap().clone();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["own"] == false && r["at"] == config_at(&later)),
+        "{rows:?}"
+    );
+    let id_of = |kind: &str| {
+        rows.iter().find(|r| r["kind"] == kind).unwrap()["channel_account_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (wechat, others) = (id_of("wechat_v3"), [id_of("alipay"), id_of("unionpay_qr")]);
+
+    // Only admins set times, and only real times of real accounts.
+    let path = |id: &str| format!("/reconciliation/schedules/{id}");
+    let r = ops(
+        &app,
+        &viewer,
+        Method::PUT,
+        &path(&wechat),
+        Some(json!({"at": "00:00"})),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.code()), (403, "forbidden"));
+    let r = ops(
+        &app,
+        &admin,
+        Method::PUT,
+        &path(&wechat),
+        Some(json!({"at": "25:00"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code(), r.body["field"].as_str()),
+        (422, "validation_failed", Some("at"))
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = ops(
+        &app,
+        &admin,
+        Method::PUT,
+        &path(&unknown),
+        Some(json!({"at": "00:00"})),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+
+    // The WeChat account's own time has come: it alone is reconciled.
+    let r = ops(
+        &app,
+        &admin,
+        Method::PUT,
+        &path(&wechat),
+        Some(json!({"at": "00:00"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let completed = |id: &str| {
+        format!(
+            "SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{yesterday}' AND status = 'completed' AND channel_account_id = {}",
+            uuid_literal(&app, id)
+        )
+    };
+    let runs = format!("SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{yesterday}'");
+    let settlements =
+        format!("SELECT COUNT(*) FROM merchant_settlements WHERE day = '{yesterday}'");
+    wait_scalar(&app, &completed(&wechat), 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        scalar(&app, &runs).await,
+        1,
+        "the others wait for their time"
+    );
+    assert_eq!(
+        scalar(&app, &settlements).await,
+        0,
+        "merchants settle only after every account"
+    );
+
+    // The others' time comes: they are reconciled, then the merchant is settled, once.
+    for id in &others {
+        let r = ops(
+            &app,
+            &admin,
+            Method::PUT,
+            &path(id),
+            Some(json!({"at": "00:00:00"})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    for id in &others {
+        wait_scalar(&app, &completed(id), 1).await;
+    }
+    wait_scalar(&app, &settlements, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scalar(&app, &runs).await, 3);
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT CAST(SUM(attempts) AS BIGINT) FROM reconciliation_runs WHERE day = '{yesterday}'")
+        )
+        .await,
+        3,
+        "each account once"
+    );
+    assert_eq!(scalar(&app, &settlements).await, 1);
+
+    // Back to the configured time; every change is in the audit log.
+    let r = ops(
+        &app,
+        &admin,
+        Method::PUT,
+        &path(&wechat),
+        Some(json!({"at": null})),
+    )
+    .await;
+    let row = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "wechat_v3")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["own"].clone(), row["at"].clone()),
+        (json!(false), json!(config_at(&later)))
+    );
+    let audit = get(
+        &app,
+        &admin,
+        &format!("/audit-log?target=channel_account:{wechat}"),
+    )
+    .await;
+    assert_eq!(
+        audit.body["data"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        audit.body
+    );
+    audit_clean(&app).await;
+}
+
+fn config_at(t: &chrono::NaiveTime) -> String {
+    t.format("%H:%M:%S").to_string()
+}
+
+/// A UUID as an SQL literal of the app's backend (SQLite stores them as 16-byte blobs).
+fn uuid_literal(app: &TestApp, id: &str) -> String {
+    if app.backend() == "postgres" {
+        format!("'{id}'")
+    } else {
+        format!("X'{}'", id.replace('-', ""))
+    }
+}
+
+async fn wait_scalar(app: &TestApp, sql: &str, want: i64) {
+    let mut got = 0;
+    for _ in 0..200 {
+        got = scalar(app, sql).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{sql}: {got}, wanted {want}");
+}
