@@ -21,7 +21,7 @@ use crate::payments::model::PaymentRow;
 use crate::payments::repo::{self, TransitionKey};
 
 /// A write command.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     /// Insert a payment unless one with the same `(merchant_id, merchant_order_no)` exists.
     CreatePayment(Box<PaymentRow>),
@@ -188,42 +188,73 @@ async fn run_batch(db: &Db, jobs: Vec<Job>) {
     let started = Instant::now();
     let n = jobs.len();
     let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-    let result = match db {
-        Db::Postgres(pool) => {
-            async {
-                let mut tx = pool.begin_write().await?;
-                let out = execute_pg(&mut tx, ops).await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(out)
-            }
-            .await
-        }
-        Db::Sqlite(pool) => {
-            async {
-                let mut tx = pool.begin_write().await?;
-                let out = execute_sqlite(&mut tx, ops).await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(out)
-            }
-            .await
-        }
-    };
+    let outcomes = commit_or_split(db, ops, true).await;
     metrics::histogram!("paymux_batch_items").record(n as f64);
     metrics::histogram!("paymux_batch_commit_seconds").record(started.elapsed().as_secs_f64());
-    match result {
-        Ok(outcomes) => {
-            debug_assert_eq!(outcomes.len(), replies.len());
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
-            }
+    debug_assert_eq!(outcomes.len(), replies.len());
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Commits `ops` in one transaction. When the database refuses it, nothing of it was committed:
+/// its two halves are then committed on their own, in order (and so on down to single commands), so
+/// one command the database refuses, or a deadlock with another node's batch, fails only itself. A
+/// single command refused by a deadlock or a serialization failure is tried once more. Errors that
+/// are not the statement's (the pool timed out, the connection broke) fail the whole batch at once.
+fn commit_or_split(
+    db: &Db,
+    ops: Vec<WriteOp>,
+    retry_single: bool,
+) -> futures::future::BoxFuture<'_, Vec<Result<WriteOutcome, BatchError>>> {
+    Box::pin(async move {
+        let n = ops.len();
+        let again = ops.clone();
+        let err = match commit(db, ops).await {
+            Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+            Err(err) => err,
+        };
+        let statement_error = matches!(err, sqlx::Error::Database(_));
+        if statement_error && n > 1 {
+            tracing::warn!(error = %err, items = n, "write batch refused; committing its halves on their own");
+            metrics::counter!("paymux_batch_splits_total").increment(1);
+            let mut first = again;
+            let second = first.split_off(n / 2);
+            let mut out = commit_or_split(db, first, true).await;
+            out.extend(commit_or_split(db, second, true).await);
+            return out;
         }
-        Err(err) => {
-            metrics::counter!("paymux_batch_failures_total").increment(1);
-            tracing::error!(error = %err, items = n, "write batch failed; nothing of it was committed");
-            let err = BatchError::Database(err.to_string());
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
+        if statement_error && retry_single && transient(&err) {
+            return commit_or_split(db, again, false).await;
+        }
+        metrics::counter!("paymux_batch_failures_total").increment(1);
+        tracing::error!(error = %err, items = n, "write batch failed; nothing of it was committed");
+        let err = BatchError::Database(err.to_string());
+        vec![Err(err); n]
+    })
+}
+
+/// A deadlock or a serialization failure: the same statement may well succeed at once.
+fn transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+async fn commit(db: &Db, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, sqlx::Error> {
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin_write().await?;
+            let out = execute_pg(&mut tx, ops).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin_write().await?;
+            let out = execute_sqlite(&mut tx, ops).await?;
+            tx.commit().await?;
+            Ok(out)
         }
     }
 }

@@ -103,3 +103,109 @@ async fn one_batch_settles_many_payments_and_keeps_each_payments_order() {
         assert_eq!(p["channel_account_id"], Uuid::nil().to_string());
     }
 }
+
+#[tokio::test]
+async fn a_command_the_database_refuses_fails_alone_and_the_rest_of_its_batch_commits() {
+    let app = spawn_app().await;
+    let m = app.merchant("Poison").await;
+    let mut ids = Vec::new();
+    let mut merchant_id = String::new();
+    for n in 0..12 {
+        let r = m
+            .create_payment(
+                &json!({"merchant_order_no": format!("p-{n}"), "amount": 100 + n,
+                "currency": "CNY", "subject": "x", "method": "qr_merchant"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        merchant_id = r.body["merchant_id"].as_str().unwrap().to_string();
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let batcher = Arc::new(WriteBatcher::start(
+        db.clone(),
+        BatcherConfig {
+            items_max: 1000,
+            linger: Duration::from_millis(300),
+            workers: 1,
+            queue_capacity: 1000,
+        },
+    ));
+    // A payment the database's own check refuses (an amount of zero; the API never sends one),
+    // in the middle of one batch of settlements.
+    let now = paymux::db::now_us();
+    let refused = WriteOp::CreatePayment(Box::new(paymux::payments::model::PaymentRow {
+        id: Uuid::now_v7(),
+        merchant_id: Uuid::parse_str(&merchant_id).unwrap(),
+        merchant_order_no: "refused".into(),
+        request_hash: "x".into(),
+        amount_minor: 0,
+        currency: "CNY".into(),
+        subject: "x".into(),
+        method: "qr_merchant".into(),
+        wallet: None,
+        status: "created".into(),
+        notify_url: None,
+        store_id: None,
+        terminal_id: None,
+        metadata: None,
+        refunded_amount_minor: 0,
+        channel_account_id: None,
+        channel_trade_no: None,
+        late_success: false,
+        failure_code: None,
+        failure_message: None,
+        closed_reason: None,
+        expires_at_us: now + 60_000_000,
+        created_at_us: now,
+        updated_at_us: now,
+        paid_at_us: None,
+        qr_code: None,
+    }));
+    let mut ops: Vec<WriteOp> = ids[..6]
+        .iter()
+        .map(|id| settle(id, PaymentStatus::Succeeded, &format!("t-{id}")))
+        .collect();
+    ops.push(refused);
+    ops.extend(
+        ids[6..]
+            .iter()
+            .map(|id| settle(id, PaymentStatus::Failed, &format!("t-{id}"))),
+    );
+    let handles: Vec<_> = ops
+        .into_iter()
+        .map(|op| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(op).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(h.await.unwrap());
+    }
+    let refused_count = outcomes.iter().filter(|o| o.is_err()).count();
+    assert_eq!(refused_count, 1, "{outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(WriteOutcome::Transitioned(true))))
+            .count(),
+        12,
+        "{outcomes:?}"
+    );
+    batcher.shutdown().await;
+    db.close().await;
+    for (n, id) in ids.iter().enumerate() {
+        let p = m.get_payment(id).await.body;
+        let want = if n < 6 { "succeeded" } else { "failed" };
+        assert_eq!(p["status"], want, "{p}");
+    }
+    let found = m.find_by_order_no("refused").await;
+    assert_eq!(found.status, 200, "{:?}", found.body);
+    assert_eq!(
+        found.body["data"].as_array().map(Vec::len),
+        Some(0),
+        "{:?}",
+        found.body
+    );
+}
