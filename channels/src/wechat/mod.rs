@@ -339,6 +339,18 @@ impl WechatPay {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<RawResponse, ChannelError> {
+        self.call_within(method, path_and_query, body, self.timeouts.call)
+            .await
+    }
+
+    /// [`Self::call`] with its own timeout (the bill calls: the channel prepares the file first).
+    async fn call_within(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<RawResponse, ChannelError> {
         let (url, signed) = self.full_url(path_and_query);
         let body_text = body.map(|b| b.to_string()).unwrap_or_default();
         let auth = self.authorize(method.as_str(), &signed, &body_text);
@@ -352,7 +364,7 @@ impl WechatPay {
                 .header("Content-Type", "application/json")
                 .body(body_text);
         }
-        let resp = chttp::send(req, self.timeouts.call).await?;
+        let resp = chttp::send(req, timeout).await?;
         if (200..300).contains(&resp.status) {
             self.platform
                 .verify_headers(
@@ -829,7 +841,9 @@ impl Channel for WechatPay {
             "/v3/bill/tradebill?bill_date={}&bill_type=ALL",
             date.format("%Y-%m-%d")
         );
-        let resp = self.call(http::Method::GET, &path, None).await?;
+        let resp = self
+            .call_within(http::Method::GET, &path, None, self.timeouts.bill)
+            .await?;
         if resp.status != 200 {
             return Err(Self::error_of(&resp));
         }
@@ -869,7 +883,8 @@ impl Channel for WechatPay {
             }
             .into());
         }
-        Ok(bill::parse_trade_bill(file.body.to_vec())?)
+        // No copy of the file: the body's buffer becomes the parser's.
+        Ok(bill::parse_trade_bill(Vec::from(file.body))?)
     }
 }
 

@@ -150,7 +150,17 @@ struct Inner {
     refund_lock: tokio::sync::Mutex<()>,
     /// Outstanding OAuth codes.
     oauth: sandbox::OAuthCodes,
+    /// Bill files rendered by `tradebill`, by download token: the download serves the very file
+    /// whose digest the signed answer gave (rendered once), for [`BILL_TOKEN_TTL`].
+    bill_files: std::sync::Mutex<Vec<(String, std::time::Instant, Bytes)>>,
+    /// The last bill rendered, with the day and the fingerprint of the books it was rendered from.
+    last_bill: std::sync::Mutex<Option<(NaiveDate, String, Bytes)>>,
 }
+
+/// How long a bill download token works.
+const BILL_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Most bill files kept for download at once.
+const BILL_FILES_MAX: usize = 4;
 
 /// A running WeChat sandbox (its state); [`WechatSandbox::router`] serves it.
 #[derive(Clone)]
@@ -232,6 +242,8 @@ impl WechatSandbox {
             notifier,
             refund_lock: tokio::sync::Mutex::new(()),
             oauth: sandbox::OAuthCodes::default(),
+            bill_files: std::sync::Mutex::new(Vec::new()),
+            last_bill: std::sync::Mutex::new(None),
         })))
     }
 
@@ -1138,6 +1150,51 @@ impl WechatSandbox {
         now() + self.0.faults.get().clock_offset_secs
     }
 
+    /// The bill file of a day: rendered by [`Self::bill_for`], or the last one rendered when the
+    /// day's successes in the books are the same (count, sums of amounts, fees and times of the
+    /// trades and refunds — one aggregate query instead of rendering millions of lines again) and
+    /// no bill line is overridden.
+    async fn bill_file_for(&self, date: NaiveDate) -> Result<Bytes, sqlx::Error> {
+        if !self.0.faults.get().bill_overrides.is_empty() {
+            return Ok(Bytes::from(self.bill_for(date).await?));
+        }
+        let start = Shanghai
+            .from_local_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
+            .single()
+            .map(|t| t.timestamp())
+            .unwrap_or_default();
+        let row = sqlx::query(
+            "SELECT COUNT(*), TOTAL(total), TOTAL(fee), TOTAL(success_time), \
+             (SELECT COUNT(*) || ':' || TOTAL(amount) || ':' || TOTAL(fee) || ':' || TOTAL(success_time) \
+              FROM refunds WHERE status = 'SUCCESS' AND success_time >= ?1 AND success_time < ?2) \
+             FROM trades WHERE success_time >= ?1 AND success_time < ?2",
+        )
+        .bind(start)
+        .bind(start + 86_400)
+        .fetch_one(&self.0.db)
+        .await?;
+        let fingerprint = format!(
+            "{}:{}:{}:{}|{}",
+            row.get::<i64, _>(0),
+            row.get::<f64, _>(1),
+            row.get::<f64, _>(2),
+            row.get::<f64, _>(3),
+            row.get::<String, _>(4)
+        );
+        if let Ok(last) = self.0.last_bill.lock()
+            && let Some((d, f, file)) = last.as_ref()
+            && *d == date
+            && *f == fingerprint
+        {
+            return Ok(file.clone());
+        }
+        let file = Bytes::from(self.bill_for(date).await?);
+        if let Ok(mut last) = self.0.last_bill.lock() {
+            *last = Some((date, fingerprint, file.clone()));
+        }
+        Ok(file)
+    }
+
     /// The bill of a Shanghai calendar day, rendered from the books (with the lines changed by
     /// `Faults::bill_overrides`).
     pub async fn bill_for(&self, date: NaiveDate) -> Result<Vec<u8>, sqlx::Error> {
@@ -1154,26 +1211,6 @@ impl WechatSandbox {
             .map(|o| o.shift_secs.abs())
             .max()
             .unwrap_or(0);
-        let mut rows = Vec::new();
-        let mut trades = sqlx::query("SELECT * FROM trades WHERE success_time >= ?1 AND success_time < ?2 ORDER BY success_time, out_trade_no")
-            .bind(start - shift_max)
-            .bind(end + shift_max)
-            .fetch_all(&self.0.db)
-            .await?
-            .iter()
-            .map(TradeRow::from_row)
-            .filter_map(|mut t| {
-                let o = overrides.get(&t.out_trade_no).cloned().unwrap_or_default();
-                let time = t.success_time.unwrap_or_default() + o.shift_secs;
-                t.success_time = Some(time);
-                t.total = o.amount_fen.unwrap_or(t.total);
-                t.fee = o.fee_fen.unwrap_or(t.fee);
-                (start..end).contains(&time).then_some(t)
-            })
-            .collect::<Vec<_>>();
-        trades.sort_by(|a, b| {
-            (a.success_time, &a.out_trade_no).cmp(&(b.success_time, &b.out_trade_no))
-        });
         let to_time = |ts: i64| {
             Shanghai
                 .timestamp_opt(ts, 0)
@@ -1181,24 +1218,46 @@ impl WechatSandbox {
                 .map(|t| t.naive_local())
                 .unwrap_or_default()
         };
-        for t in &trades {
-            rows.push(BillRow {
-                time: to_time(t.success_time.unwrap_or_default()),
-                appid: self.0.account.appid.clone(),
-                mchid: self.0.account.mchid.clone(),
-                transaction_id: t.transaction_id.clone(),
-                out_trade_no: t.out_trade_no.clone(),
-                openid: t.openid.clone().unwrap_or_default(),
-                trade_type: t.trade_type.clone(),
-                trade_state: "SUCCESS".into(),
-                order_fen: t.total,
-                refund_id: None,
-                out_refund_no: None,
-                refund_fen: 0,
-                description: t.description.clone(),
-                fee_milli_fen: t.fee * 1000,
-                rate_bps: self.0.opts.fee_rate_bps,
-            });
+        // One pass over the day's successes (a day can hold millions): only the columns the bill
+        // shows, each row turned into its line as it is read.
+        let mut rows = Vec::new();
+        {
+            use futures::TryStreamExt;
+            let mut trades = sqlx::query(
+                "SELECT out_trade_no, transaction_id, trade_type, description, total, fee, openid, success_time \
+                 FROM trades WHERE success_time >= ?1 AND success_time < ?2 ORDER BY success_time, out_trade_no",
+            )
+            .bind(start - shift_max)
+            .bind(end + shift_max)
+            .fetch(&self.0.db);
+            while let Some(r) = trades.try_next().await? {
+                let out_trade_no: String = r.get(0);
+                let o = overrides.get(&out_trade_no).cloned().unwrap_or_default();
+                let time = r.get::<Option<i64>, _>(7).unwrap_or_default() + o.shift_secs;
+                if !(start..end).contains(&time) {
+                    continue;
+                }
+                rows.push(BillRow {
+                    time: to_time(time),
+                    appid: self.0.account.appid.clone(),
+                    mchid: self.0.account.mchid.clone(),
+                    transaction_id: r.get(1),
+                    out_trade_no,
+                    openid: r.get::<Option<String>, _>(6).unwrap_or_default(),
+                    trade_type: r.get(2),
+                    trade_state: "SUCCESS".into(),
+                    order_fen: o.amount_fen.unwrap_or_else(|| r.get(4)),
+                    refund_id: None,
+                    out_refund_no: None,
+                    refund_fen: 0,
+                    description: r.get(3),
+                    fee_milli_fen: o.fee_fen.unwrap_or_else(|| r.get(5)) * 1000,
+                    rate_bps: self.0.opts.fee_rate_bps,
+                });
+            }
+        }
+        if shift_max > 0 {
+            rows.sort_by(|a, b| (a.time, &a.out_trade_no).cmp(&(b.time, &b.out_trade_no)));
         }
         let refunds = sqlx::query(
             "SELECT r.*, t.transaction_id, t.openid, t.trade_type, t.description FROM refunds r JOIN trades t USING (out_trade_no)
@@ -1231,6 +1290,56 @@ impl WechatSandbox {
     }
 }
 
+/// A trade booked as paid by [`WechatSandbox::book_paid`] (benchmarks seed a day of books with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidTrade {
+    pub out_trade_no: String,
+    pub transaction_id: String,
+    pub amount_fen: i64,
+    pub fee_fen: i64,
+    /// When it was paid, unix seconds (the bill of that Shanghai day lists it).
+    pub success_time: i64,
+}
+
+impl WechatSandbox {
+    /// Books paid `NATIVE` trades in bulk — one transaction, multi-row inserts — as if payers had
+    /// paid them (no notifications). Returns how many were booked.
+    pub async fn book_paid(
+        &self,
+        trades: impl IntoIterator<Item = PaidTrade>,
+    ) -> Result<u64, sqlx::Error> {
+        /// Rows per statement (8 values each, well under SQLite's bound-parameter limit).
+        const ROWS: usize = 2_000;
+        let mut tx = self.0.db.begin().await?;
+        let mut booked = 0u64;
+        let mut trades = trades.into_iter().peekable();
+        while trades.peek().is_some() {
+            let chunk: Vec<PaidTrade> = trades.by_ref().take(ROWS).collect();
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO trades (out_trade_no, transaction_id, trade_type, trade_state, description, \
+                 total, fee, openid, created_at, expire_at, success_time) ",
+            );
+            qb.push_values(&chunk, |mut b, t| {
+                b.push_bind(&t.out_trade_no)
+                    .push_bind(&t.transaction_id)
+                    .push("'NATIVE', 'SUCCESS', 'bench'")
+                    .push_bind(t.amount_fen)
+                    .push_bind(t.fee_fen)
+                    .push_bind(format!(
+                        "o{}",
+                        &t.transaction_id[t.transaction_id.len().saturating_sub(27)..]
+                    ))
+                    .push_bind(t.success_time - 1)
+                    .push_bind(t.success_time + 7_200)
+                    .push_bind(t.success_time);
+            });
+            booked += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(booked)
+    }
+}
+
 fn parse_bill_date(s: Option<&str>) -> Result<NaiveDate, ApiError> {
     let s = s.ok_or_else(|| ApiError::new(400, "PARAM_ERROR", "缺少参数 bill_date"))?;
     let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
@@ -1258,15 +1367,31 @@ async fn tradebill(
     let r: ApiResult = async {
         let date = parse_bill_date(q.bill_date.as_deref())?;
         if q.bill_type.as_deref().is_some_and(|t| t != "ALL") {
-            return Err(ApiError::new(400, "PARAM_ERROR", "沙箱仅支持 bill_type=ALL"));
+            return Err(ApiError::new(
+                400,
+                "PARAM_ERROR",
+                "沙箱仅支持 bill_type=ALL",
+            ));
         }
-        let file = sb.bill_for(date).await?;
+        let file = sb.bill_file_for(date).await?;
         let prefix = uri.path().strip_suffix("/v3/bill/tradebill").unwrap_or("");
-        let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        let host = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        let hash = hex::encode(sha1::Sha1::digest(&file));
+        let token = format!("{}.{}", date.format("%Y-%m-%d"), crypto::random_alnum(16));
+        if let Ok(mut files) = sb.0.bill_files.lock() {
+            files.retain(|(_, at, _)| at.elapsed() < BILL_TOKEN_TTL);
+            if files.len() >= BILL_FILES_MAX {
+                files.remove(0);
+            }
+            files.push((token.clone(), std::time::Instant::now(), file));
+        }
         sb.ok(&json!({
             "hash_type": "SHA1",
-            "hash_value": hex::encode(sha1::Sha1::digest(&file)),
-            "download_url": format!("http://{host}{prefix}/v3/billdownload/file?token={}", date.format("%Y-%m-%d")),
+            "hash_value": hash,
+            "download_url": format!("http://{host}{prefix}/v3/billdownload/file?token={token}"),
         }))
     }
     .await;
@@ -1281,8 +1406,18 @@ struct TokenQuery {
 /// The bill file itself: unsigned, like WeChat's.
 async fn bill_file(State(sb): State<WechatSandbox>, Query(q): Query<TokenQuery>) -> Response {
     let r: Result<Response, ApiError> = async {
-        let date = parse_bill_date(q.token.as_deref())?;
-        let file = sb.bill_for(date).await?;
+        let token = q.token.as_deref().unwrap_or_default();
+        let rendered = sb.0.bill_files.lock().ok().and_then(|files| {
+            files
+                .iter()
+                .find(|(t, at, _)| t == token && at.elapsed() < BILL_TOKEN_TTL)
+                .map(|(_, _, f)| f.clone())
+        });
+        let file = match rendered {
+            Some(f) => f,
+            // A token that is a date: the file of that day, rendered now.
+            None => sb.bill_file_for(parse_bill_date(Some(token))?).await?,
+        };
         Ok(([("content-type", "application/octet-stream")], file).into_response())
     }
     .await;

@@ -26,6 +26,7 @@
 //! are written under `<data_dir>/reports/<day>/<account>/` ([`report`]). [`scheduler`] runs the
 //! previous day every night in `paymux serve`, on one node.
 
+pub mod bench;
 pub mod report;
 pub mod scheduler;
 pub mod schedules;
@@ -43,7 +44,7 @@ use paymux_ledger::NewEntry;
 use paymux_ledger::chart;
 use paymux_model::{ChannelAccountId, Currency, MerchantId, Money, SettlementId};
 use paymux_reconcile::{Class, Item, Options, PlatformRecord, PlatformStatus, Resolution};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
@@ -203,7 +204,7 @@ impl StoredItem {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassTotal {
     pub class: String,
     pub count: u64,
@@ -337,6 +338,11 @@ pub async fn run_day(
     Ok(report)
 }
 
+/// The id of the run of an account and day (one row, however often it runs).
+pub fn run_id(account: ChannelAccountId, day: NaiveDate) -> Uuid {
+    v5(&format!("paymux:recon-run:{account}:{day}"))
+}
+
 /// One account and day: the run row says `running` while it works, then `completed` or `failed`.
 pub async fn reconcile_account(
     state: &AppState,
@@ -344,7 +350,7 @@ pub async fn reconcile_account(
     day: NaiveDate,
     progress: ProgressFn<'_>,
 ) -> anyhow::Result<AccountReport> {
-    let run_id = v5(&format!("paymux:recon-run:{}:{day}", route.id));
+    let run_id = run_id(route.id, day);
     start_run(&state.db, run_id, route.id, day).await?;
     match reconcile_inner(state, route, day, run_id, progress).await {
         Ok(r) => Ok(r),
@@ -399,13 +405,9 @@ async fn reconcile_inner(
 ) -> anyhow::Result<AccountReport> {
     let db = &state.db;
     let (start_us, end_us) = day_bounds_us(day);
+    progress(Progress::Stage("load"));
     let mut platform: HashMap<String, PlatformRecord> = HashMap::new();
-    for r in load_day_records(db, route, start_us, end_us).await? {
-        platform.insert(
-            record_key(r.kind, &r.out_trade_no, r.out_refund_no.as_deref()),
-            r,
-        );
-    }
+    load_day_records(db, route, start_us, end_us, &mut platform).await?;
 
     progress(Progress::Stage("download"));
     let first = {
@@ -421,7 +423,10 @@ async fn reconcile_inner(
         for line in bill {
             let l = line.context("read the bill")?;
             let key = record_key(l.kind, &l.out_trade_no, l.out_refund_no.as_deref());
-            first.times_us.insert(key.clone(), shanghai_us(l.time));
+            // Only lines that are not among the day's successes may need completing.
+            if !platform.contains_key(&key) {
+                first.times_us.insert(key.clone(), shanghai_us(l.time));
+            }
             first.keys.insert(key);
         }
         first
@@ -492,8 +497,9 @@ async fn reconcile_inner(
     let window_us = i64::try_from(state.config.reconcile_carry_over_window_seconds)
         .unwrap_or(i64::MAX / 2)
         * 1_000_000;
+    let platform_records = platform.len() as u64;
     let outcome = paymux_reconcile::reconcile(
-        platform.values().cloned(),
+        platform.into_values(),
         counted,
         Options {
             day_end_us: end_us,
@@ -634,6 +640,7 @@ async fn reconcile_inner(
             .into_uuid(),
         net,
     };
+    progress(Progress::Stage("write"));
     let residual = write_run(db, &write).await?;
     let (exceptions_n, carried_n, carry_matched_n) = run_counts(db, run_id, route.id, day).await?;
 
@@ -645,7 +652,7 @@ async fn reconcile_inner(
         status: "completed".into(),
         error: None,
         channel_records: outcome.summary.channel_records,
-        platform_records: platform.len() as u64,
+        platform_records,
         by_class,
         channel_net_minor: net,
         channel_fees_minor: fees,
@@ -925,23 +932,38 @@ async fn existing_keys(db: &Db, keys: &[&String]) -> anyhow::Result<HashSet<Stri
     Ok(found)
 }
 
-/// The account's successes of the day: payments paid and refunds refunded within it.
+/// The account's successes of the day — payments paid and refunds refunded within it — into `out`
+/// by record key. The payments (the bulk of a day) are read as one stream of rows, each turned
+/// into its record as it arrives.
 async fn load_day_records(
     db: &Db,
     route: &Route,
     start_us: i64,
     end_us: i64,
-) -> anyhow::Result<Vec<PlatformRecord>> {
+    out: &mut HashMap<String, PlatformRecord>,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
     let account = Uuid::from(route.id);
-    let payments: Vec<PaymentFacts> = fetch_all!(db, PaymentFacts, |qb: &mut QueryBuilder<_>| {
-        qb.push(PAYMENT_FACTS)
-            .push(" WHERE channel_account_id = ")
-            .push_bind(account)
-            .push(" AND status = 'succeeded' AND paid_at_us >= ")
-            .push_bind(start_us)
-            .push(" AND paid_at_us < ")
-            .push_bind(end_us);
-    });
+    macro_rules! stream_payments {
+        ($pool:expr, $backend:ty) => {{
+            let mut qb = QueryBuilder::<$backend>::new(PAYMENT_FACTS);
+            qb.push(" WHERE channel_account_id = ")
+                .push_bind(account)
+                .push(" AND status = 'succeeded' AND paid_at_us >= ")
+                .push_bind(start_us)
+                .push(" AND paid_at_us < ")
+                .push_bind(end_us);
+            let mut rows = qb.build_query_as::<PaymentFacts>().fetch($pool);
+            while let Some(p) = rows.try_next().await? {
+                let r = payment_record(p, route.cost_rate_bps);
+                out.insert(record_key(r.kind, &r.out_trade_no, None), r);
+            }
+        }};
+    }
+    match db {
+        Db::Sqlite(p) => stream_payments!(p, sqlx::Sqlite),
+        Db::Postgres(p) => stream_payments!(p, sqlx::Postgres),
+    }
     let refunds: Vec<RefundFacts> = fetch_all!(db, RefundFacts, |qb: &mut QueryBuilder<_>| {
         qb.push(REFUND_FACTS)
             .push(" WHERE p.channel_account_id = ")
@@ -951,7 +973,13 @@ async fn load_day_records(
             .push(" AND r.succeeded_at_us < ")
             .push_bind(end_us);
     });
-    records(db, route, payments, refunds).await
+    for r in records(db, route, Vec::new(), refunds).await? {
+        out.insert(
+            record_key(r.kind, &r.out_trade_no, r.out_refund_no.as_deref()),
+            r,
+        );
+    }
+    Ok(())
 }
 
 /// Our records with the numbers the bill lists (`payment:…` / `refund:…` keys), on this account
@@ -1220,7 +1248,7 @@ struct Write<'a> {
 }
 
 macro_rules! write_body {
-    ($tx:ident, $backend:ty, $post:path, $w:expr) => {{
+    ($tx:ident, $backend:ty, $post:path, $moved:path, $w:expr) => {{
         let w = $w;
         let now = now_us();
         let day = w.day.to_string();
@@ -1341,24 +1369,46 @@ macro_rules! write_body {
             }
         }
         // The receivable the bill's records moved, less what the channel pays for the day.
-        let mut moved: i64 = 0;
-        for chunk in w.platform_ids.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<$backend>::new(
-                "SELECT CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN -p.amount_minor ELSE p.amount_minor END), 0) AS BIGINT) \
-                 FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ",
-            );
-            qb.push_bind(w.receivable_account)
-                .push(" AND e.kind IN ('payment', 'refund', 'adjustment') AND e.reference IN (");
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *$tx).await?;
-            moved += n;
-        }
-        moved - w.net
+        $moved(&mut *$tx, w).await? - w.net
     }};
+}
+
+const RECEIVABLE_MOVED: &str = "SELECT CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN -p.amount_minor ELSE p.amount_minor END), 0) AS BIGINT) \
+     FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ";
+
+/// What the entries of the bill's records did to the channel receivable (SQLite: in-process, a
+/// chunk of ids per statement).
+async fn receivable_moved_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    w: &Write<'_>,
+) -> anyhow::Result<i64> {
+    let mut moved: i64 = 0;
+    for chunk in w.platform_ids.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(RECEIVABLE_MOVED);
+        qb.push_bind(w.receivable_account)
+            .push(" AND e.kind IN ('payment', 'refund', 'adjustment') AND e.reference IN (");
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(")");
+        let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *conn).await?;
+        moved += n;
+    }
+    Ok(moved)
+}
+
+/// The same on PostgreSQL in one statement: the ids as one array parameter, joined.
+async fn receivable_moved_pg(conn: &mut sqlx::PgConnection, w: &Write<'_>) -> anyhow::Result<i64> {
+    let mut qb = QueryBuilder::<sqlx::Postgres>::new(RECEIVABLE_MOVED);
+    qb.push_bind(w.receivable_account)
+        .push(
+            " AND e.kind IN ('payment', 'refund', 'adjustment') AND e.reference IN (SELECT UNNEST(",
+        )
+        .push_bind(w.platform_ids)
+        .push("::uuid[]))");
+    let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *conn).await?;
+    Ok(n)
 }
 
 /// Items, exceptions, carry-overs and ledger entries in one transaction; returns the channel
@@ -1367,13 +1417,25 @@ async fn write_run(db: &Db, w: &Write<'_>) -> anyhow::Result<i64> {
     match db {
         Db::Sqlite(p) => {
             let mut tx = p.begin_write().await?;
-            let r = write_body!(tx, sqlx::Sqlite, paymux_ledger::post_sqlite, w);
+            let r = write_body!(
+                tx,
+                sqlx::Sqlite,
+                paymux_ledger::post_sqlite,
+                receivable_moved_sqlite,
+                w
+            );
             tx.commit().await?;
             Ok(r)
         }
         Db::Postgres(p) => {
             let mut tx = p.begin_write().await?;
-            let r = write_body!(tx, sqlx::Postgres, paymux_ledger::post_postgres, w);
+            let r = write_body!(
+                tx,
+                sqlx::Postgres,
+                paymux_ledger::post_postgres,
+                receivable_moved_pg,
+                w
+            );
             tx.commit().await?;
             Ok(r)
         }

@@ -19,6 +19,7 @@ mod paylink;
 mod payments;
 mod qr_notify;
 mod reconcile;
+mod reconcile_bench;
 mod refunds;
 mod routing;
 mod webhooks;
