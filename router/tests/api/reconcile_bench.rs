@@ -9,8 +9,8 @@ use paymux::reconciliation::AccountReport;
 use paymux::reconciliation::bench::{SeedAccount, SeedOptions, seed_day};
 use paymux_reconcile::Class;
 
-use crate::reconcile::reconcile;
 use crate::helpers::{fresh_database, spawn_with, test_config};
+use crate::reconcile::reconcile;
 
 const RECORDS: usize = 2_000;
 const PLANTED: u64 = 5;
