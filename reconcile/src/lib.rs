@@ -18,7 +18,7 @@
 //! and are not reported. The outcome is a pure function of its inputs: rerunning a date gives the same
 //! items, so the caller's resolutions (keyed by the item) are applied once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use paymux_channels::{BillError, BillKind, BillRecord};
 use serde::{Deserialize, Serialize};
@@ -50,25 +50,85 @@ pub struct PlatformRecord {
     pub time_us: i64,
 }
 
-impl PlatformRecord {
-    fn key(&self) -> Key {
-        match self.kind {
-            BillKind::Payment => Key::Payment(self.out_trade_no.clone()),
-            BillKind::Refund => Key::Refund(self.out_refund_no.clone().unwrap_or_default()),
+/// A record's number in the bill: `payment:<out_trade_no>` or `refund:<out_refund_no>`. Numbers of
+/// 32 lowercase hex digits (our UUIDs in simple form, the usual case) are held as their 16 bytes, so
+/// an index of a million records stays small; any other number is kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    refund: bool,
+    no: Number,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Number {
+    Hex([u8; 16]),
+    Text(Box<str>),
+}
+
+impl Key {
+    /// The key of a payment (`out_trade_no`) or a refund (`out_refund_no`).
+    pub fn new(kind: BillKind, out_trade_no: &str, out_refund_no: Option<&str>) -> Key {
+        let (refund, no) = match kind {
+            BillKind::Payment => (false, out_trade_no),
+            BillKind::Refund => (true, out_refund_no.unwrap_or_default()),
+        };
+        let hex = no.len() == 32 && no.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let no = match u128::from_str_radix(no, 16) {
+            Ok(n) if hex => Number::Hex(n.to_be_bytes()),
+            _ => Number::Text(no.into()),
+        };
+        Key { refund, no }
+    }
+
+    pub fn of_record(r: &BillRecord) -> Key {
+        Key::new(r.kind, &r.out_trade_no, r.out_refund_no.as_deref())
+    }
+
+    pub fn kind(&self) -> BillKind {
+        if self.refund {
+            BillKind::Refund
+        } else {
+            BillKind::Payment
+        }
+    }
+
+    /// The number as 16 bytes, when it is 32 hex digits (a UUID in simple form).
+    pub fn uuid_bytes(&self) -> Option<[u8; 16]> {
+        match &self.no {
+            Number::Hex(b) => Some(*b),
+            Number::Text(_) => None,
+        }
+    }
+
+    /// The number as it appears in the bill.
+    pub fn number(&self) -> String {
+        match &self.no {
+            Number::Hex(b) => format!("{:032x}", u128::from_be_bytes(*b)),
+            Number::Text(t) => t.to_string(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Payment(String),
-    Refund(String),
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.refund { "refund" } else { "payment" };
+        match &self.no {
+            Number::Hex(b) => write!(f, "{kind}:{:032x}", u128::from_be_bytes(*b)),
+            Number::Text(t) => write!(f, "{kind}:{t}"),
+        }
+    }
 }
 
-fn channel_key(r: &BillRecord) -> Key {
-    match r.kind {
-        BillKind::Payment => Key::Payment(r.out_trade_no.clone()),
-        BillKind::Refund => Key::Refund(r.out_refund_no.clone().unwrap_or_default()),
+impl std::str::FromStr for Key {
+    type Err = String;
+
+    /// Parses `payment:<no>` / `refund:<no>` (the [`Display`](std::fmt::Display) form).
+    fn from_str(s: &str) -> Result<Key, String> {
+        match s.split_once(':') {
+            Some(("payment", no)) => Ok(Key::new(BillKind::Payment, no, None)),
+            Some(("refund", no)) => Ok(Key::new(BillKind::Refund, "", Some(no))),
+            _ => Err(format!("not a record key: {s:?}")),
+        }
     }
 }
 
@@ -185,40 +245,77 @@ pub enum ReconcileError {
     DuplicateLine(String),
 }
 
-/// Reconciles a bill against the platform's records.
+/// Reconciles a bill against the platform's records (all of them known up front).
 pub fn reconcile(
     platform: impl IntoIterator<Item = PlatformRecord>,
     channel: impl Iterator<Item = Result<BillRecord, BillError>>,
     opts: Options,
 ) -> Result<Outcome, ReconcileError> {
-    let mut ours: HashMap<Key, PlatformRecord> = HashMap::new();
-    let mut platform_records = 0u64;
+    let mut m = Matcher::new(opts);
     for r in platform {
-        platform_records += 1;
-        ours.insert(r.key(), r);
+        m.add(r);
     }
-    let mut counts: HashMap<Class, (u64, i128)> = HashMap::new();
-    let mut items = Vec::new();
-    let mut seen: std::collections::HashSet<Key> = std::collections::HashSet::new();
-    let mut channel_records = 0u64;
-    let mut net: i128 = 0;
-    let mut fees: i128 = 0;
-    let mut count = |class: Class, amount: i64| {
-        let e = counts.entry(class).or_default();
+    for line in channel {
+        m.push(line?)?;
+    }
+    Ok(m.finish(Vec::new(), |_| true)?.outcome)
+}
+
+/// What the index holds of a platform record (its key holds the number).
+#[derive(Debug)]
+struct Slot {
+    amount_minor: i64,
+    expected_fee_minor: Option<i64>,
+    time_us: i64,
+    status: PlatformStatus,
+    /// Listed by the bill so far.
+    seen: bool,
+    /// Refunds: the payment's `out_trade_no`.
+    trade_no: Option<Box<str>>,
+}
+
+impl Slot {
+    fn of(r: PlatformRecord) -> (Key, Slot) {
+        let key = Key::new(r.kind, &r.out_trade_no, r.out_refund_no.as_deref());
+        let trade_no = (r.kind == BillKind::Refund).then(|| r.out_trade_no.into_boxed_str());
+        (
+            key,
+            Slot {
+                amount_minor: r.amount_minor,
+                expected_fee_minor: r.expected_fee_minor,
+                time_us: r.time_us,
+                status: r.status,
+                seen: false,
+                trade_no,
+            },
+        )
+    }
+}
+
+/// Counts, amounts and items as lines are classified.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: [(u64, i128); 6],
+    items: Vec<Item>,
+    channel_records: u64,
+    net: i128,
+    fees: i128,
+}
+
+impl Tally {
+    fn count(&mut self, class: Class, amount: i64) {
+        let e = &mut self.counts[class as usize];
         e.0 += 1;
         e.1 += i128::from(amount);
-    };
-    for line in channel {
-        let c = line?;
-        channel_records += 1;
+    }
+
+    /// Classifies one bill line against our record of it (if any).
+    fn line(&mut self, c: &BillRecord, p: Option<&Slot>) {
+        self.channel_records += 1;
         let sign: i128 = if c.kind == BillKind::Payment { 1 } else { -1 };
-        net += sign * (i128::from(c.amount_minor) - i128::from(c.fee_minor));
-        fees += sign * i128::from(c.fee_minor);
-        let key = channel_key(&c);
-        if !seen.insert(key.clone()) {
-            return Err(ReconcileError::DuplicateLine(format!("{key:?}")));
-        }
-        let item = |class, p: Option<&PlatformRecord>, resolution| Item {
+        self.net += sign * (i128::from(c.amount_minor) - i128::from(c.fee_minor));
+        self.fees += sign * i128::from(c.fee_minor);
+        let item = |class, resolution| Item {
             class,
             kind: c.kind,
             out_trade_no: c.out_trade_no.clone(),
@@ -231,102 +328,238 @@ pub fn reconcile(
             platform_status: p.map(|p| p.status),
             resolution,
         };
-        let Some(p) = ours.remove(&key) else {
-            count(Class::MissingOnPlatform, c.amount_minor);
-            items.push(item(Class::MissingOnPlatform, None, Resolution::Exception));
-            continue;
-        };
-        if p.amount_minor != c.amount_minor {
-            count(Class::AmountMismatch, c.amount_minor);
-            items.push(item(Class::AmountMismatch, Some(&p), Resolution::Exception));
-            continue;
-        }
-        if p.status != PlatformStatus::Succeeded {
-            let resolution = match (c.kind, p.status) {
-                (
-                    BillKind::Payment,
-                    PlatformStatus::Created | PlatformStatus::Processing | PlatformStatus::Closed,
-                ) => Resolution::CompletePayment,
-                (BillKind::Refund, PlatformStatus::Processing) => Resolution::CompleteRefund,
-                _ => Resolution::Exception,
-            };
-            count(Class::StatusMismatch, c.amount_minor);
-            items.push(item(Class::StatusMismatch, Some(&p), resolution));
-            continue;
-        }
-        if let Some(expected) = p.expected_fee_minor
-            && expected != c.fee_minor
-        {
-            count(Class::FeeMismatch, c.amount_minor);
-            items.push(item(
+        let (class, resolution) = match p {
+            None => (Class::MissingOnPlatform, Some(Resolution::Exception)),
+            Some(p) if p.amount_minor != c.amount_minor => {
+                (Class::AmountMismatch, Some(Resolution::Exception))
+            }
+            Some(p) if p.status != PlatformStatus::Succeeded => {
+                let resolution = match (c.kind, p.status) {
+                    (
+                        BillKind::Payment,
+                        PlatformStatus::Created | PlatformStatus::Processing | PlatformStatus::Closed,
+                    ) => Resolution::CompletePayment,
+                    (BillKind::Refund, PlatformStatus::Processing) => Resolution::CompleteRefund,
+                    _ => Resolution::Exception,
+                };
+                (Class::StatusMismatch, Some(resolution))
+            }
+            Some(Slot {
+                expected_fee_minor: Some(expected),
+                ..
+            }) if *expected != c.fee_minor => (
                 Class::FeeMismatch,
-                Some(&p),
-                Resolution::FeeAdjustment {
+                Some(Resolution::FeeAdjustment {
                     delta_minor: c.fee_minor - expected,
-                },
-            ));
-            continue;
+                }),
+            ),
+            Some(_) => (Class::Matched, None),
+        };
+        self.count(class, c.amount_minor);
+        if let Some(resolution) = resolution {
+            self.items.push(item(class, resolution));
         }
-        count(Class::Matched, c.amount_minor);
     }
-    // What we have and the channel does not.
-    let mut leftovers: Vec<PlatformRecord> = ours
-        .into_values()
-        .filter(|p| p.status == PlatformStatus::Succeeded)
-        .collect();
-    leftovers.sort_by(|a, b| {
-        (a.kind as u8, &a.out_trade_no, &a.out_refund_no).cmp(&(
-            b.kind as u8,
-            &b.out_trade_no,
-            &b.out_refund_no,
-        ))
-    });
-    for p in leftovers {
-        let near_end = p.time_us >= opts.day_end_us - opts.carry_over_window_us;
-        count(Class::MissingOnChannel, p.amount_minor);
-        items.push(Item {
-            class: Class::MissingOnChannel,
-            kind: p.kind,
-            out_trade_no: p.out_trade_no.clone(),
-            out_refund_no: p.out_refund_no.clone(),
-            channel_trade_no: None,
-            channel_amount_minor: None,
-            platform_amount_minor: Some(p.amount_minor),
-            channel_fee_minor: None,
-            expected_fee_minor: p.expected_fee_minor,
-            platform_status: Some(p.status),
-            resolution: if near_end {
-                Resolution::CarryOver
-            } else {
-                Resolution::Exception
-            },
-        });
+}
+
+/// Reconciliation in one pass over the bill, for callers that load more of their records only
+/// once they know which numbers the bill lists:
+///
+/// 1. [`add`](Matcher::add) the records expected in the bill (the day's successes);
+/// 2. [`push`](Matcher::push) every line of the bill as it is read: a line of a record in the index
+///    is classified at once; any other line is kept aside ([`unknown`](Matcher::unknown));
+/// 3. [`finish`](Matcher::finish) with the records found for the kept lines (and a filter for lines
+///    that belong to someone else): they are classified, and what the bill did not list is left over.
+///
+/// The outcome equals [`reconcile`] over all the records and the kept lines.
+#[derive(Debug)]
+pub struct Matcher {
+    ours: HashMap<Key, Slot>,
+    unknown: Vec<BillRecord>,
+    unknown_keys: HashSet<Key>,
+    tally: Tally,
+    platform_records: u64,
+    opts: Options,
+}
+
+/// The outcome of a [`Matcher`], with the records the bill listed.
+#[derive(Debug)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// Keys of our records that the bill listed (each once; classified lines of ours).
+    pub listed: Vec<Key>,
+}
+
+impl Matcher {
+    pub fn new(opts: Options) -> Matcher {
+        Matcher::with_capacity(opts, 0)
     }
-    items.sort_by(|a, b| {
-        (a.class, a.kind as u8, &a.out_trade_no, &a.out_refund_no).cmp(&(
-            b.class,
-            b.kind as u8,
-            &b.out_trade_no,
-            &b.out_refund_no,
-        ))
-    });
-    let by_class = Class::ALL
-        .iter()
-        .map(|c| {
-            let (n, a) = counts.get(c).copied().unwrap_or_default();
-            (*c, n, a)
-        })
-        .collect();
-    Ok(Outcome {
-        summary: Summary {
-            channel_records,
+
+    /// Room for `records` platform records up front.
+    pub fn with_capacity(opts: Options, records: usize) -> Matcher {
+        Matcher {
+            ours: HashMap::with_capacity(records),
+            unknown: Vec::new(),
+            unknown_keys: HashSet::new(),
+            tally: Tally::default(),
+            platform_records: 0,
+            opts,
+        }
+    }
+
+    /// Adds a platform record to the index; a later record with the same key replaces it. Records
+    /// go in before the first line.
+    pub fn add(&mut self, r: PlatformRecord) {
+        let (key, slot) = Slot::of(r);
+        if self.ours.insert(key, slot).is_none() {
+            self.platform_records += 1;
+        }
+    }
+
+    pub fn platform_records(&self) -> u64 {
+        self.platform_records
+    }
+
+    /// Whether the index holds a record with this key.
+    pub fn knows(&self, key: &Key) -> bool {
+        self.ours.contains_key(key)
+    }
+
+    /// Takes the next line of the bill.
+    pub fn push(&mut self, line: BillRecord) -> Result<(), ReconcileError> {
+        let key = Key::of_record(&line);
+        match self.ours.get_mut(&key) {
+            Some(slot) => {
+                if slot.seen {
+                    return Err(ReconcileError::DuplicateLine(key.to_string()));
+                }
+                slot.seen = true;
+                let slot = &*slot;
+                self.tally.line(&line, Some(slot));
+            }
+            None => {
+                if !self.unknown_keys.insert(key.clone()) {
+                    return Err(ReconcileError::DuplicateLine(key.to_string()));
+                }
+                self.unknown.push(line);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lines so far of records the index does not hold.
+    pub fn unknown(&self) -> &[BillRecord] {
+        &self.unknown
+    }
+
+    /// Whether the bill so far listed this key.
+    pub fn listed(&self, key: &Key) -> bool {
+        self.ours.get(key).is_some_and(|s| s.seen) || self.unknown_keys.contains(key)
+    }
+
+    /// Classifies the kept lines against `extra` records (ours, found for them) — those `keep`
+    /// rejects are left out entirely — and then what the index has that the bill did not list.
+    pub fn finish(
+        mut self,
+        extra: impl IntoIterator<Item = PlatformRecord>,
+        mut keep: impl FnMut(&BillRecord) -> bool,
+    ) -> Result<Finished, ReconcileError> {
+        for r in extra {
+            let (key, slot) = Slot::of(r);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.ours.entry(key) {
+                v.insert(slot);
+                self.platform_records += 1;
+            }
+        }
+        for line in std::mem::take(&mut self.unknown) {
+            if !keep(&line) {
+                continue;
+            }
+            let key = Key::of_record(&line);
+            match self.ours.get_mut(&key) {
+                Some(slot) => {
+                    slot.seen = true;
+                    let slot = &*slot;
+                    self.tally.line(&line, Some(slot));
+                }
+                None => self.tally.line(&line, None),
+            }
+        }
+        let Matcher {
+            ours,
+            mut tally,
             platform_records,
-            by_class,
-            channel_net_minor: net,
-            channel_fees_minor: fees,
-        },
-        items,
-    })
+            opts,
+            ..
+        } = self;
+        let mut listed = Vec::with_capacity(ours.len());
+        let mut leftovers: Vec<(Key, Slot)> = Vec::new();
+        for (key, slot) in ours {
+            if slot.seen {
+                listed.push(key);
+            } else if slot.status == PlatformStatus::Succeeded {
+                leftovers.push((key, slot));
+            }
+        }
+        leftovers.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, p) in leftovers {
+            let near_end = p.time_us >= opts.day_end_us - opts.carry_over_window_us;
+            tally.count(Class::MissingOnChannel, p.amount_minor);
+            let (out_trade_no, out_refund_no) = match key.kind() {
+                BillKind::Payment => (key.number(), None),
+                BillKind::Refund => (
+                    p.trade_no.as_deref().unwrap_or_default().to_string(),
+                    Some(key.number()),
+                ),
+            };
+            tally.items.push(Item {
+                class: Class::MissingOnChannel,
+                kind: key.kind(),
+                out_trade_no,
+                out_refund_no,
+                channel_trade_no: None,
+                channel_amount_minor: None,
+                platform_amount_minor: Some(p.amount_minor),
+                channel_fee_minor: None,
+                expected_fee_minor: p.expected_fee_minor,
+                platform_status: Some(p.status),
+                resolution: if near_end {
+                    Resolution::CarryOver
+                } else {
+                    Resolution::Exception
+                },
+            });
+        }
+        let mut items = tally.items;
+        items.sort_by(|a, b| {
+            (a.class, a.kind as u8, &a.out_trade_no, &a.out_refund_no).cmp(&(
+                b.class,
+                b.kind as u8,
+                &b.out_trade_no,
+                &b.out_refund_no,
+            ))
+        });
+        let by_class = Class::ALL
+            .iter()
+            .map(|c| {
+                let (n, a) = tally.counts[*c as usize];
+                (*c, n, a)
+            })
+            .collect();
+        Ok(Finished {
+            outcome: Outcome {
+                summary: Summary {
+                    channel_records: tally.channel_records,
+                    platform_records,
+                    by_class,
+                    channel_net_minor: tally.net,
+                    channel_fees_minor: tally.fees,
+                },
+                items,
+            },
+            listed,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -533,5 +766,91 @@ mod tests {
         let a = reconcile(platform(), channel().into_iter(), OPTS).unwrap();
         let b = reconcile(platform().into_iter().rev(), channel().into_iter(), OPTS).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn keys_keep_their_numbers_exactly() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        for (kind, no, refund) in [
+            (BillKind::Payment, hex, None),
+            (BillKind::Payment, "0123456789ABCDEF0123456789ABCDEF", None),
+            (BillKind::Payment, "42", None),
+            (BillKind::Payment, "+123456789abcdef0123456789abcdef", None),
+            (BillKind::Refund, hex, Some(hex)),
+            (BillKind::Refund, hex, Some("R-1")),
+        ] {
+            let k = Key::new(kind, no, refund);
+            let shown = format!(
+                "{}:{}",
+                if kind == BillKind::Refund { "refund" } else { "payment" },
+                refund.unwrap_or(no)
+            );
+            assert_eq!(k.to_string(), shown);
+            assert_eq!(k.number(), refund.unwrap_or(no));
+            assert_eq!(shown.parse::<Key>().unwrap(), k);
+            assert_eq!(k.kind(), kind);
+        }
+        assert!(Key::new(BillKind::Payment, hex, None).uuid_bytes().is_some());
+        assert!(Key::new(BillKind::Payment, "42", None).uuid_bytes().is_none());
+        assert_ne!(
+            Key::new(BillKind::Payment, hex, None),
+            Key::new(BillKind::Refund, "", Some(hex))
+        );
+        assert!("x:1".parse::<Key>().is_err());
+    }
+
+    #[test]
+    fn one_pass_with_records_found_later_equals_reconciling_everything() {
+        use PlatformStatus::*;
+        let a = "00000000000000000000000000000001";
+        let b = "00000000000000000000000000000002";
+        let c = "00000000000000000000000000000003";
+        let day = vec![
+            ours(BillKind::Payment, a, None, 1000, Succeeded, Some(6), 0),
+            ours(BillKind::Payment, "lost", None, 800, Succeeded, Some(5), 0),
+        ];
+        let found = vec![ours(BillKind::Payment, b, None, 500, Processing, Some(3), 0)];
+        let bill_lines = vec![
+            bill(BillKind::Payment, a, None, 1000, 6),
+            bill(BillKind::Payment, b, None, 500, 3),
+            bill(BillKind::Payment, c, None, 70, 0),
+            bill(BillKind::Payment, "theirs", None, 90, 1),
+        ];
+        let mut m = Matcher::new(OPTS);
+        for r in day.clone() {
+            m.add(r);
+        }
+        for l in bill_lines.clone() {
+            m.push(l).unwrap();
+        }
+        let unknown: Vec<String> = m.unknown().iter().map(|l| l.out_trade_no.clone()).collect();
+        assert_eq!(unknown, [b, c, "theirs"]);
+        assert!(m.listed(&Key::new(BillKind::Payment, c, None)));
+        assert!(!m.listed(&Key::new(BillKind::Payment, "lost", None)));
+        let done = m
+            .finish(found.clone(), |l| l.out_trade_no != "theirs")
+            .unwrap();
+        let all: Vec<PlatformRecord> = day.into_iter().chain(found).collect();
+        let kept = bill_lines
+            .into_iter()
+            .filter(|l| l.out_trade_no != "theirs")
+            .map(Ok);
+        assert_eq!(done.outcome, reconcile(all, kept, OPTS).unwrap());
+        let mut listed: Vec<String> = done.listed.iter().map(Key::number).collect();
+        listed.sort();
+        assert_eq!(listed, [a, b]);
+        // The line of someone else's record counts nowhere, not even in the net.
+        assert_eq!(done.outcome.summary.channel_records, 3);
+        assert_eq!(
+            done.outcome.summary.channel_net_minor,
+            (1000 - 6) + (500 - 3) + 70
+        );
+        // A line twice is refused whether or not we know its record.
+        let mut m = Matcher::new(OPTS);
+        m.add(ours(BillKind::Payment, a, None, 1, Succeeded, None, 0));
+        m.push(bill(BillKind::Payment, a, None, 1, 0)).unwrap();
+        assert!(m.push(bill(BillKind::Payment, a, None, 1, 0)).is_err());
+        m.push(bill(BillKind::Payment, c, None, 1, 0)).unwrap();
+        assert!(m.push(bill(BillKind::Payment, c, None, 1, 0)).is_err());
     }
 }

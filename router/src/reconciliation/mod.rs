@@ -1,10 +1,10 @@
 //! Nightly reconciliation and settlement (`paymux reconcile --date …`).
 //!
-//! For each channel account and day (Asia/Shanghai): the channel's bill is downloaded and read as a
-//! stream, twice — first for the numbers it lists, so that our records it names are loaded even when
-//! they fall on another day of ours (cross-midnight) or never succeeded here (a dropped
-//! notification), then to match. Our records are the account's successes of the day plus those the
-//! bill names; [`paymux_reconcile::reconcile`] classifies them. Then:
+//! For each channel account and day (Asia/Shanghai): the account's successes of the day are loaded
+//! into a [`paymux_reconcile::Matcher`], and the channel's bill is downloaded and read as a stream,
+//! once: each line of a record in the index is classified as it arrives; the few other lines are
+//! kept aside, and the records they name are loaded afterwards even when they fall on another day of
+//! ours (cross-midnight) or never succeeded here (a dropped notification). Then:
 //!
 //! - `status_mismatch` the channel paid → the payment is completed through the normal transition
 //!   path (the write batcher's `Settle`: compare-and-set, ledger entry and webhook in one
@@ -43,7 +43,9 @@ use paymux_channels::BillKind;
 use paymux_ledger::NewEntry;
 use paymux_ledger::chart;
 use paymux_model::{ChannelAccountId, Currency, MerchantId, Money, SettlementId};
-use paymux_reconcile::{Class, Item, Options, PlatformRecord, PlatformStatus, Resolution};
+use paymux_reconcile::{
+    Class, Item, Key, Matcher, Options, PlatformRecord, PlatformStatus, Resolution,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
@@ -390,12 +392,6 @@ pub async fn reconcile_account(
     }
 }
 
-/// The bill's times of the lines we had to look up (for completing them at the channel's time).
-struct FirstPass {
-    keys: HashSet<String>,
-    times_us: HashMap<String, i64>,
-}
-
 async fn reconcile_inner(
     state: &AppState,
     route: &Route,
@@ -405,44 +401,48 @@ async fn reconcile_inner(
 ) -> anyhow::Result<AccountReport> {
     let db = &state.db;
     let (start_us, end_us) = day_bounds_us(day);
+    let window_us = i64::try_from(state.config.reconcile_carry_over_window_seconds)
+        .unwrap_or(i64::MAX / 2)
+        * 1_000_000;
+    let mut matcher = Matcher::new(Options {
+        day_end_us: end_us,
+        carry_over_window_us: window_us.min(DAY_US),
+    });
     progress(Progress::Stage("load"));
-    let mut platform: HashMap<String, PlatformRecord> = HashMap::new();
-    load_day_records(db, route, start_us, end_us, &mut platform).await?;
+    load_day_records(db, route, start_us, end_us, &mut matcher).await?;
 
-    progress(Progress::Stage("download"));
-    let first = {
-        let bill = route
-            .channel
-            .download_bill(day)
-            .await
-            .context("download the bill")?;
-        let mut first = FirstPass {
-            keys: HashSet::new(),
-            times_us: HashMap::new(),
-        };
-        for line in bill {
-            let l = line.context("read the bill")?;
-            let key = record_key(l.kind, &l.out_trade_no, l.out_refund_no.as_deref());
-            // Only lines that are not among the day's successes may need completing.
-            if !platform.contains_key(&key) {
-                first.times_us.insert(key.clone(), shanghai_us(l.time));
-            }
-            first.keys.insert(key);
+    // One pass over the bill: lines of the day's successes are classified as they arrive; the
+    // others are kept aside for the records they name.
+    progress(Progress::Stage("match"));
+    let bill = route
+        .channel
+        .download_bill(day)
+        .await
+        .context("download the bill")?;
+    let mut lines = 0u64;
+    for line in bill {
+        matcher
+            .push(line.context("read the bill")?)
+            .context("reconcile the bill")?;
+        lines += 1;
+        if lines.is_multiple_of(4096) {
+            progress(Progress::Lines(lines));
         }
-        first
-    };
-    // Our records the bill names that are not among the day's successes.
-    let missing: Vec<&String> = first
-        .keys
-        .iter()
-        .filter(|k| !platform.contains_key(*k))
-        .collect();
-    for r in load_named_records(db, route, &missing).await? {
-        platform.insert(
-            record_key(r.kind, &r.out_trade_no, r.out_refund_no.as_deref()),
-            r,
-        );
     }
+    progress(Progress::Lines(lines));
+    // When the channel booked the lines we did not expect (a completed payment gets that time).
+    let times_us: HashMap<String, i64> = matcher
+        .unknown()
+        .iter()
+        .map(|l| (Key::of_record(l).to_string(), shanghai_us(l.time)))
+        .collect();
+    // Our records the bill names that are not among the day's successes.
+    let missing: Vec<&String> = times_us.keys().collect();
+    let named = load_named_records(db, route, &missing).await?;
+    let named_keys: HashSet<String> = named
+        .iter()
+        .map(|r| Key::new(r.kind, &r.out_trade_no, r.out_refund_no.as_deref()).to_string())
+        .collect();
     // Accounts sharing this account's bill: the bill's lines of their records are theirs, and lines
     // nobody here knows belong to the first of them only (no exception twice).
     let sharing: Vec<ChannelAccountId> = state
@@ -453,10 +453,10 @@ async fn reconcile_inner(
         .map(|r| r.id)
         .collect();
     let foreign: HashSet<String> = if sharing.len() > 1 {
-        let unknown: Vec<&String> = first
-            .keys
+        let unknown: Vec<&String> = missing
             .iter()
-            .filter(|k| !platform.contains_key(*k))
+            .copied()
+            .filter(|k| !named_keys.contains(*k))
             .collect();
         if sharing.iter().min() == Some(&route.id) {
             existing_keys(db, &unknown).await?
@@ -466,48 +466,36 @@ async fn reconcile_inner(
     } else {
         HashSet::new()
     };
-    let platform_ids: Vec<Uuid> = first
-        .keys
-        .iter()
-        .filter_map(|k| platform.get(k).map(|_| k))
-        .filter_map(|k| Uuid::try_parse(k.split_once(':').map_or("", |(_, n)| n)).ok())
-        .collect();
-
-    progress(Progress::Stage("match"));
-    let bill = route
-        .channel
-        .download_bill(day)
-        .await
-        .context("download the bill again")?;
-    let mut lines = 0u64;
-    let bill = bill.filter(|l| match l {
-        Ok(l) => !foreign.contains(&record_key(
-            l.kind,
-            &l.out_trade_no,
-            l.out_refund_no.as_deref(),
-        )),
-        Err(_) => true,
-    });
-    let counted = bill.inspect(|_| {
-        lines += 1;
-        if lines.is_multiple_of(256) {
-            progress(Progress::Lines(lines));
+    // Carry-overs of earlier days: listed now → matched; out of days → exception.
+    let open = open_carry_overs(db, route.id).await?;
+    let expire_before = day - chrono::Days::new(u64::from(state.config.reconcile_carry_over_days));
+    let mut carry_matched: Vec<String> = Vec::new();
+    let mut carry_expired: Vec<(String, Uuid)> = Vec::new();
+    for (key, item_id, from_day) in open {
+        let Ok(from) = NaiveDate::parse_from_str(&from_day, "%Y-%m-%d") else {
+            continue;
+        };
+        if from >= day {
+            continue;
         }
-    });
-    let window_us = i64::try_from(state.config.reconcile_carry_over_window_seconds)
-        .unwrap_or(i64::MAX / 2)
-        * 1_000_000;
-    let platform_records = platform.len() as u64;
-    let outcome = paymux_reconcile::reconcile(
-        platform.into_values(),
-        counted,
-        Options {
-            day_end_us: end_us,
-            carry_over_window_us: window_us.min(DAY_US),
-        },
-    )
-    .context("reconcile the bill")?;
-    progress(Progress::Lines(outcome.summary.channel_records));
+        if key.parse::<Key>().is_ok_and(|k| matcher.listed(&k)) {
+            carry_matched.push(key);
+        } else if from <= expire_before {
+            carry_expired.push((key, item_id));
+        }
+    }
+    let finished = matcher
+        .finish(named, |l| !foreign.contains(&Key::of_record(l).to_string()))
+        .context("reconcile the bill")?;
+    let outcome = finished.outcome;
+    let platform_records = outcome.summary.platform_records;
+    // Payments and refunds of ours the bill lists: their entries moved the receivable.
+    let platform_ids: Vec<Uuid> = finished
+        .listed
+        .iter()
+        .filter_map(|k| k.uuid_bytes().map(Uuid::from_bytes))
+        .collect();
+    drop(finished.listed);
 
     progress(Progress::Stage("resolve"));
     let stored: HashMap<Uuid, StoredItem> = load_items(db, run_id)
@@ -528,7 +516,7 @@ async fn reconcile_inner(
         }
         let resolved = match &item.resolution {
             Resolution::CompletePayment => {
-                let at = first.times_us.get(&row.key()).copied().unwrap_or(start_us);
+                let at = times_us.get(&row.key()).copied().unwrap_or(start_us);
                 complete_payment(state, route, item, at).await?
             }
             Resolution::CompleteRefund => complete_refund(state, route, item).await?,
@@ -562,25 +550,6 @@ async fn reconcile_inner(
             Some(_) if resolved => newly_resolved.push(row.id),
             Some(_) => {}
             None => new_items.push(row),
-        }
-    }
-
-    // Carry-overs of earlier days: listed now → matched; out of days → exception.
-    let open = open_carry_overs(db, route.id).await?;
-    let expire_before = day - chrono::Days::new(u64::from(state.config.reconcile_carry_over_days));
-    let mut carry_matched: Vec<String> = Vec::new();
-    let mut carry_expired: Vec<(String, Uuid)> = Vec::new();
-    for (key, item_id, from_day) in open {
-        let Ok(from) = NaiveDate::parse_from_str(&from_day, "%Y-%m-%d") else {
-            continue;
-        };
-        if from >= day {
-            continue;
-        }
-        if first.keys.contains(&key) {
-            carry_matched.push(key);
-        } else if from <= expire_before {
-            carry_expired.push((key, item_id));
         }
     }
 
@@ -940,7 +909,7 @@ async fn load_day_records(
     route: &Route,
     start_us: i64,
     end_us: i64,
-    out: &mut HashMap<String, PlatformRecord>,
+    out: &mut Matcher,
 ) -> anyhow::Result<()> {
     use futures::TryStreamExt;
     let account = Uuid::from(route.id);
@@ -955,8 +924,7 @@ async fn load_day_records(
                 .push_bind(end_us);
             let mut rows = qb.build_query_as::<PaymentFacts>().fetch($pool);
             while let Some(p) = rows.try_next().await? {
-                let r = payment_record(p, route.cost_rate_bps);
-                out.insert(record_key(r.kind, &r.out_trade_no, None), r);
+                out.add(payment_record(p, route.cost_rate_bps));
             }
         }};
     }
@@ -974,10 +942,7 @@ async fn load_day_records(
             .push_bind(end_us);
     });
     for r in records(db, route, Vec::new(), refunds).await? {
-        out.insert(
-            record_key(r.kind, &r.out_trade_no, r.out_refund_no.as_deref()),
-            r,
-        );
+        out.add(r);
     }
     Ok(())
 }
@@ -1373,20 +1338,27 @@ macro_rules! write_body {
     }};
 }
 
-const RECEIVABLE_MOVED: &str = "SELECT CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN -p.amount_minor ELSE p.amount_minor END), 0) AS BIGINT) \
-     FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ";
+const RECEIVABLE_SUM: &str = "SELECT CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN -p.amount_minor ELSE p.amount_minor END), 0) AS BIGINT)";
+const RECEIVABLE_KINDS: &str = "e.kind IN ('payment', 'refund', 'adjustment')";
 
-/// What the entries of the bill's records did to the channel receivable (SQLite: in-process, a
-/// chunk of ids per statement).
+/// What the entries of the bill's records did to the channel receivable. SQLite: a chunk of ids
+/// per statement, each walking the entries by their reference index and their postings by entry
+/// (the `+` keeps SQLite off the account's index, which would read every posting of the account
+/// for every chunk).
 async fn receivable_moved_sqlite(
     conn: &mut sqlx::SqliteConnection,
     w: &Write<'_>,
 ) -> anyhow::Result<i64> {
     let mut moved: i64 = 0;
     for chunk in w.platform_ids.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(RECEIVABLE_MOVED);
-        qb.push_bind(w.receivable_account)
-            .push(" AND e.kind IN ('payment', 'refund', 'adjustment') AND e.reference IN (");
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(RECEIVABLE_SUM);
+        qb.push(
+            " FROM ledger_entries e CROSS JOIN ledger_postings p ON p.entry_id = e.id WHERE +p.account_id = ",
+        )
+        .push_bind(w.receivable_account)
+        .push(" AND ")
+        .push(RECEIVABLE_KINDS)
+        .push(" AND e.reference IN (");
         let mut sep = qb.separated(", ");
         for id in chunk {
             sep.push_bind(*id);
@@ -1398,15 +1370,37 @@ async fn receivable_moved_sqlite(
     Ok(moved)
 }
 
-/// The same on PostgreSQL in one statement: the ids as one array parameter, joined.
+/// The same on PostgreSQL in one statement: the ids go into a temporary table by `COPY` (dropped at
+/// commit) and are analysed, so the planner knows there are a million of them and hashes the join
+/// instead of probing the index once per id.
 async fn receivable_moved_pg(conn: &mut sqlx::PgConnection, w: &Write<'_>) -> anyhow::Result<i64> {
-    let mut qb = QueryBuilder::<sqlx::Postgres>::new(RECEIVABLE_MOVED);
-    qb.push_bind(w.receivable_account)
-        .push(
-            " AND e.kind IN ('payment', 'refund', 'adjustment') AND e.reference IN (SELECT UNNEST(",
-        )
-        .push_bind(w.platform_ids)
-        .push("::uuid[]))");
+    sqlx::query("CREATE TEMPORARY TABLE reconcile_listed (id uuid NOT NULL) ON COMMIT DROP")
+        .execute(&mut *conn)
+        .await?;
+    let mut rows = String::with_capacity(w.platform_ids.len() * 37);
+    for id in w.platform_ids {
+        use std::fmt::Write as _;
+        let _ = writeln!(rows, "{}", id.hyphenated());
+    }
+    let mut copy = conn
+        .copy_in_raw("COPY reconcile_listed (id) FROM STDIN")
+        .await?;
+    if let Err(err) = copy.send(rows.into_bytes()).await {
+        let _ = copy.abort("sending COPY data failed").await;
+        return Err(err.into());
+    }
+    copy.finish().await?;
+    sqlx::query("ANALYZE reconcile_listed")
+        .execute(&mut *conn)
+        .await?;
+    let mut qb = QueryBuilder::<sqlx::Postgres>::new(RECEIVABLE_SUM);
+    qb.push(
+        " FROM reconcile_listed l JOIN ledger_entries e ON e.reference = l.id \
+         JOIN ledger_postings p ON p.entry_id = e.id WHERE p.account_id = ",
+    )
+    .push_bind(w.receivable_account)
+    .push(" AND ")
+    .push(RECEIVABLE_KINDS);
     let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *conn).await?;
     Ok(n)
 }
