@@ -28,6 +28,10 @@ pub struct Ack {
     pub expect: Option<&'static str>,
     /// A refund the run had acknowledged: its id and amount.
     pub refund: Option<(String, i64)>,
+    /// The payment method and wallet the payment must have, when the run chose them (one-code
+    /// payments: `qr_static` and the wallet app that paid).
+    pub method: Option<&'static str>,
+    pub wallet: Option<&'static str>,
 }
 
 /// The verdict on one fetched payment or refund.
@@ -62,6 +66,22 @@ pub fn check_payment(ack: &Ack, p: &Value) -> Check {
         return Check::Mismatch(format!(
             "payment {}: merchant_order_no {} but {} was sent",
             ack.id, p["merchant_order_no"], ack.order_no
+        ));
+    }
+    if let Some(method) = ack.method
+        && p["method"].as_str() != Some(method)
+    {
+        return Check::Mismatch(format!(
+            "payment {}: method {} but {method} was paid",
+            ack.id, p["method"]
+        ));
+    }
+    if let Some(wallet) = ack.wallet
+        && p["wallet"].as_str() != Some(wallet)
+    {
+        return Check::Mismatch(format!(
+            "payment {}: wallet {} but {wallet} paid",
+            ack.id, p["wallet"]
         ));
     }
     if is_final(&ack.seen) && status != ack.seen {
@@ -392,6 +412,8 @@ mod tests {
             seen: seen.into(),
             expect,
             refund: None,
+            method: None,
+            wallet: None,
         }
     }
 
@@ -432,6 +454,25 @@ mod tests {
         let mut with_refund = p("succeeded", 100);
         with_refund["refunded_amount"] = json!(50);
         assert_eq!(check_payment(&refunded, &with_refund), Check::Ok);
+        // A one-code payment: method and wallet as paid.
+        let mut one_code = ack("created", Some("succeeded"));
+        one_code.method = Some("qr_static");
+        one_code.wallet = Some("unionpay");
+        let mut paid = p("succeeded", 100);
+        paid["method"] = json!("qr_static");
+        paid["wallet"] = json!("unionpay");
+        assert_eq!(check_payment(&one_code, &paid), Check::Ok);
+        paid["wallet"] = json!("wechat");
+        assert!(matches!(
+            check_payment(&one_code, &paid),
+            Check::Mismatch(_)
+        ));
+        paid["wallet"] = json!("unionpay");
+        paid["method"] = json!("qr_merchant");
+        assert!(matches!(
+            check_payment(&one_code, &paid),
+            Check::Mismatch(_)
+        ));
         let other =
             json!({"id": "p2", "merchant_order_no": "o1", "amount": 100, "status": "succeeded"});
         assert!(matches!(

@@ -118,7 +118,8 @@ async fn answer(result: reqwest::Result<reqwest::Response>) -> Answer {
     }
 }
 
-fn transport(e: &reqwest::Error) -> String {
+/// The name of a transport failure: `timeout`, `connect` or `transport`.
+pub(crate) fn transport(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timeout".into()
     } else if e.is_connect() {

@@ -10,6 +10,7 @@ mod audit;
 mod chart;
 mod client;
 mod mix;
+mod onecode;
 mod stats;
 mod sysinfo;
 
@@ -81,7 +82,7 @@ struct RunArgs {
     #[arg(long, env = "PAYMUX_KEY_SECRET", hide_env_values = true)]
     key_secret: Option<String>,
     /// Scenarios and weights: `code_scan=40,qr=20,create_query=30,refund=10`. Scenarios:
-    /// code_scan, qr, create, create_query, query, refund.
+    /// code_scan, qr, create, create_query, query, refund, one_code.
     #[arg(long, default_value = "create")]
     mix: Mix,
     /// Target arrival rate, operations per second.
@@ -108,6 +109,23 @@ struct RunArgs {
     /// Percentage of code scans whose payer enters a password (`202 processing`, paid later).
     #[arg(long, default_value_t = 5.0)]
     password_pct: f64,
+    /// Wallet apps the one-code payers scan with, in turn.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "wechat,alipay,unionpay"
+    )]
+    one_code_wallets: Vec<Wallet>,
+    /// Static codes each merchant creates before a run with one-code payers (`POST /v1/codes`).
+    #[arg(long, default_value_t = 3)]
+    one_code_codes: u32,
+    /// How often a one-code payer polls its payment's result, milliseconds.
+    #[arg(long, default_value_t = 200)]
+    one_code_poll_ms: u64,
+    /// How long a one-code payer waits for `succeeded` after paying, seconds.
+    #[arg(long, default_value_t = 30)]
+    one_code_wait: u64,
     /// Base URL of the sandboxes (the C2B payer): `<url>/sandbox` when the node mounts them, or a
     /// standalone `paymux sandbox`.
     #[arg(long)]
@@ -182,6 +200,12 @@ struct Ctx {
     wallets: Vec<Wallet>,
     qr_wallets: Vec<Wallet>,
     password_pct: f64,
+    /// The one-code payers' client, and each merchant's static codes (their URLs).
+    payer: onecode::Payer,
+    codes: Vec<Vec<String>>,
+    one_code_wallets: Vec<Wallet>,
+    one_code_poll: Duration,
+    one_code_wait: Duration,
     run_id: String,
     start: Instant,
     measure_from: Instant,
@@ -233,26 +257,64 @@ impl Ctx {
         answer: client::Answer,
         ok: &[u16],
     ) -> Option<(u16, Value)> {
-        let now = Instant::now();
-        let second = self.second(now);
-        let mut stats = self.stats.lock().expect("stats lock");
         match answer {
             Ok((status, body)) if ok.contains(&status) => {
-                stats.request_ok(kind, (now - due).as_micros() as u64, second, op.measured);
-                self.ok_requests.fetch_add(1, Ordering::Relaxed);
+                self.tally(op, kind, due, Ok(()));
                 Some((status, body))
             }
             Ok((status, body)) => {
-                stats.request_error(kind, &error_code(status, &body), second, op.measured);
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.tally(op, kind, due, Err(error_code(status, &body)));
                 None
             }
             Err(e) => {
-                stats.request_error(kind, &e, second, op.measured);
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.tally(op, kind, due, Err(e));
                 None
             }
         }
+    }
+
+    /// Counts one request: answered as expected (its latency from `due`), or an error by code.
+    fn tally(&self, op: &Op, kind: &'static str, due: Instant, outcome: Result<(), String>) {
+        let now = Instant::now();
+        let second = self.second(now);
+        let mut stats = self.stats.lock().expect("stats lock");
+        match outcome {
+            Ok(()) => {
+                stats.request_ok(kind, (now - due).as_micros() as u64, second, op.measured);
+                self.ok_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(code) => {
+                stats.request_error(kind, &code, second, op.measured);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A payer's page: `Some` when it came with status `want` and `accept` takes it; otherwise an
+    /// error `STATUS marker` (the page's message id, see [`onecode::page_marker`]), `STATUS what`
+    /// (`accept`'s reason) or the transport failure.
+    fn page<T>(
+        &self,
+        op: &Op,
+        kind: &'static str,
+        due: Instant,
+        answer: Result<onecode::Page, String>,
+        want: u16,
+        accept: impl FnOnce(&onecode::Page) -> Result<T, &'static str>,
+    ) -> Option<T> {
+        let (outcome, value) = match answer {
+            Err(e) => (Err(e), None),
+            Ok(p) if p.status != want => (
+                Err(format!("{} {}", p.status, onecode::page_marker(&p.text))),
+                None,
+            ),
+            Ok(p) => match accept(&p) {
+                Ok(v) => (Ok(()), Some(v)),
+                Err(what) => (Err(format!("{} {what}", p.status)), None),
+            },
+        };
+        self.tally(op, kind, due, outcome);
+        value
     }
 
     /// An answer that came back as expected by status but not by content.
@@ -283,18 +345,27 @@ impl Ctx {
         expect: Option<&'static str>,
         refund: Option<(String, i64)>,
     ) {
-        let ack = Ack {
-            merchant: op.merchant,
-            id: body["id"].as_str().unwrap_or_default().to_string(),
-            order_no: body["merchant_order_no"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            amount: body["amount"].as_i64().unwrap_or_default(),
-            seen: body["status"].as_str().unwrap_or_default().to_string(),
-            expect,
-            refund,
-        };
+        self.push_ack(
+            op,
+            Ack {
+                merchant: op.merchant,
+                id: body["id"].as_str().unwrap_or_default().to_string(),
+                order_no: body["merchant_order_no"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                amount: body["amount"].as_i64().unwrap_or_default(),
+                seen: body["status"].as_str().unwrap_or_default().to_string(),
+                expect,
+                refund,
+                method: None,
+                wallet: None,
+            },
+        );
+    }
+
+    /// Keeps an acknowledged payment for the audit and the status polls.
+    fn push_ack(&self, op: &Op, ack: Ack) {
         {
             let mut recent = self.recent[op.merchant as usize]
                 .lock()
@@ -405,8 +476,164 @@ impl Ctx {
         Some(p)
     }
 
+    /// One one-code payer (see [`onecode`]): scans a code of the operation's merchant with a wallet
+    /// app of `--one-code-wallets`, pays it through the cashier and the sandbox, and polls the
+    /// result until `succeeded`. The payment is acknowledged once its id is known (the pay page):
+    /// it must end `succeeded` when the wallet's payment went through, else only exist.
+    async fn one_code(&self, op: &Op) -> bool {
+        use onecode::Step;
+        let wallet = self.one_code_wallets[(op.i % self.one_code_wallets.len() as u64) as usize];
+        let codes = &self.codes[op.merchant as usize];
+        let code = &codes[((op.i / self.merchants.len() as u64) % codes.len() as u64) as usize];
+        let amount = 1 + (op.i % 99_999) as i64;
+        let ua = onecode::user_agent(wallet);
+        let payer = &self.payer;
+
+        // The code's page in the wallet app: the amount form.
+        let page = payer.get(code, ua).await;
+        let opened = self.page(op, Step::Open.kind(wallet), op.due, page, 200, |p| {
+            if p.text.contains("id=\"pay-form\"") {
+                Ok(())
+            } else {
+                Err(onecode::page_marker(&p.text))
+            }
+        });
+        if opened.is_none() {
+            return false;
+        }
+        // The amount, typed in yuan: the cashier creates the payment and sends the app to the
+        // wallet's authorisation step.
+        let sent = Instant::now();
+        let form = [("amount".to_string(), onecode::yuan(amount))];
+        let page = payer.post_form(&format!("{code}/pay"), ua, &form).await;
+        let Some(authorize) = self.page(op, Step::Submit.kind(wallet), sent, page, 303, |p| {
+            p.location.clone().ok_or("no_location")
+        }) else {
+            return false;
+        };
+        // The wallet's OAuth / userAuth page (the sandbox's) sends the app back to the cashier.
+        let sent = Instant::now();
+        let page = payer.get(&authorize, ua).await;
+        let back_to = format!("{code}/auth?");
+        let Some(callback) =
+            self.page(
+                op,
+                Step::Authorize.kind(wallet),
+                sent,
+                page,
+                302,
+                |p| match &p.location {
+                    Some(l) if l.starts_with(&back_to) => Ok(l.clone()),
+                    Some(_) => Err("unexpected_redirect"),
+                    None => Err("no_location"),
+                },
+            )
+        else {
+            return false;
+        };
+        // Back at the cashier: the payer's id, the channel's in-app order, the pay page.
+        let sent = Instant::now();
+        let page = payer.get(&callback, ua).await;
+        let Some((result, payment, stand_in, fields)) =
+            self.page(op, Step::Order.kind(wallet), sent, page, 200, |p| {
+                let config = onecode::script_json(&p.text, "config").ok_or("no_config")?;
+                let result = config["result"]
+                    .as_str()
+                    .ok_or("no_result_url")?
+                    .to_string();
+                let payment = onecode::payment_of_result(&result).ok_or("bad_result_url")?;
+                let (action, fields) = onecode::stand_in_form(&p.text).ok_or("no_stand_in")?;
+                if config["standIn"].as_str() != Some(action.as_str()) {
+                    return Err("stand_in_mismatch");
+                }
+                Ok((result, payment, action, fields))
+            })
+        else {
+            return false;
+        };
+        // The wallet's payment sheet (the sandbox's stand-in), then paying, which returns to the
+        // result page.
+        let sent = Instant::now();
+        let page = payer.post_form(&stand_in, ua, &fields).await;
+        let sheet = self
+            .page(op, Step::Sheet.kind(wallet), sent, page, 200, |_| Ok(()))
+            .is_some();
+        let paid = sheet && {
+            let mut pay = fields.clone();
+            pay.push(("action".into(), "pay".into()));
+            let sent = Instant::now();
+            let page = payer.post_form(&stand_in, ua, &pay).await;
+            self.page(op, Step::Pay.kind(wallet), sent, page, 302, |p| {
+                match &p.location {
+                    Some(l) if *l == result => Ok(()),
+                    Some(_) => Err("unexpected_redirect"),
+                    None => Err("no_location"),
+                }
+            })
+            .is_some()
+        };
+        // Paid: the channel's notification must settle it. Not paid: it only has to exist.
+        self.push_ack(
+            op,
+            Ack {
+                merchant: op.merchant,
+                id: payment.to_string(),
+                order_no: onecode::cashier_order_no(payment),
+                amount,
+                seen: "created".into(),
+                expect: paid.then_some("succeeded"),
+                refund: None,
+                method: Some("qr_static"),
+                wallet: Some(wallet.name()),
+            },
+        );
+        if !paid {
+            return false;
+        }
+        let paid_at = Instant::now();
+
+        // The result page, then its status until the notification has settled the payment.
+        let status_kind = Step::Status.kind(wallet);
+        let page = payer.get(&result, ua).await;
+        let Some(mut status) = self.page(op, Step::Result.kind(wallet), paid_at, page, 200, |p| {
+            onecode::result_status(&p.text)
+                .map(str::to_string)
+                .ok_or("no_status")
+        }) else {
+            return false;
+        };
+        let status_url = format!("{result}/status");
+        loop {
+            match status.as_str() {
+                "succeeded" => return true,
+                "created" | "processing" => {}
+                other => {
+                    self.unexpected(op, status_kind, format!("status {other}"));
+                    return false;
+                }
+            }
+            if paid_at.elapsed() + self.one_code_poll > self.one_code_wait {
+                self.unexpected(op, status_kind, "one_code_timeout".into());
+                return false;
+            }
+            tokio::time::sleep(self.one_code_poll).await;
+            let sent = Instant::now();
+            let page = payer.get(&status_url, ua).await;
+            match self.page(op, status_kind, sent, page, 200, |p| {
+                serde_json::from_str::<Value>(&p.text)
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_string))
+                    .ok_or("no_status")
+            }) {
+                Some(s) => status = s,
+                None => return false,
+            }
+        }
+    }
+
     async fn operation(&self, op: Op, scenario: Scenario) {
         let ok = match scenario {
+            Scenario::OneCode => self.one_code(&op).await,
             Scenario::Create => self.create(&op).await.is_some(),
             Scenario::CreateQuery => match self.create(&op).await {
                 Some(p) => {
@@ -568,6 +795,41 @@ impl Ctx {
     }
 }
 
+/// Before a run with one-code payers: `per_merchant` static codes of each merchant (`POST
+/// /v1/codes`, over its stores), as the URLs their QR codes hold.
+async fn create_codes(
+    api: &Api,
+    merchants: &[Merchant],
+    per_merchant: u32,
+    stores: u32,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut all = Vec::with_capacity(merchants.len());
+    for (i, m) in merchants.iter().enumerate() {
+        let mut codes = Vec::with_capacity(per_merchant as usize);
+        for k in 0..per_merchant {
+            let body = json!({
+                "store_id": format!("store-{}", k % stores.max(1)),
+                "description": format!("load test code {k}"),
+            });
+            let url = match api.signed(m, Method::POST, "/v1/codes", Some(&body)).await {
+                Ok((201, code)) => code["url"].as_str().map(str::to_string),
+                Ok((status, answer)) => anyhow::bail!(
+                    "merchant {} ({}): POST /v1/codes: {}",
+                    i + 1,
+                    m.key_id,
+                    error_code(status, &answer)
+                ),
+                Err(e) => anyhow::bail!("merchant {} ({}): POST /v1/codes: {e}", i + 1, m.key_id),
+            };
+            codes.push(
+                url.ok_or_else(|| anyhow::anyhow!("POST /v1/codes: no `url` in the answer"))?,
+            );
+        }
+        all.push(codes);
+    }
+    Ok(all)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let merchants =
         if !args.credentials.is_empty() {
@@ -605,6 +867,19 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     } else {
         qr_wallets
     };
+    let one_code = args.mix.share(Scenario::OneCode) > 0.0;
+    anyhow::ensure!(
+        !one_code || !args.one_code_wallets.is_empty(),
+        "--one-code-wallets is empty"
+    );
+    anyhow::ensure!(
+        !one_code || (1..=1000).contains(&args.one_code_codes),
+        "--one-code-codes must be 1 to 1000"
+    );
+    anyhow::ensure!(
+        args.one_code_poll_ms > 0 && args.one_code_wait > 0,
+        "--one-code-poll-ms and --one-code-wait must be positive"
+    );
 
     // The RSA bound is measured before the load, on a machine otherwise idle.
     let rsa = if args.rsa_bound {
@@ -631,13 +906,30 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         .clone()
         .unwrap_or_else(|| format!("{url}/sandbox"));
     let merchants = Arc::new(merchants);
+    let api = Api::new(
+        &url,
+        args.concurrency,
+        Duration::from_millis(args.timeout_ms),
+    )?;
+    let codes = if one_code {
+        let codes = create_codes(&api, &merchants, args.one_code_codes, args.stores).await?;
+        println!(
+            "one-code: {} static codes created ({} per merchant), paid with {}",
+            codes.iter().map(Vec::len).sum::<usize>(),
+            args.one_code_codes,
+            args.one_code_wallets
+                .iter()
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        codes
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
-        api: Api::new(
-            &url,
-            args.concurrency,
-            Duration::from_millis(args.timeout_ms),
-        )?,
+        api,
         sandbox_url: sandbox_url.trim_end_matches('/').to_string(),
         recent: (0..merchants.len())
             .map(|_| Mutex::new(VecDeque::new()))
@@ -647,6 +939,11 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         wallets: args.wallets.clone(),
         qr_wallets,
         password_pct: args.password_pct,
+        payer: onecode::Payer::new(args.concurrency, Duration::from_millis(args.timeout_ms))?,
+        codes,
+        one_code_wallets: args.one_code_wallets.clone(),
+        one_code_poll: Duration::from_millis(args.one_code_poll_ms),
+        one_code_wait: Duration::from_secs(args.one_code_wait),
         run_id: uuid::Uuid::now_v7().simple().to_string(),
         start,
         measure_from: start + Duration::from_secs(args.warmup),
