@@ -337,7 +337,9 @@ impl Tally {
                 let resolution = match (c.kind, p.status) {
                     (
                         BillKind::Payment,
-                        PlatformStatus::Created | PlatformStatus::Processing | PlatformStatus::Closed,
+                        PlatformStatus::Created
+                        | PlatformStatus::Processing
+                        | PlatformStatus::Closed,
                     ) => Resolution::CompletePayment,
                     (BillKind::Refund, PlatformStatus::Processing) => Resolution::CompleteRefund,
                     _ => Resolution::Exception,
@@ -782,7 +784,11 @@ mod tests {
             let k = Key::new(kind, no, refund);
             let shown = format!(
                 "{}:{}",
-                if kind == BillKind::Refund { "refund" } else { "payment" },
+                if kind == BillKind::Refund {
+                    "refund"
+                } else {
+                    "payment"
+                },
                 refund.unwrap_or(no)
             );
             assert_eq!(k.to_string(), shown);
@@ -790,8 +796,16 @@ mod tests {
             assert_eq!(shown.parse::<Key>().unwrap(), k);
             assert_eq!(k.kind(), kind);
         }
-        assert!(Key::new(BillKind::Payment, hex, None).uuid_bytes().is_some());
-        assert!(Key::new(BillKind::Payment, "42", None).uuid_bytes().is_none());
+        assert!(
+            Key::new(BillKind::Payment, hex, None)
+                .uuid_bytes()
+                .is_some()
+        );
+        assert!(
+            Key::new(BillKind::Payment, "42", None)
+                .uuid_bytes()
+                .is_none()
+        );
         assert_ne!(
             Key::new(BillKind::Payment, hex, None),
             Key::new(BillKind::Refund, "", Some(hex))
@@ -809,7 +823,15 @@ mod tests {
             ours(BillKind::Payment, a, None, 1000, Succeeded, Some(6), 0),
             ours(BillKind::Payment, "lost", None, 800, Succeeded, Some(5), 0),
         ];
-        let found = vec![ours(BillKind::Payment, b, None, 500, Processing, Some(3), 0)];
+        let found = vec![ours(
+            BillKind::Payment,
+            b,
+            None,
+            500,
+            Processing,
+            Some(3),
+            0,
+        )];
         let bill_lines = vec![
             bill(BillKind::Payment, a, None, 1000, 6),
             bill(BillKind::Payment, b, None, 500, 3),
