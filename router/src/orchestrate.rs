@@ -520,6 +520,40 @@ pub async fn channel_notification(
     route.channel.notification_reply(ok)
 }
 
+/// The channel was paid for a payment we had closed: once the settlement moved it to `succeeded`
+/// (`late_success`, posted, webhook in the same transaction), operations get an exception.
+async fn late_success(
+    state: &AppState,
+    route: &Route,
+    id: Uuid,
+    amount_minor: i64,
+    channel_trade_no: Option<String>,
+    paid_at_us: i64,
+    fresh: bool,
+) -> Result<(), String> {
+    let moved = crate::payments::repo::get_any(&state.db, id)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some_and(|p| p.late_success && p.status() == PaymentStatus::Succeeded);
+    if !moved {
+        return Ok(());
+    }
+    if fresh {
+        tracing::error!(payment_id = %id, "late success: the channel was paid after the payment closed; posted, exception opened");
+        metrics::counter!("paymux_late_success_total").increment(1);
+    }
+    crate::reconciliation::open_late_success(
+        &state.db,
+        route.id,
+        id,
+        amount_minor,
+        channel_trade_no,
+        paid_at_us,
+    )
+    .await
+    .map_err(|e| format!("open the late success exception: {e:#}"))
+}
+
 async fn handle_event(
     state: &AppState,
     route: &Route,
@@ -551,19 +585,35 @@ async fn handle_event(
     }
     match trade.state {
         TradeState::Succeeded => {
-            if row.status() == PaymentStatus::Closed {
-                tracing::error!(payment_id = %id, "late success: the channel was paid after the payment closed; posted and flagged");
-                metrics::counter!("paymux_late_success_total").increment(1);
-            }
+            // A late success (or its duplicate, should opening the exception have failed before).
+            let late = row.status() == PaymentStatus::Closed || row.late_success;
+            let paid_at_us = trade
+                .paid_at
+                .map(|t| t.timestamp_micros())
+                .unwrap_or_else(crate::db::now_us);
             settle_succeeded(
                 state,
                 &row,
                 route,
-                trade.channel_trade_no,
-                trade.paid_at.map(|t| t.timestamp_micros()),
+                trade.channel_trade_no.clone(),
+                Some(paid_at_us),
             )
             .await
-            .map_err(|e| format!("{e:?}"))
+            .map_err(|e| format!("{e:?}"))?;
+            if late {
+                let fresh = row.status() == PaymentStatus::Closed;
+                late_success(
+                    state,
+                    route,
+                    id,
+                    row.amount_minor,
+                    trade.channel_trade_no,
+                    paid_at_us,
+                    fresh,
+                )
+                .await?;
+            }
+            Ok(())
         }
         _ => Ok(()),
     }

@@ -666,10 +666,12 @@ fn totals(summary: &paymux_reconcile::Summary, items: &[StoredItem]) -> Vec<Clas
     let mut channel_side_n = 0u64;
     let mut channel_side_amount = 0i128;
     for i in items {
-        if let Some(t) = out.iter_mut().find(|t| t.class == i.class) {
-            t.count += 1;
-            t.amount_minor += i.amount_minor();
-        }
+        // Bill classes only: a late success's exception is not a line of its own.
+        let Some(t) = out.iter_mut().find(|t| t.class == i.class) else {
+            continue;
+        };
+        t.count += 1;
+        t.amount_minor += i.amount_minor();
         if i.class != Class::MissingOnChannel.as_str() {
             channel_side_n += 1;
             channel_side_amount += i128::from(i.amount_minor());
@@ -1097,6 +1099,87 @@ async fn run_counts(
     });
     let (a, b, c) = rows.first().copied().unwrap_or_default();
     Ok((a as u64, b as u64, c as u64))
+}
+
+/// The class of the exception opened for a late success (not a bill class: no bill line makes it).
+pub const LATE_SUCCESS: &str = "late_success";
+
+/// A success the channel reported for a payment we had already closed: the money moved after we
+/// gave up on it. The payment is completed (posted, the merchant told) by the caller; this opens an
+/// exception for operations at once, as an item of the reconciliation run of the channel account
+/// and the day it was paid — the run row is created (`open`, no attempts) when that day has not been
+/// reconciled yet, and the day's run keeps the item. Idempotent: ids are derived from the payment.
+pub async fn open_late_success(
+    db: &Db,
+    account: ChannelAccountId,
+    payment_id: Uuid,
+    amount_minor: i64,
+    channel_trade_no: Option<String>,
+    paid_at_us: i64,
+) -> anyhow::Result<()> {
+    let day = Shanghai
+        .timestamp_micros(paid_at_us)
+        .single()
+        .map(|t| t.date_naive())
+        .context("paid_at_us")?;
+    let run = run_id(account, day);
+    let out_trade_no = crate::orchestrate::out_trade_no(payment_id);
+    let item = v5(&format!(
+        "paymux:recon-item:{run}:{LATE_SUCCESS}:{}",
+        record_key(BillKind::Payment, &out_trade_no, None)
+    ));
+    let now = now_us();
+    const RUN: &str = "INSERT INTO reconciliation_runs (id, channel_account_id, day, status, attempts, started_at_us) \
+        VALUES ($1, $2, $3, 'open', 0, $4) ON CONFLICT (id) DO NOTHING";
+    const ITEM: &str = "INSERT INTO reconciliation_items (id, run_id, class, kind, out_trade_no, \
+        channel_trade_no, platform_amount_minor, channel_amount_minor, platform_status, resolution, created_at_us) \
+        VALUES ($1, $2, $3, 'payment', $4, $5, $6, $7, 'succeeded', 'exception', $8) ON CONFLICT (id) DO NOTHING";
+    const EXCEPTION: &str = "INSERT INTO reconciliation_exceptions (item_id, run_id, class, status, note, created_at_us) \
+        VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT (item_id) DO NOTHING";
+    let note = "the channel reported this payment paid after it was closed here; it was completed as a late success (posted, merchant notified): refund the payer or keep the sale";
+    macro_rules! body {
+        ($tx:ident) => {{
+            sqlx::query(RUN)
+                .bind(run)
+                .bind(Uuid::from(account))
+                .bind(day.to_string())
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(ITEM)
+                .bind(item)
+                .bind(run)
+                .bind(LATE_SUCCESS)
+                .bind(&out_trade_no)
+                .bind(&channel_trade_no)
+                .bind(amount_minor)
+                .bind(amount_minor)
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(EXCEPTION)
+                .bind(item)
+                .bind(run)
+                .bind(LATE_SUCCESS)
+                .bind(note)
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+        }};
+    }
+    match db {
+        Db::Sqlite(p) => {
+            let mut tx = p.begin_write().await?;
+            body!(tx);
+            tx.commit().await?;
+        }
+        Db::Postgres(p) => {
+            let mut tx = p.begin_write().await?;
+            body!(tx);
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 async fn start_run(

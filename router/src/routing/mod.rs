@@ -782,15 +782,43 @@ mod tests {
 
     #[test]
     fn fail_over_only_when_the_money_certainly_did_not_move() {
-        assert!(code_decline_fails_over("CHANNEL_UNREACHABLE"));
-        assert!(!code_decline_fails_over("NOTENOUGH"));
-        assert!(!code_decline_fails_over("ACQ.BUYER_BALANCE_NOT_ENOUGH"));
+        // The account may not take the payment: another account may.
+        for code in [
+            "CHANNEL_UNREACHABLE",
+            "NO_AUTH",
+            "APPID_MCHID_NOT_MATCH",
+            "MCH_NOT_EXISTS",
+            "APPID_NOT_EXIST",
+            "ACQ.ACCESS_FORBIDDEN",
+            "ACQ.SELLER_BEEN_BLOCKED",
+            "isv.invalid-app-id",
+        ] {
+            assert!(code_decline_fails_over(code), "{code}");
+        }
+        // The payer's code, balance or limits: declined anywhere; or nobody knows what happened.
+        for code in [
+            "NOTENOUGH",
+            "ACQ.BUYER_BALANCE_NOT_ENOUGH",
+            "AUTHCODEEXPIRE",
+            "USERPAYING",
+            "SYSTEMERROR",
+            "",
+        ] {
+            assert!(!code_decline_fails_over(code), "{code}");
+        }
         use paymux_channels::ChannelError;
         assert!(create_error_fails_over(&ChannelError::Unreachable(
             "refused".into()
         )));
+        assert!(create_error_fails_over(&ChannelError::Rejected {
+            code: "NO_AUTH".into(),
+            message: "no".into(),
+        }));
         assert!(!create_error_fails_over(&ChannelError::Unknown(
             "timeout".into()
+        )));
+        assert!(!create_error_fails_over(&ChannelError::Signature(
+            "bad".into()
         )));
     }
 }

@@ -151,4 +151,5 @@ async fn a_failing_channel_opens_its_breaker_then_probes_close_it() {
         text.contains("paymux_channel_call_duration_seconds"),
         "{text}"
     );
+    crate::cashier::audit(&app).await;
 }

@@ -102,18 +102,65 @@ async fn password_then_paid_answers_202_then_succeeds() {
 }
 
 #[tokio::test]
-async fn password_never_entered_is_reversed_and_closed() {
+async fn password_never_entered_fails_when_the_channel_gives_up_first() {
     let app = app().await;
     let m = app.merchant("Cafe").await;
     let r = m
         .create_payment(&code_body("p-2", 500, "134567890123451002"))
         .await;
     assert_eq!(r.status, 202);
+    // The sandbox payer's password wait (0.5 s here) ends before our deadline: the channel's
+    // answer is final.
     let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
-    assert!(
-        matches!(p["status"].as_str(), Some("closed" | "failed")),
+    assert_eq!(
+        (p["status"].as_str(), p["failure_code"].as_str()),
+        (Some("failed"), Some("PAYERROR")),
         "{p}"
     );
+    assert_books_clean(&app).await;
+}
+
+#[tokio::test]
+async fn password_never_entered_is_reversed_at_our_deadline_and_closed() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.code_pay_poll_interval_ms = 50;
+    config.code_pay_deadline_ms = 1_500;
+    // The payer's password wait lasts 10 s: our deadline comes first.
+    config.sandbox_time_compression = 1;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("p-3", 500, "134567890123451002"))
+        .await;
+    assert_eq!(r.status, 202);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let p = wait_final(&m, &id).await;
+    assert_eq!(p["status"], "closed", "{p}");
+    assert_eq!(p["closed_reason"], "reversed_at_deadline", "{p}");
+    // The order was reversed at the channel, not only given up here.
+    let books = app
+        .config
+        .sandbox_options()
+        .data_dir
+        .join("wechat")
+        .join("books.sqlite");
+    let sandbox = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&books)
+            .read_only(true),
+    )
+    .await
+    .unwrap();
+    let no = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+    let state: String =
+        sqlx::query_scalar("SELECT trade_state FROM trades WHERE out_trade_no = ?1")
+            .bind(&no)
+            .fetch_one(&sandbox)
+            .await
+            .unwrap();
+    assert_eq!(state, "REVOKED");
+    sandbox.close().await;
     assert_books_clean(&app).await;
 }
 

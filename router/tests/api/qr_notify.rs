@@ -126,7 +126,10 @@ async fn forged_notifications_change_nothing() {
 async fn a_success_after_close_is_a_late_success_posted_and_flagged() {
     let app = app().await;
     let m = app.merchant("Bakery").await;
-    let r = m.create_payment(&qr_body("q-3", 1_200, "wechat")).await;
+    let mut body = qr_body("q-3", 1_200, "wechat");
+    // Nothing listens there: the event is in the outbox, its delivery retried later.
+    body["notify_url"] = json!("http://127.0.0.1:9/paymux-webhooks");
+    let r = m.create_payment(&body).await;
     let id = r.body["id"].as_str().unwrap().to_string();
     let qr = r.body["qr_code"].as_str().unwrap().to_string();
     assert_eq!(m.close_payment(&id).await.body["status"], "closed");
@@ -139,6 +142,43 @@ async fn a_success_after_close_is_a_late_success_posted_and_flagged() {
         .unwrap();
     let p = wait_status(&m, &id, "succeeded").await;
     assert_eq!(p["late_success"], true);
+    // The merchant is told…
+    let hooks = m
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/webhooks?payment_id={id}"),
+            None,
+        )
+        .await;
+    let types: Vec<&str> = hooks.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["type"].as_str())
+        .collect();
+    assert!(types.contains(&"payment.succeeded"), "{:?}", hooks.body);
+    // …and operations get an open exception, once, however often the channel repeats itself.
+    let (_, token) = crate::ops_api::operator(&app, "Lin", "viewer").await;
+    let no = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+    let mut late = Vec::new();
+    for _ in 0..100 {
+        let list = crate::ops_api::get(&app, &token, "/exceptions?limit=100").await;
+        late = list.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["out_trade_no"] == no.as_str())
+            .cloned()
+            .collect();
+        if !late.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["class"], "late_success");
+    assert_eq!(late[0]["status"], "open");
+    assert_eq!(late[0]["platform_amount_minor"], 1_200);
     let report = audit(&app).await;
     assert_eq!(report.ledger.entries, 1);
 }
@@ -266,4 +306,86 @@ async fn unionpay_c2b_code_paid_and_notified_once() {
     assert!(p["channel_trade_no"].is_string(), "{p}");
     let report = audit(&app).await;
     assert_eq!(report.ledger.entries, 1, "one payment entry");
+}
+
+/// Every notification delivered twice, each after a random delay (so they overtake one another),
+/// for payments in two channels and a refund sent while its payment's duplicates are still on the
+/// way: every payment and the refund end where they should, each posted exactly once.
+#[tokio::test]
+async fn duplicated_and_reordered_notifications_post_everything_once() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.sandbox_faults = paymux_channels::sandbox::Faults {
+        duplicate_notify_pct: 100.0,
+        notify_jitter_ms: 400,
+        ..Default::default()
+    };
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Bakery").await;
+    let mut ids = Vec::new();
+    for (i, wallet) in ["wechat", "alipay", "wechat", "alipay", "wechat", "alipay"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = m
+            .create_payment(&qr_body(&format!("dup-{i}"), 1_000 + i as i64, wallet))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let qr = r.body["qr_code"].as_str().unwrap().to_string();
+        let key = if wallet == "wechat" {
+            "code_url"
+        } else {
+            "qr_code"
+        };
+        let paid = app
+            .http
+            .post(format!("{}/sandbox/{wallet}/sandbox/pay", app.base))
+            .json(&json!({ key: qr }))
+            .send()
+            .await
+            .unwrap();
+        assert!(paid.status().is_success(), "{}", paid.text().await.unwrap());
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // Refund the first as soon as it succeeded: its duplicate success notifications may come after
+    // the refund's own notifications.
+    wait_status(&m, &ids[0], "succeeded").await;
+    let refund = m
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{}/refunds", ids[0]),
+            Some(&json!({"merchant_refund_no": "dup-r1", "amount": 400})),
+        )
+        .await;
+    assert!(refund.status.is_success(), "{:?}", refund.body);
+    let refund_id = refund.body["id"].as_str().unwrap().to_string();
+    for id in &ids {
+        wait_status(&m, id, "succeeded").await;
+    }
+    let mut refunded = false;
+    for _ in 0..400 {
+        let r = m
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/refunds/{refund_id}"),
+                None,
+            )
+            .await;
+        if r.body["status"] == "succeeded" {
+            refunded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(refunded, "the refund never succeeded");
+    // Let every delayed duplicate arrive.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let report = audit(&app).await;
+    assert_eq!(
+        (report.succeeded_payments, report.ledger.entries),
+        (6, 7),
+        "six payments and one refund, each posted once"
+    );
+    assert_eq!(m.get_payment(&ids[0]).await.body["refunded_amount"], 400);
 }

@@ -195,6 +195,7 @@ async fn a_paid_code_payment_is_announced_once_signed() {
             .await
             .is_empty()
     );
+    crate::cashier::audit(&app).await;
 }
 
 #[tokio::test]
@@ -274,6 +275,7 @@ async fn a_receiver_that_is_down_gets_the_event_after_a_retry() {
             .is_err(),
         "an unknown event is an error"
     );
+    crate::cashier::audit(&app).await;
 }
 
 /// `paymux --config <file> webhook resend --event-id ID`, run in this process (the file names the
@@ -335,6 +337,7 @@ async fn a_refund_is_announced() {
         ["refund.succeeded", "payment.succeeded"],
         "newest first"
     );
+    crate::cashier::audit(&app).await;
 }
 
 #[tokio::test]
@@ -372,6 +375,7 @@ async fn a_failed_payment_and_a_closed_one_are_announced() {
         .filter(|r| body_of(r)["type"] == "payment.closed")
         .count();
     assert_eq!(closed, 1, "closing twice announces once");
+    crate::cashier::audit(&app).await;
 }
 
 #[tokio::test]
@@ -391,6 +395,7 @@ async fn an_expired_payment_is_announced_closed() {
     let body = body_of(&got);
     assert_eq!(body["data"]["id"], c.body["id"]);
     assert_eq!(body["data"]["closed_reason"], "expired");
+    crate::cashier::audit(&app).await;
 }
 
 #[test]
