@@ -759,3 +759,108 @@ async fn wait_scalar(app: &TestApp, sql: &str, want: i64) {
     }
     panic!("{sql}: {got}, wanted {want}");
 }
+
+/// A payment we closed that the channel had been paid for (its notification lost) is completed by
+/// reconciliation as a late success; a success the channel never lists is carried over at the day's
+/// end and becomes an exception once `reconcile_carry_over_days` bills have not listed it.
+#[tokio::test]
+async fn a_closed_payment_paid_at_the_channel_completes_late_and_an_unlisted_carry_over_expires() {
+    let app = app().await;
+    assert_eq!(app.config.reconcile_carry_over_days, 2);
+    let m = app.merchant("Tea House").await;
+    let today = Utc::now().with_timezone(&Shanghai).date_naive();
+    let day = today - chrono::Days::new(4);
+
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "clock_offset_secs": offset_to(day, 12, 0)}),
+    )
+    .await;
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": "r-closed", "amount": 1800, "currency": "CNY", "subject": "Tea",
+            "method": "qr_merchant", "wallet": "wechat",
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let closed = r.body["id"].as_str().unwrap().to_string();
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": r.body["qr_code"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    // Our side gave up on it meanwhile (as an expiry that could not reach the channel would).
+    app.sql_execute(
+        "UPDATE payments SET status = 'closed', closed_reason = 'expired' WHERE merchant_order_no = 'r-closed'",
+    )
+    .await;
+    assert_eq!(m.get_payment(&closed).await.body["status"], "closed");
+
+    // A minute before midnight; the channel books it ten days later, so no bill of the next days
+    // lists it.
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "clock_offset_secs": offset_to(day, 23, 59)}),
+    )
+    .await;
+    let unlisted = code_pay(&m, "r-unlisted", 2500).await;
+    let mut overrides = serde_json::Map::new();
+    overrides.insert(hex(&unlisted), json!({"shift_secs": 10 * 86_400}));
+    put_faults(
+        &app,
+        &json!({"drop_notify_pct": 100.0, "bill_overrides": overrides}),
+    )
+    .await;
+
+    let first = reconcile(&app, day).await;
+    let w = wechat(&first);
+    let c = item(w, &hex(&closed));
+    assert_eq!(
+        (
+            c.class.as_str(),
+            c.platform_status.as_deref(),
+            c.resolution.as_str()
+        ),
+        ("status_mismatch", Some("closed"), "complete_payment"),
+        "{c:?}"
+    );
+    assert_eq!(c.resolved_by.as_deref(), Some("reconciliation"));
+    let p = m.get_payment(&closed).await.body;
+    assert_eq!(
+        (p["status"].as_str(), p["late_success"].as_bool()),
+        (Some("succeeded"), Some(true)),
+        "{p}"
+    );
+    let u = item(w, &hex(&unlisted));
+    assert_eq!(
+        (u.class.as_str(), u.resolution.as_str()),
+        ("missing_on_channel", "carry_over")
+    );
+    assert_eq!(w.carried_over, 1);
+    let open_exceptions =
+        "SELECT COUNT(*) FROM reconciliation_exceptions WHERE class = 'missing_on_channel'";
+    assert_eq!(scalar(&app, open_exceptions).await, 0);
+
+    // One bill later it is still only carried over…
+    let next = reconcile(&app, day + chrono::Days::new(1)).await;
+    assert_eq!(wechat(&next).carry_overs_matched, 0);
+    assert_eq!(scalar(&app, open_exceptions).await, 0);
+    // …and after `reconcile_carry_over_days` bills without it, an exception for operations.
+    reconcile(&app, day + chrono::Days::new(2)).await;
+    assert_eq!(scalar(&app, open_exceptions).await, 1);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT COUNT(*) FROM reconciliation_carry_overs WHERE status = 'exception'"
+        )
+        .await,
+        1
+    );
+    // Rerunning that day opens nothing more.
+    reconcile(&app, day + chrono::Days::new(2)).await;
+    assert_eq!(scalar(&app, open_exceptions).await, 1);
+    audit_clean(&app).await;
+}
