@@ -53,6 +53,10 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/reconciliation/runs/{id}/report/{file}",
             get(reports::report_file),
         )
+        .route(
+            "/reconciliation/days/{day}/report.html",
+            get(reports::day_report),
+        )
         .route("/reconciliation/schedules", get(list_schedules))
         .route(
             "/reconciliation/schedules/{account}",

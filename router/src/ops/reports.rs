@@ -67,22 +67,7 @@ pub async fn report_file(
         ChannelAccountId::from_uuid(run.channel_account_id),
     );
     let path = dir.join(file.file_name());
-    let bytes = match tokio::fs::metadata(&path).await {
-        Ok(m) if m.is_file() && m.len() <= REPORT_BYTES_MAX => tokio::fs::read(&path)
-            .await
-            .map_err(|e| ApiError::internal(format!("read {}: {e}", path.display())))?,
-        Ok(_) => {
-            return Err(ApiError::internal(format!(
-                "{} is not a report",
-                path.display()
-            )));
-        }
-        // A failed run, or reports removed from this node's disk.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found("report file"));
-        }
-        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
-    };
+    let bytes = read_report(&path).await?;
     let mut resp = bytes.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -110,6 +95,56 @@ pub async fn report_file(
             h.insert(header::CONTENT_DISPOSITION, v);
         }
     }
+    Ok(resp)
+}
+
+/// A report file's bytes: `404` when it is not there (a failed run, or reports removed from this
+/// node's disk).
+async fn read_report(path: &std::path::Path) -> ApiResult<Vec<u8>> {
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.is_file() && m.len() <= REPORT_BYTES_MAX => tokio::fs::read(path)
+            .await
+            .map_err(|e| ApiError::internal(format!("read {}: {e}", path.display()))),
+        Ok(_) => Err(ApiError::internal(format!(
+            "{} is not a report",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiError::not_found("report file"))
+        }
+        Err(e) => Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// `GET /ops/v1/reconciliation/days/{day}/report.html`: the day's index — every channel account's
+/// run with its counts, and the charts of the net and of the items by channel account. The day
+/// must be a `YYYY-MM-DD` date; it alone names the file.
+pub async fn day_report(
+    State(state): State<AppState>,
+    Path(day): Path<String>,
+) -> ApiResult<Response> {
+    let d = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+        .ok()
+        .filter(|d| d.to_string() == day)
+        .ok_or_else(|| ApiError::not_found("report file"))?;
+    let path = crate::reconciliation::report::day_index_path(&state.config.data_dir, d);
+    let mut resp = read_report(&path).await?.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(ReportFile::Html.content_type()),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox",
+        ),
+    );
     Ok(resp)
 }
 

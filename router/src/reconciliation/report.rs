@@ -237,13 +237,15 @@ pub fn write_day_index(data_dir: &Path, d: &DayReport) -> anyhow::Result<()> {
         h.push_str("</ul>");
     }
     h.push_str("</body></html>\n");
-    write_atomic(
-        &data_dir
-            .join("reports")
-            .join(d.day.to_string())
-            .join("index.html"),
-        h.as_bytes(),
-    )
+    write_atomic(&day_index_path(data_dir, d.day), h.as_bytes())
+}
+
+/// `reports/<day>/index.html` under the data directory.
+pub fn day_index_path(data_dir: &Path, day: NaiveDate) -> PathBuf {
+    data_dir
+        .join("reports")
+        .join(day.to_string())
+        .join("index.html")
 }
 
 /// The payout file of one merchant and day: a header and one line.

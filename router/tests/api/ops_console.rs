@@ -342,6 +342,35 @@ async fn dashboard_figures_reports_search_and_roles() {
     assert_eq!(json.status, StatusCode::OK);
     assert_eq!(json.body["day"], day.to_string());
 
+    // The day's index: every account's run, with the charts by channel account.
+    let index = raw(
+        &app,
+        Some(viewer.as_str()),
+        &format!("/reconciliation/days/{day}/report.html"),
+    )
+    .await;
+    assert_eq!(index.status(), StatusCode::OK);
+    let html = index.text().await.unwrap();
+    assert!(html.contains(&format!("Reconciliation of {day}")), "{html}");
+    assert!(html.contains("<svg"), "{html}");
+    assert!(html.contains("wechat"), "{html}");
+    for bad in [
+        format!("/reconciliation/days/{}/report.html", day.format("%Y%m%d")),
+        format!("/reconciliation/days/{day}x/report.html"),
+        "/reconciliation/days/..%2F..%2Fsecret.txt/report.html".to_string(),
+        "/reconciliation/days/1999-01-01/report.html".to_string(),
+    ] {
+        let r = raw(&app, Some(viewer.as_str()), &bad).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
+    let anonymous = raw(
+        &app,
+        None,
+        &format!("/reconciliation/days/{day}/report.html"),
+    )
+    .await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
     // Nothing else: no other name, no path, no other run, not without a token.
     std::fs::write(app.config.data_dir.join("secret.txt"), "not a report").unwrap();
     for path in [
