@@ -371,3 +371,85 @@ async fn a_processing_code_payment_no_channel_knows_is_closed_by_the_recovery() 
     );
     assert_books_clean(&next).await;
 }
+
+/// The follow-up flows for Alipay and UnionPay codes too: a password wait then paid, an unknown
+/// outcome queried and found paid, and a password never entered reversed at our deadline.
+#[tokio::test]
+async fn alipay_and_unionpay_codes_follow_the_password_unknown_and_reversal_paths() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    for (wallet, prefix) in [
+        ("alipay", "28123456789012"),
+        ("unionpay", "621234567890123"),
+    ] {
+        for (suffix, want) in [("1001", "succeeded"), ("1005", "succeeded")] {
+            let r = m
+                .create_payment(&code_body(
+                    &format!("{wallet}-{suffix}"),
+                    600,
+                    &format!("{prefix}{suffix}"),
+                ))
+                .await;
+            assert_eq!(r.status, 202, "{wallet} {suffix}: {:?}", r.body);
+            assert_eq!(r.body["wallet"], wallet);
+            let p = wait_final(&m, r.body["id"].as_str().unwrap()).await;
+            assert_eq!(p["status"], want, "{wallet} {suffix}: {p}");
+        }
+    }
+    assert_books_clean(&app).await;
+
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.code_pay_poll_interval_ms = 50;
+    config.code_pay_deadline_ms = 1_500;
+    config.sandbox_time_compression = 1; // a 10 s password wait: our deadline comes first
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Cafe").await;
+    let mut alipay_no = String::new();
+    for (wallet, prefix) in [
+        ("alipay", "28123456789012"),
+        ("unionpay", "621234567890123"),
+    ] {
+        let r = m
+            .create_payment(&code_body(
+                &format!("{wallet}-rev"),
+                600,
+                &format!("{prefix}1002"),
+            ))
+            .await;
+        assert_eq!(r.status, 202, "{wallet}: {:?}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        let p = wait_final(&m, &id).await;
+        assert_eq!(
+            (p["status"].as_str(), p["closed_reason"].as_str()),
+            (Some("closed"), Some("reversed_at_deadline")),
+            "{wallet}: {p}"
+        );
+        if wallet == "alipay" {
+            alipay_no = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+        }
+    }
+    // Alipay's trade was cancelled at the channel (its own timeout is 10 s away).
+    let books = app
+        .config
+        .sandbox_options()
+        .data_dir
+        .join("alipay")
+        .join("books.sqlite");
+    let sandbox = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&books)
+            .read_only(true),
+    )
+    .await
+    .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT trade_status FROM trades WHERE out_trade_no = ?1")
+            .bind(&alipay_no)
+            .fetch_one(&sandbox)
+            .await
+            .unwrap();
+    assert_eq!(state, "TRADE_CLOSED");
+    sandbox.close().await;
+    assert_books_clean(&app).await;
+}
