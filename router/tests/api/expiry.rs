@@ -118,3 +118,53 @@ async fn paid_at_the_channel_just_before_expiry_ends_succeeded() {
     assert_eq!(m.get_payment(&id).await.body["status"], "succeeded");
     assert_eq!(ledger_entries(&app).await, (1, 1));
 }
+
+/// Alipay and UnionPay orders expire the same way: closed at the channel, then here; the payer
+/// can no longer pay them.
+#[tokio::test]
+async fn alipay_and_unionpay_orders_expire_closed_at_the_channel() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    for wallet in ["alipay", "unionpay"] {
+        let mut body = expiring_qr(&format!("e-{wallet}"), 800);
+        body["wallet"] = json!(wallet);
+        let r = m.create_payment(&body).await;
+        assert_eq!(r.status, 201, "{wallet}: {:?}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        let qr = r.body["qr_code"].as_str().unwrap().to_string();
+        // While the channel cannot be reached the expired payment stays open here.
+        let set_faults = |f: Value| {
+            app.http
+                .put(format!("{}/sandbox/{wallet}/sandbox/faults", app.base))
+                .json(&f)
+                .send()
+        };
+        let r = set_faults(json!({"error_5xx_pct": 100.0})).await.unwrap();
+        assert!(r.status().is_success(), "{wallet}: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(
+            m.get_payment(&id).await.body["status"],
+            "created",
+            "{wallet}: closed here before the channel"
+        );
+        let r = set_faults(json!({})).await.unwrap();
+        assert!(r.status().is_success(), "{wallet}: {}", r.status());
+        let p = wait_status(&m, &id, "closed", Duration::from_secs(20)).await;
+        assert_eq!(p["closed_reason"], "expired", "{wallet}: {p}");
+        let paid = app
+            .http
+            .post(format!("{}/sandbox/{wallet}/sandbox/pay", app.base))
+            .json(&json!({"qr_code": qr}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            paid.status().is_client_error(),
+            "{wallet}: the channel still took a payment for a closed order: {}",
+            paid.status()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(m.get_payment(&id).await.body["status"], "closed");
+    }
+    assert_eq!(ledger_entries(&app).await, (0, 0));
+}
