@@ -7,7 +7,7 @@
 //! | `POST`/`GET /gateway.do` | every method: `alipay.trade.{precreate,create,pay,query,close,cancel,refund,fastpay.refund.query}`, `alipay.data.dataservice.bill.downloadurl.query` |
 //! | `GET /sandbox/bill/{token}` | the bill zip a download URL points to (valid [`BILL_URL_TTL_SECS`]) |
 //! | `POST /sandbox/pay` `{"qr_code"\|"trade_no", "buyer_id"?}` | a payer pays a precreated or JSAPI order |
-//! | `GET`/`PUT /sandbox/faults` | fault injection |
+//! | `GET`/`PUT /sandbox/faults` | fault injection (`refund_fail_pct`: refunds declined `ACQ.SELLER_BALANCE_NOT_ENOUGH`) |
 //! | `POST /sandbox/notifications/{out_trade_no}` `?times=N` | re-send the payment notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
 //! | `GET /oauth2/publicAppAuthorize.htm?app_id&scope=auth_base&redirect_uri&state` | payer authorisation: 302 to `redirect_uri` with `auth_code`, `app_id`, `scope` and `state` (a new payer each time) |
@@ -1163,6 +1163,10 @@ impl AlipaySandbox {
                 "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
                 "退款金额超限",
             ));
+        }
+        if sandbox::chance(self.0.faults.get().refund_fail_pct) {
+            // The `refund_fail_pct` fault: declined at once, nothing moves.
+            return Err(Biz::failed("ACQ.SELLER_BALANCE_NOT_ENOUGH", "卖家余额不足"));
         }
         let fee_back = refund_fee_fen(t.fee, t.total, t.refunded, amount);
         let full = t.refunded + amount == t.total;

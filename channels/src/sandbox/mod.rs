@@ -37,6 +37,12 @@ pub struct Faults {
     pub duplicate_notify_pct: f64,
     /// Extra random delay per delivery in `[0, notify_jitter_ms]`: notifications overtake each other.
     pub notify_jitter_ms: u64,
+    /// Percentage of refunds the channel declines (WeChat and Alipay sandboxes), as the channel
+    /// does: WeChat accepts the refund (`PROCESSING`) and it then ends `ABNORMAL`, announced by a
+    /// `REFUND.ABNORMAL` notification and answered by the refund query; Alipay answers the refund
+    /// at once with `40004` `ACQ.SELLER_BALANCE_NOT_ENOUGH`. Either way no money moves and the
+    /// amount is refundable again.
+    pub refund_fail_pct: f64,
     /// Seconds added to the clock the sandbox books successes with (payments and refunds: their
     /// `success_time`, hence their bill day). Signatures and freshness checks keep the real clock.
     /// Lets tests make "yesterday's" payments, whose bill can be downloaded (WeChat sandbox).
@@ -111,7 +117,8 @@ impl FaultSwitch {
     }
 }
 
-fn chance(pct: f64) -> bool {
+/// True with probability `pct` percent.
+pub fn chance(pct: f64) -> bool {
     pct > 0.0 && rand::thread_rng().gen_range(0.0..100.0) < pct
 }
 

@@ -10,7 +10,7 @@
 //! | `POST /v3/refund/domestic/refunds` · `GET …/refunds/{out_refund_no}` | refund |
 //! | `GET /v3/bill/tradebill?bill_date=&bill_type=ALL` → `GET /v3/billdownload/file?token=` | bill |
 //! | `POST /sandbox/pay` `{"code_url"|"prepay_id", "openid"?}` | a payer pays a C2B order |
-//! | `GET`/`PUT /sandbox/faults` | fault injection |
+//! | `GET`/`PUT /sandbox/faults` | fault injection (`refund_fail_pct`: accepted refunds end `ABNORMAL`, notified `REFUND.ABNORMAL`) |
 //! | `POST /sandbox/notifications/{out_trade_no}` `?times=N` | re-send the payment notification now |
 //! | `GET /sandbox/account` | the ids and public keys a client needs (never the private keys) |
 //! | `GET /connect/oauth2/authorize?appid&redirect_uri&response_type=code&scope=snsapi_base&state` | OAuth: 302 to `redirect_uri` with `code` and `state` (a new payer each time) |
@@ -1075,14 +1075,16 @@ async fn refund(State(sb): State<WechatSandbox>, body: Bytes) -> Response {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        // The answer is the refund as accepted (PROCESSING); it completes shortly after, and notifies.
+        // The answer is the refund as accepted (PROCESSING); it completes shortly after (or, under
+        // the `refund_fail_pct` fault, ends ABNORMAL), and notifies.
         let rec = sb.refund_json(&b.out_refund_no).await?.ok_or_else(|| ApiError::new(500, "SYSTEMERROR", "系统错误"))?;
+        let fails = sandbox::chance(sb.0.faults.get().refund_fail_pct);
         let sb2 = sb.clone();
         let out_refund_no = b.out_refund_no.clone();
         let delay = sb.0.opts.compress(Duration::from_secs(2));
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = sb2.complete_refund(&out_refund_no).await;
+            let _ = if fails { sb2.abnormal_refund(&out_refund_no).await } else { sb2.complete_refund(&out_refund_no).await };
         });
         sb.ok(&serde_json::to_value(rec).expect("json"))
     }
@@ -1101,6 +1103,42 @@ impl WechatSandbox {
         if done != 1 {
             return Ok(());
         }
+        self.notify_refund(out_refund_no, "REFUND.SUCCESS", "退款成功")
+            .await
+    }
+
+    /// Ends a `PROCESSING` refund `ABNORMAL` (the `refund_fail_pct` fault): no money reaches the
+    /// payer, the amount becomes refundable again, and `REFUND.ABNORMAL` is notified.
+    async fn abnormal_refund(&self, out_refund_no: &str) -> Result<(), ApiError> {
+        let mut tx = self.0.db.begin().await?;
+        let amount: Option<(String, i64)> = sqlx::query_as(
+            "UPDATE refunds SET status = 'ABNORMAL' WHERE out_refund_no = ?1 AND status = 'PROCESSING' RETURNING out_trade_no, amount",
+        )
+        .bind(out_refund_no)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((no, amount)) = amount else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE trades SET refunded = refunded - ?1, trade_state = CASE WHEN refunded - ?1 = 0 THEN 'SUCCESS' ELSE trade_state END WHERE out_trade_no = ?2",
+        )
+        .bind(amount)
+        .bind(&no)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.notify_refund(out_refund_no, "REFUND.ABNORMAL", "退款异常")
+            .await
+    }
+
+    /// Sends a refund's notification (`event_type`, `summary`) if the refund has a `notify_url`.
+    async fn notify_refund(
+        &self,
+        out_refund_no: &str,
+        event_type: &'static str,
+        summary: &'static str,
+    ) -> Result<(), ApiError> {
         let url: Option<String> =
             sqlx::query_scalar("SELECT notify_url FROM refunds WHERE out_refund_no = ?1")
                 .bind(out_refund_no)
@@ -1116,8 +1154,8 @@ impl WechatSandbox {
             }
             self.deliver(
                 url,
-                "REFUND.SUCCESS",
-                "退款成功",
+                event_type,
+                summary,
                 "refund",
                 v.to_string().into_bytes(),
             );

@@ -2,12 +2,13 @@
 //! `scripts/cashier-browser/` walk the same journey in headless Chromium): a static code opened
 //! in WeChat, Alipay and UnionPay QuickPass, the amount, the wallet's OAuth / `userAuth` step, the
 //! sandbox's stand-in of the wallet's payment sheet, the result page — and the refusals (other
-//! apps, our own wallet, which has no channel yet) that write nothing.
+//! apps, our own wallet, which has no channel yet) that write nothing, and the payer who cancels on
+//! the wallet's sheet, whose payment ends closed with nothing posted.
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{MerchantClient, TestApp, spawn_app};
+use crate::helpers::{MerchantClient, TestApp, fresh_database, spawn_app, spawn_with, test_config};
 
 pub const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.49.2600(0x28003133) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN";
 pub const ALIPAY_UA: &str = "Mozilla/5.0 (Linux; U; Android 14; zh-CN; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/120.0 Mobile Safari/537.36 NebulaSDK/1.8.100112 Nebula AlipayDefined(nt:WIFI,ws:412|0|2.625) AliApp(AP/10.5.86.8000) AlipayClient/10.5.86.8000 Language/zh-Hans";
@@ -142,6 +143,32 @@ async fn pay(payer: &Payer, code_url: &str, amount: &str) -> String {
 /// to `<page_url>/auth`, the pay page, the wallet stand-in and the result page; returns the result
 /// page's URL once it says `succeeded`.
 pub async fn authorize_and_pay(payer: &Payer, authorize: &str, page_url: &str) -> String {
+    let result = authorize_and_answer(payer, authorize, page_url, "pay").await;
+    for _ in 0..200 {
+        let s = payer.get(&format!("{result}/status")).await;
+        let v: Value = serde_json::from_str(&s.text).unwrap();
+        if v["status"] == "succeeded" {
+            let page = payer.get(&result).await;
+            assert!(
+                page.text.contains("data-status=\"succeeded\""),
+                "{}",
+                page.text
+            );
+            return result;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the payment at {result} never succeeded");
+}
+
+/// From the wallet's authorisation step to the wallet stand-in, whose sheet the payer answers with
+/// `answer` (`pay` or `cancel`); returns the result page's URL the stand-in returns to.
+async fn authorize_and_answer(
+    payer: &Payer,
+    authorize: &str,
+    page_url: &str,
+    answer: &str,
+) -> String {
     assert!(authorize.contains("/sandbox/"), "{authorize}");
     let back = payer.get(authorize).await;
     assert_eq!(back.status, 302, "{}", back.text);
@@ -158,28 +185,14 @@ pub async fn authorize_and_pay(payer: &Payer, authorize: &str, page_url: &str) -
     // The wallet's sheet, then paying, which returns to the result page.
     let sheet = payer.post_form(&action, &form).await;
     assert_eq!(sheet.status, 200, "{}", sheet.text);
-    form.push(("action".into(), "pay".into()));
-    let paid = payer.post_form(&action, &form).await;
-    assert_eq!(paid.status, 302, "{}", paid.text);
-    let result = paid.location.unwrap();
+    form.push(("action".into(), answer.into()));
+    let answered = payer.post_form(&action, &form).await;
+    assert_eq!(answered.status, 302, "{}", answered.text);
+    let result = answered.location.unwrap();
     assert_eq!(result, config["result"].as_str().unwrap());
     let page = payer.get(&result).await;
     assert_eq!(page.status, 200);
-    for _ in 0..200 {
-        let s = payer.get(&format!("{result}/status")).await;
-        let v: Value = serde_json::from_str(&s.text).unwrap();
-        if v["status"] == "succeeded" {
-            let page = payer.get(&result).await;
-            assert!(
-                page.text.contains("data-status=\"succeeded\""),
-                "{}",
-                page.text
-            );
-            return result;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the payment at {result} never succeeded");
+    result
 }
 
 #[tokio::test]
@@ -479,4 +492,56 @@ async fn our_own_wallet_gets_the_apps_that_can_pay_and_creates_nothing() {
         en.text
     );
     assert!(payments(&m).await.is_empty(), "nothing was created");
+}
+
+#[tokio::test]
+async fn a_payer_who_cancels_in_the_wallet_sees_the_payment_closed_and_nothing_is_posted() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    // An order the payer walked away from is closed when it expires.
+    config.payment_expires_in_seconds_default = 3;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Tea House").await;
+    let code = new_code(&m, json!({"store_id": "t1"})).await;
+    for (ua, amount) in [(WECHAT_UA, "18.00"), (ALIPAY_UA, "9.50")] {
+        let payer = Payer::new(ua, "zh-CN");
+        let submitted = payer
+            .post_form(&format!("{code}/pay"), &[("amount".into(), amount.into())])
+            .await;
+        assert_eq!(submitted.status, 303, "{}", submitted.text);
+        // The payer cancels on the wallet's sheet: back on the result page, unpaid.
+        let result =
+            authorize_and_answer(&payer, &submitted.location.unwrap(), &code, "cancel").await;
+        let page = payer.get(&result).await;
+        assert!(
+            page.text.contains("data-status=\"created\""),
+            "{}",
+            page.text
+        );
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let s = payer.get(&format!("{result}/status")).await;
+            last = serde_json::from_str(&s.text).unwrap();
+            if last["status"] != "created" && last["status"] != "processing" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(last["status"], "closed", "{ua}");
+        let page = payer.get(&result).await;
+        assert!(
+            page.text.contains("data-status=\"closed\"") && page.text.contains("付款已关闭"),
+            "{}",
+            page.text
+        );
+    }
+    let ps = payments(&m).await;
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    for p in &ps {
+        assert_eq!(p["status"], "closed", "{p}");
+        assert_eq!(p["closed_reason"], "expired", "{p}");
+        assert!(p["paid_at"].is_null(), "{p}");
+    }
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (0, 0));
 }

@@ -1,5 +1,7 @@
 //! Refunds end to end through the sandboxes: partial and repeated, idempotent, never above the paid
-//! amount even when fifty race, settled by the channel's answer, notification or query, posted once.
+//! amount even when fifty race, settled by the channel's answer, notification or query, posted once;
+//! refunds the channel declines (the sandboxes' `refund_fail_pct` fault) end `failed` with the
+//! channel's code, give their amount back, post nothing and are announced as `refund.failed`.
 
 use std::time::Duration;
 
@@ -230,4 +232,221 @@ async fn a_unionpay_payment_is_refunded_in_parts() {
     );
     assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 2_000);
     audit(&app).await;
+}
+
+/// An app whose webhooks are delivered at once and retried quickly.
+async fn app_with_webhooks() -> TestApp {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.code_pay_poll_interval_ms = 50;
+    config.webhook_poll_interval_ms = 25;
+    config.webhook_timeout_ms = 2_000;
+    config.webhook_retry_schedule_scale = 0.002;
+    spawn_with(db, config).await
+}
+
+async fn sandbox_faults(app: &TestApp, channel: &str, faults: Value) {
+    let r = app
+        .http
+        .put(format!("{}/sandbox/{channel}/sandbox/faults", app.base))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// A code payment of `amount` paid at once, announced to `notify_url`.
+async fn paid_with_hook(
+    m: &MerchantClient,
+    order_no: &str,
+    amount: i64,
+    code: &str,
+    notify_url: &str,
+) -> String {
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": order_no, "amount": amount, "currency": "CNY", "subject": "书",
+            "method": "code_scan", "auth_code": code, "notify_url": notify_url,
+        }))
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{:?}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+/// What every declined refund must leave behind: the refund `failed` with the channel's code, the
+/// reservation given back, a signed `refund.failed` webhook delivered and listed, and nothing
+/// posted but the payment's own entry (a failed refund posts no entry at all).
+async fn assert_declined(
+    app: &TestApp,
+    m: &MerchantClient,
+    hook: &crate::webhooks::Receiver,
+    pid: &str,
+    refund: &Value,
+    code: &str,
+) {
+    assert_eq!(refund["status"], "failed", "{refund}");
+    assert_eq!(refund["failure_code"], code, "{refund}");
+    assert!(refund["succeeded_at"].is_null(), "{refund}");
+    assert_eq!(m.get_payment(pid).await.body["refunded_amount"], 0);
+
+    let got = hook.acknowledged("refund.failed").await;
+    crate::webhooks::assert_signed(m, &got);
+    let body = crate::webhooks::body_of(&got);
+    assert_eq!(body["data"]["id"], refund["id"]);
+    assert_eq!(body["data"]["payment_id"], pid);
+    assert_eq!(body["data"]["status"], "failed");
+    assert_eq!(body["data"]["failure_code"], code);
+    assert_eq!(body["data"]["amount"], refund["amount"]);
+    let listed = crate::webhooks::events(m, pid).await;
+    let types: Vec<&str> = listed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["refund.failed", "payment.succeeded"],
+        "newest first"
+    );
+
+    let report = audit(app).await;
+    assert_eq!(report.ledger.entries, 1, "the payment's entry only");
+}
+
+/// The failed amount is refundable again once the channel accepts: the new refund succeeds and
+/// is posted next to the payment's entry.
+async fn refund_again(app: &TestApp, m: &MerchantClient, pid: &str, no: &str, amount: i64) {
+    let r = refund(m, pid, no, amount).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let done = wait_refund(m, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(m.get_payment(pid).await.body["refunded_amount"], amount);
+    let report = audit(app).await;
+    assert_eq!(
+        report.ledger.entries, 2,
+        "the payment and the refund that succeeded"
+    );
+}
+
+/// How the router learns that a WeChat refund ended `ABNORMAL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// Notifications are dropped: only the refund query can tell.
+    ByQuery,
+    /// Refund queries answer 5xx once the refund is accepted: only `REFUND.ABNORMAL` can tell.
+    ByNotification,
+}
+
+async fn a_wechat_refund_ends_abnormal(told: Told) {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    // The first refund query comes well after the sandbox has ended the refund (20 ms).
+    config.code_pay_poll_interval_ms = 200;
+    config.webhook_poll_interval_ms = 25;
+    config.webhook_timeout_ms = 2_000;
+    config.webhook_retry_schedule_scale = 0.002;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Books").await;
+    let hook = crate::webhooks::Receiver::start(200).await;
+    let pid = paid_with_hook(&m, "rf-w-1", 1_000, "134567890123456789", &hook.url).await;
+    hook.acknowledged("payment.succeeded").await;
+    let fault = match told {
+        Told::ByQuery => json!({"refund_fail_pct": 100.0, "drop_notify_pct": 100.0}),
+        Told::ByNotification => json!({"refund_fail_pct": 100.0}),
+    };
+    sandbox_faults(&app, "wechat", fault).await;
+
+    // Accepted by WeChat (PROCESSING), it then ends ABNORMAL.
+    let r = refund(&m, &pid, "rf-w-1a", 1_000).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "processing", "{:?}", r.body);
+    if told == Told::ByNotification {
+        sandbox_faults(&app, "wechat", json!({"error_5xx_pct": 100.0})).await;
+    }
+    let failed = wait_refund(&m, r.body["id"].as_str().unwrap()).await;
+    sandbox_faults(&app, "wechat", json!({})).await;
+    assert_declined(&app, &m, &hook, &pid, &failed, "ABNORMAL").await;
+    // The same number is the same (failed) refund.
+    let same = refund(&m, &pid, "rf-w-1a", 1_000).await;
+    assert_eq!(
+        (same.status.as_u16(), &same.body["status"]),
+        (200, &json!("failed"))
+    );
+
+    refund_again(&app, &m, &pid, "rf-w-1b", 1_000).await;
+    hook.acknowledged("refund.succeeded").await;
+}
+
+#[tokio::test]
+async fn a_wechat_refund_that_ends_abnormal_fails_by_the_refund_query() {
+    a_wechat_refund_ends_abnormal(Told::ByQuery).await;
+}
+
+#[tokio::test]
+async fn a_wechat_refund_that_ends_abnormal_fails_by_its_notification() {
+    a_wechat_refund_ends_abnormal(Told::ByNotification).await;
+}
+
+#[tokio::test]
+async fn an_alipay_refund_declined_at_once_fails_and_can_be_refunded_again() {
+    let app = app_with_webhooks().await;
+    let m = app.merchant("Books").await;
+    let hook = crate::webhooks::Receiver::start(200).await;
+    let pid = paid_with_hook(&m, "rf-a-1", 888, "281234567890123456", &hook.url).await;
+    hook.acknowledged("payment.succeeded").await;
+    sandbox_faults(&app, "alipay", json!({"refund_fail_pct": 100.0})).await;
+
+    // Alipay answers the refund itself with the decline: failed in the creating answer.
+    let r = refund(&m, &pid, "rf-a-1a", 888).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_declined(
+        &app,
+        &m,
+        &hook,
+        &pid,
+        &r.body,
+        "ACQ.SELLER_BALANCE_NOT_ENOUGH",
+    )
+    .await;
+
+    sandbox_faults(&app, "alipay", json!({})).await;
+    refund_again(&app, &m, &pid, "rf-a-1b", 888).await;
+    hook.acknowledged("refund.succeeded").await;
+}
+
+#[tokio::test]
+async fn an_alipay_refund_without_an_answer_is_asked_again_and_declined() {
+    let app = app_with_webhooks().await;
+    let m = app.merchant("Books").await;
+    let hook = crate::webhooks::Receiver::start(200).await;
+    let pid = paid_with_hook(&m, "rf-a-2", 500, "281234567890123456", &hook.url).await;
+    hook.acknowledged("payment.succeeded").await;
+    // The refund request gets a system error: the outcome is unknown, the refund `processing`.
+    sandbox_faults(
+        &app,
+        "alipay",
+        json!({"refund_fail_pct": 100.0, "error_5xx_pct": 100.0}),
+    )
+    .await;
+    let r = refund(&m, &pid, "rf-a-2a", 500).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["status"], "processing", "{:?}", r.body);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 500);
+    // Once Alipay answers, its query knows no such refund; asked again with the same number,
+    // Alipay declines it.
+    sandbox_faults(&app, "alipay", json!({"refund_fail_pct": 100.0})).await;
+    let failed = wait_refund(&m, r.body["id"].as_str().unwrap()).await;
+    assert_declined(
+        &app,
+        &m,
+        &hook,
+        &pid,
+        &failed,
+        "ACQ.SELLER_BALANCE_NOT_ENOUGH",
+    )
+    .await;
+
+    sandbox_faults(&app, "alipay", json!({})).await;
+    refund_again(&app, &m, &pid, "rf-a-2b", 500).await;
+    hook.acknowledged("refund.succeeded").await;
 }

@@ -26,7 +26,7 @@ async fn app() -> TestApp {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     event_id: String,
     signature: String,
     body: String,
@@ -36,14 +36,14 @@ struct Received {
 
 /// A merchant's webhook endpoint: answers with `status` (changeable) and records every request.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     status: Arc<AtomicU16>,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(status: u16) -> Receiver {
+    pub(crate) async fn start(status: u16) -> Receiver {
         let status = Arc::new(AtomicU16::new(status));
         let got = Arc::new(Mutex::new(Vec::new()));
         let (s, g) = (status.clone(), got.clone());
@@ -80,12 +80,12 @@ impl Receiver {
         }
     }
 
-    fn all(&self) -> Vec<Received> {
+    pub(crate) fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
     /// Waits until a request for `event_type` was acknowledged with 2xx; returns it.
-    async fn acknowledged(&self, event_type: &str) -> Received {
+    pub(crate) async fn acknowledged(&self, event_type: &str) -> Received {
         for _ in 0..400 {
             if let Some(r) = self
                 .all()
@@ -100,12 +100,12 @@ impl Receiver {
     }
 }
 
-fn body_of(r: &Received) -> Value {
+pub(crate) fn body_of(r: &Received) -> Value {
     serde_json::from_str(&r.body).unwrap()
 }
 
 /// Checks `Paymux-Signature: t=…,v1=…` against the merchant's key secret.
-fn assert_signed(m: &MerchantClient, r: &Received) {
+pub(crate) fn assert_signed(m: &MerchantClient, r: &Received) {
     let (t, v1) = r
         .signature
         .split_once(',')
@@ -125,7 +125,7 @@ fn code_body(order_no: &str, code: &str, notify_url: &str) -> Value {
     })
 }
 
-async fn events(m: &MerchantClient, payment_id: &str) -> Vec<Value> {
+pub(crate) async fn events(m: &MerchantClient, payment_id: &str) -> Vec<Value> {
     let r = m
         .send(
             Method::GET,
