@@ -228,15 +228,22 @@ impl RefundRecord {
             out_trade_no: self.out_trade_no.clone(),
             out_refund_no: self.out_refund_no.clone(),
             channel_refund_no: self.refund_id.clone(),
-            state: match self.status.as_str() {
-                "SUCCESS" => RefundState::Succeeded,
-                "PROCESSING" => RefundState::Processing,
-                _ => RefundState::Failed,
-            },
+            state: refund_state(&self.status),
             channel_state: self.status.clone(),
             amount_minor: self.amount.as_ref().map(|a| a.refund),
             succeeded_at: self.success_time.as_deref().and_then(parse_time),
         }
+    }
+}
+
+/// A refund's `status` (`refund_status` in notifications): only the two documented ends of a refund
+/// that did not happen (`CLOSED`, `ABNORMAL`) fail it; a missing or unknown status proves nothing
+/// and keeps it processing (queried again), never failed.
+fn refund_state(status: &str) -> RefundState {
+    match status {
+        "SUCCESS" => RefundState::Succeeded,
+        "CLOSED" | "ABNORMAL" => RefundState::Failed,
+        _ => RefundState::Processing,
     }
 }
 
@@ -891,4 +898,22 @@ impl Channel for WechatPay {
 /// A short pause helper used by polling loops (kept here so tests can compress it).
 pub fn poll_interval(compression: u32) -> Duration {
     Duration::from_millis(5_000 / u64::from(compression.max(1)))
+}
+
+#[cfg(test)]
+mod refund_state_tests {
+    use super::*;
+
+    #[test]
+    fn only_closed_and_abnormal_fail_a_refund() {
+        assert_eq!(refund_state("SUCCESS"), RefundState::Succeeded);
+        assert_eq!(refund_state("CLOSED"), RefundState::Failed);
+        assert_eq!(refund_state("ABNORMAL"), RefundState::Failed);
+        for unsure in ["PROCESSING", "", "success", "SOMETHING_NEW"] {
+            assert_eq!(refund_state(unsure), RefundState::Processing, "{unsure:?}");
+        }
+        // A record without its status (a malformed answer) is not a failed refund.
+        let r: RefundRecord = serde_json::from_str(r#"{"out_refund_no":"r1"}"#).unwrap();
+        assert_eq!(r.to_info().state, RefundState::Processing);
+    }
 }
