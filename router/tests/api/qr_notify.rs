@@ -389,3 +389,68 @@ async fn duplicated_and_reordered_notifications_post_everything_once() {
     );
     assert_eq!(m.get_payment(&ids[0]).await.body["refunded_amount"], 400);
 }
+
+/// Forged Alipay and UnionPay notifications (their own formats, a signature that is not the
+/// channel's) are refused with the channel's failure answer and change nothing; the genuine
+/// notification after the payer pays is applied once.
+#[tokio::test]
+async fn forged_alipay_and_unionpay_notifications_change_nothing() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    for (wallet, amount) in [("alipay", 2_000), ("unionpay", 2_100)] {
+        let r = m
+            .create_payment(&qr_body(&format!("forged-{wallet}"), amount, wallet))
+            .await;
+        assert_eq!(r.status, 201, "{wallet}: {:?}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        let qr = r.body["qr_code"].as_str().unwrap().to_string();
+        let account = r.body["channel_account_id"].as_str().unwrap().to_string();
+        let no = id.replace('-', "");
+        let (form, refused_status, refused_body) = if wallet == "alipay" {
+            (
+                format!(
+                    "notify_type=trade_status_sync&notify_id=1&out_trade_no={no}&trade_no=2026120322001400001\
+                     &trade_status=TRADE_SUCCESS&total_amount=20.00&sign_type=RSA2&sign=Zm9yZ2Vk"
+                ),
+                200,
+                "failure",
+            )
+        } else {
+            (
+                format!(
+                    "version=5.1.0&encoding=UTF-8&signMethod=01&txnType=01&txnSubType=07&orderId={no}\
+                     &respCode=00&respMsg=success&txnAmt=2100&queryId=1234&signature=Zm9yZ2Vk"
+                ),
+                500,
+                "fail",
+            )
+        };
+        let forged = app
+            .http
+            .post(format!("{}/notify/{account}", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status().as_u16(), refused_status, "{wallet}");
+        assert_eq!(forged.text().await.unwrap(), refused_body, "{wallet}");
+        assert_eq!(
+            m.get_payment(&id).await.body["status"],
+            "created",
+            "{wallet}"
+        );
+
+        let paid = app
+            .http
+            .post(format!("{}/sandbox/{wallet}/sandbox/pay", app.base))
+            .json(&json!({"qr_code": qr}))
+            .send()
+            .await
+            .unwrap();
+        assert!(paid.status().is_success(), "{}", paid.text().await.unwrap());
+        wait_status(&m, &id, "succeeded").await;
+    }
+    let report = audit(&app).await;
+    assert_eq!((report.succeeded_payments, report.ledger.entries), (2, 2));
+}
