@@ -82,6 +82,19 @@ impl From<CredsJson> for paymux::merchants::Credentials {
     }
 }
 
+/// `paymux ledger audit` beside the server under test, asynchronously (the server runs on this
+/// test's runtime and must keep going while the command works).
+async fn ledger_audit_cli(db: &crate::helpers::TestDb) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["ledger", "audit"])
+        .env("PAYMUX_DATA_DIR", db.dir.path())
+        .env("PAYMUX_DATABASE_URL", &db.url)
+        .env("PAYMUX_LOG", "warn")
+        .output()
+        .await
+        .expect("run paymux ledger audit")
+}
+
 #[tokio::test]
 async fn ledger_audit_exits_non_zero_on_a_breach() {
     let db = fresh_database().await;
@@ -92,16 +105,7 @@ async fn ledger_audit_exits_non_zero_on_a_breach() {
     assert_eq!(created.status, StatusCode::CREATED);
     let payment_id: uuid::Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
 
-    let audit = |db: &crate::helpers::TestDb| {
-        Command::new(env!("CARGO_BIN_EXE_paymux"))
-            .args(["ledger", "audit"])
-            .env("PAYMUX_DATA_DIR", db.dir.path())
-            .env("PAYMUX_DATABASE_URL", &db.url)
-            .env("PAYMUX_LOG", "warn")
-            .output()
-            .expect("run paymux ledger audit")
-    };
-    let clean = audit(&app.db);
+    let clean = ledger_audit_cli(&app.db).await;
     assert!(
         clean.status.success(),
         "{}",
@@ -112,7 +116,7 @@ async fn ledger_audit_exits_non_zero_on_a_breach() {
     // A payment marked succeeded without its ledger entry is a breach.
     app.sql_execute("UPDATE payments SET status = 'succeeded' WHERE merchant_order_no = 'aud-1'")
         .await;
-    let breached = audit(&app.db);
+    let breached = ledger_audit_cli(&app.db).await;
     assert_eq!(breached.status.code(), Some(1));
     let text = String::from_utf8_lossy(&breached.stdout).to_string();
     assert!(
@@ -136,7 +140,7 @@ async fn ledger_audit_exits_non_zero_on_a_breach() {
         ledger.post(vec![entry.clone(), entry]).await.unwrap().len(),
         2
     );
-    let healed = audit(&app.db);
+    let healed = ledger_audit_cli(&app.db).await;
     assert!(
         healed.status.success(),
         "{}",

@@ -3,8 +3,6 @@
 //! settlements, payment search across merchants, a merchant's ledger statement, and operators
 //! managed from the command line and through the API.
 
-use std::process::Command;
-
 use chrono::Utc;
 use chrono_tz::Asia::Shanghai;
 use paymux::ops::audit::Actor;
@@ -545,13 +543,16 @@ async fn operators_work_exceptions_search_payments_and_read_statements_with_an_a
     assert_eq!(data(&by_admin)[1]["detail"]["name"], "Nina");
 }
 
-fn paymux_cli(db: &crate::helpers::TestDb, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paymux"))
+/// Runs the command line beside the server under test; asynchronously, so that the server (on this
+/// test's runtime) keeps serving and committing while the command waits for the database.
+async fn paymux_cli(db: &crate::helpers::TestDb, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paymux"))
         .args(args)
         .env("PAYMUX_DATA_DIR", db.dir.path())
         .env("PAYMUX_DATABASE_URL", &db.url)
         .env("PAYMUX_LOG", "warn")
         .output()
+        .await
         .expect("run paymux");
     (
         out.status.success(),
@@ -567,7 +568,8 @@ async fn operators_from_the_command_line_and_their_tokens() {
         &[
             "operator", "create", "--name", "Cli Op", "--role", "operator",
         ],
-    );
+    )
+    .await;
     assert!(ok, "{out}");
     let created: Value = serde_json::from_str(&out).unwrap();
     let token = created["token"].as_str().unwrap().to_string();
@@ -577,7 +579,8 @@ async fn operators_from_the_command_line_and_their_tokens() {
     let (ok, _) = paymux_cli(
         &db,
         &["operator", "create", "--name", "X", "--role", "root"],
-    );
+    )
+    .await;
     assert!(!ok, "an unknown role is refused");
 
     // Only the token's hash is stored.
@@ -600,12 +603,12 @@ async fn operators_from_the_command_line_and_their_tokens() {
         get(&app, &token, "/exceptions").await.status,
         StatusCode::OK
     );
-    let (ok, out) = paymux_cli(&app.db, &["operator", "list"]);
+    let (ok, out) = paymux_cli(&app.db, &["operator", "list"]).await;
     assert!(ok);
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(!out.contains(&token));
-    let (ok, out) = paymux_cli(&app.db, &["operator", "disable", "--id", &id]);
+    let (ok, out) = paymux_cli(&app.db, &["operator", "disable", "--id", &id]).await;
     assert!(ok, "{out}");
     let r = get(&app, &token, "/exceptions").await;
     assert_eq!(
