@@ -67,25 +67,8 @@ pub async fn report_file(
         ChannelAccountId::from_uuid(run.channel_account_id),
     );
     let path = dir.join(file.file_name());
-    let bytes = read_report(&path).await?;
-    let mut resp = bytes.into_response();
+    let mut resp = report_response(read_report(&path).await?, file);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(file.content_type()),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    // The report page styles itself inline and draws inline SVG; it runs nothing.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox",
-        ),
-    );
     if file == ReportFile::Csv {
         let name = format!(
             "attachment; filename=\"reconciliation-{}-{}.csv\"",
@@ -128,11 +111,17 @@ pub async fn day_report(
         .filter(|d| d.to_string() == day)
         .ok_or_else(|| ApiError::not_found("report file"))?;
     let path = crate::reconciliation::report::day_index_path(&state.config.data_dir, d);
-    let mut resp = read_report(&path).await?.into_response();
+    Ok(report_response(read_report(&path).await?, ReportFile::Html))
+}
+
+/// A report file's bytes as an answer: its type, never cached, never sniffed; the report page styles
+/// itself inline and draws inline SVG, and runs nothing.
+fn report_response(bytes: Vec<u8>, file: ReportFile) -> Response {
+    let mut resp = bytes.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(ReportFile::Html.content_type()),
+        HeaderValue::from_static(file.content_type()),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -145,7 +134,7 @@ pub async fn day_report(
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox",
         ),
     );
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]

@@ -48,6 +48,41 @@ async fn assert_books_clean(app: &TestApp) {
     assert!(report.is_clean(), "{}: {report}", app.backend());
 }
 
+/// A column of an order in a channel sandbox's own books (read-only), by our payment id.
+async fn sandbox_order_state(
+    app: &TestApp,
+    channel: &str,
+    column: &str,
+    payment_id: &str,
+) -> String {
+    let books = app
+        .config
+        .sandbox_options()
+        .data_dir
+        .join(channel)
+        .join("books.sqlite");
+    let sandbox = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&books)
+            .read_only(true),
+    )
+    .await
+    .unwrap();
+    let no = uuid::Uuid::parse_str(payment_id)
+        .unwrap()
+        .simple()
+        .to_string();
+    let state: String = sqlx::query_scalar(&format!(
+        "SELECT {column} FROM trades WHERE out_trade_no = ?1"
+    ))
+    .bind(&no)
+    .fetch_one(&sandbox)
+    .await
+    .unwrap();
+    sandbox.close().await;
+    state
+}
+
 #[tokio::test]
 async fn a_wechat_code_pays_at_once_and_is_posted_once() {
     let app = app().await;
@@ -139,28 +174,10 @@ async fn password_never_entered_is_reversed_at_our_deadline_and_closed() {
     assert_eq!(p["status"], "closed", "{p}");
     assert_eq!(p["closed_reason"], "reversed_at_deadline", "{p}");
     // The order was reversed at the channel, not only given up here.
-    let books = app
-        .config
-        .sandbox_options()
-        .data_dir
-        .join("wechat")
-        .join("books.sqlite");
-    let sandbox = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&books)
-            .read_only(true),
-    )
-    .await
-    .unwrap();
-    let no = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
-    let state: String =
-        sqlx::query_scalar("SELECT trade_state FROM trades WHERE out_trade_no = ?1")
-            .bind(&no)
-            .fetch_one(&sandbox)
-            .await
-            .unwrap();
-    assert_eq!(state, "REVOKED");
-    sandbox.close().await;
+    assert_eq!(
+        sandbox_order_state(&app, "wechat", "trade_state", &id).await,
+        "REVOKED"
+    );
     assert_books_clean(&app).await;
 }
 
@@ -411,7 +428,7 @@ async fn alipay_and_unionpay_codes_follow_the_password_unknown_and_reversal_path
     config.sandbox_time_compression = 1; // a 10 s password wait: our deadline comes first
     let app = spawn_with(db, config).await;
     let m = app.merchant("Cafe").await;
-    let mut alipay_no = String::new();
+    let mut alipay_id = String::new();
     for (wallet, prefix) in [
         ("alipay", "28123456789012"),
         ("unionpay", "621234567890123"),
@@ -432,30 +449,13 @@ async fn alipay_and_unionpay_codes_follow_the_password_unknown_and_reversal_path
             "{wallet}: {p}"
         );
         if wallet == "alipay" {
-            alipay_no = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+            alipay_id = id.clone();
         }
     }
     // Alipay's trade was cancelled at the channel (its own timeout is 10 s away).
-    let books = app
-        .config
-        .sandbox_options()
-        .data_dir
-        .join("alipay")
-        .join("books.sqlite");
-    let sandbox = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&books)
-            .read_only(true),
-    )
-    .await
-    .unwrap();
-    let state: String =
-        sqlx::query_scalar("SELECT trade_status FROM trades WHERE out_trade_no = ?1")
-            .bind(&alipay_no)
-            .fetch_one(&sandbox)
-            .await
-            .unwrap();
-    assert_eq!(state, "TRADE_CLOSED");
-    sandbox.close().await;
+    assert_eq!(
+        sandbox_order_state(&app, "alipay", "trade_status", &alipay_id).await,
+        "TRADE_CLOSED"
+    );
     assert_books_clean(&app).await;
 }
