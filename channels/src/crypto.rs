@@ -2,13 +2,14 @@
 //! keys loaded from PEM (or the bare base64 DER some channels hand out), X.509 certificates and their
 //! serials, AES-GCM for encrypted notification resources, and RSA key generation for sandboxes.
 //!
-//! Signing and verification go through `ring`; AES-GCM through RustCrypto `aes-gcm` because WeChat's
-//! test vectors include 16-byte keys and 16-byte IVs, which `ring` does not offer; key generation
+//! Signing and verification go through `aws-lc-rs` (AWS-LC's RSA private-key operation is about twice
+//! as fast as `ring`'s on x86-64, and every code payment signs twice); AES-GCM through RustCrypto
+//! `aes-gcm` because WeChat's test vectors include 16-byte keys and 16-byte IVs; key generation
 //! through RustCrypto `rsa` (used only to create sandbox keys, never on a request path).
 
+use aws_lc_rs::signature::{self, KeyPair as _, RsaKeyPair, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ring::signature::{self, KeyPair as _, RsaKeyPair, UnparsedPublicKey};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -62,13 +63,13 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, KeyError> {
 /// An RSA private key that signs with SHA256withRSA (RSASSA-PKCS1-v1_5).
 pub struct RsaSigner {
     key: RsaKeyPair,
-    rng: ring::rand::SystemRandom,
+    rng: aws_lc_rs::rand::SystemRandom,
 }
 
 impl std::fmt::Debug for RsaSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RsaSigner")
-            .field("bits", &(self.key.public().modulus_len() * 8))
+            .field("bits", &(self.key.public_modulus_len() * 8))
             .finish_non_exhaustive()
     }
 }
@@ -93,12 +94,12 @@ impl RsaSigner {
             .map_err(|e| KeyError::Invalid(format!("RSA private key: {e}")))?;
         Ok(Self {
             key,
-            rng: ring::rand::SystemRandom::new(),
+            rng: aws_lc_rs::rand::SystemRandom::new(),
         })
     }
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let mut sig = vec![0u8; self.key.public().modulus_len()];
+        let mut sig = vec![0u8; self.key.public_modulus_len()];
         self.key
             .sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig)
             .expect("RSA signing with a loaded key and a sized buffer cannot fail");
