@@ -5,11 +5,12 @@
 # 2. openssl speed -seconds 3 rsa2048
 # 3. for one node, then two nodes behind nginx (deploy/local): B2C WeChat code scans against the
 #    RSA bound, then payment creation + status query at each rate of CREATE_RATES (operations/s; 2
-#    requests each), every run followed by the post-run audit
+#    requests each), the full mix, and one-code payers (static codes paid through the cashier, each
+#    wallet in turn) at each rate of ONE_CODE_RATES; every run followed by the post-run audit
 # 4. 60 s sustained at the best creation rate that had zero errors and p99 <= 50 ms, and 60 s of
 #    code scans, each with its audit
 # Reports (JSON, Markdown, SVG) go to REPORT_DIR (default docs/bench/<date>). Settings: CODE_SCAN_RATES
-# ("800 1000 1200 1400"), CREATE_RATES ("5000 6000 7500 9000"), RUN_SECONDS (20), SUSTAIN_SECONDS (60),
+# ("800 1000 1200 1400"), CREATE_RATES ("5000 6000 7500 9000"), ONE_CODE_RATES ("100 200"), RUN_SECONDS (20), SUSTAIN_SECONDS (60),
 # CONCURRENCY (1024), SKIP_BUILD=1 to use the binaries as they are.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +20,7 @@ OUT=${1:-$ROOT/bench-load-$STAMP.log}
 REPORT_DIR=${REPORT_DIR:-$ROOT/docs/bench/$STAMP}
 CODE_SCAN_RATES=${CODE_SCAN_RATES:-800 1000 1200 1400}
 CREATE_RATES=${CREATE_RATES:-5000 6000 7500 9000}
+ONE_CODE_RATES=${ONE_CODE_RATES:-100 200}
 RUN_SECONDS=${RUN_SECONDS:-20}
 SUSTAIN_SECONDS=${SUSTAIN_SECONDS:-60}
 CONCURRENCY=${CONCURRENCY:-1024}
@@ -60,6 +62,9 @@ for nodes in 1 2; do
   done
   run "$LT" run "${common[@]}" --mix code_scan=40,qr=20,create_query=30,refund=10 --wallets wechat,alipay \
     --rate 500 --report "$REPORT_DIR/mix-${nodes}node-500"
+  for rate in $ONE_CODE_RATES; do
+    run "$LT" run "${common[@]}" --mix one_code --rate "$rate" --report "$REPORT_DIR/one-code-${nodes}node-$rate"
+  done
   run deploy/local/down.sh
 done
 
