@@ -71,9 +71,9 @@ pub struct AppState {
     /// Encrypts merchant secrets and channel credentials at rest.
     pub secrets: Arc<crypto::SecretBox>,
     /// The admin API's bearer token (configured, or generated into the data directory).
-    pub admin_token: Option<config::Secret>,
+    pub admin_token: Option<Arc<config::Secret>>,
     /// Per-merchant request rate limits on `/v1/*`.
     pub limiter: ratelimit::RateLimiter,
     /// Payment links `/p/{token}` (C2B without a wallet).
-    pub paylinks: paylink::PayLinks,
+    pub paylinks: Arc<paylink::PayLinks>,
 }

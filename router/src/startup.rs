@@ -179,9 +179,12 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             routes,
             secrets: secrets.clone(),
-            admin_token,
+            admin_token: admin_token.map(Arc::new),
             limiter,
-            paylinks: crate::paylink::PayLinks::new(&secrets, &config.public_base_url(addr)),
+            paylinks: Arc::new(crate::paylink::PayLinks::new(
+                &secrets,
+                &config.public_base_url(addr),
+            )),
         };
         let schedule =
             crate::reconciliation::scheduler::parse_schedule(&config.reconcile_schedule)?;

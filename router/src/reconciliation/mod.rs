@@ -1728,7 +1728,7 @@ pub async fn standalone_state(
         nonces: crate::auth::NonceStore::local(),
         metrics: crate::telemetry::metrics_handle(),
         routes,
-        paylinks: crate::paylink::PayLinks::new(&secrets, &base_url),
+        paylinks: Arc::new(crate::paylink::PayLinks::new(&secrets, &base_url)),
         secrets,
         admin_token: None,
         limiter: crate::ratelimit::RateLimiter::new(0, 0, None),
