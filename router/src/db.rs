@@ -53,7 +53,7 @@ impl Db {
             let options = PgConnectOptions::from_str(url).context("parse PostgreSQL URL")?;
             // No ping before every acquire: it was a round trip per query (6% of the node's CPU in
             // a code-scan profile); a connection that broke fails its statement, which callers
-            // already treat as a database error, and is not returned to the pool.
+            // already treat as a database error (503 `unavailable`, nothing written).
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(10))
