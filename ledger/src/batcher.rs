@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::store::pipeline::{self, PipelineStats, Planned, Turn, Turns};
 use crate::store::{KnownAccounts, Posted};
 use crate::types::{EntryResult, LedgerError, NewEntry, PostOptions};
 use crate::{LedgerPool, store};
@@ -31,8 +32,12 @@ pub struct LedgerConfig {
     pub attempts_max: u32,
     /// Batches in flight at once on PostgreSQL, each on its own connection (SQLite: always 1).
     pub committers: usize,
-    /// Account ids remembered as existing, so their specs are not sent to be opened again.
+    /// Account ids remembered as existing, so their specs are not sent to be opened again (and,
+    /// when pipelined, accounts whose balances are remembered as planned).
     pub known_accounts_max: usize,
+    /// PostgreSQL: batches take their balance locks last ([`crate::store::pipeline`]); otherwise
+    /// first, holding them while entries and postings are written.
+    pub pipelined: bool,
 }
 
 impl Default for LedgerConfig {
@@ -44,6 +49,7 @@ impl Default for LedgerConfig {
             attempts_max: 8,
             committers: 2,
             known_accounts_max: 1_000_000,
+            pipelined: true,
         }
     }
 }
@@ -57,14 +63,21 @@ struct Job {
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Job>,
+    planned: Arc<Planned>,
 }
 
 impl Ledger {
     /// Starts the worker. It stops when every handle has been dropped and the queue is drained.
     pub fn start(pool: LedgerPool, config: LedgerConfig) -> Ledger {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        tokio::spawn(worker(pool, config, rx));
-        Ledger { tx }
+        let planned = Arc::new(Planned::new(config.known_accounts_max));
+        tokio::spawn(worker(pool, config, rx, planned.clone()));
+        Ledger { tx, planned }
+    }
+
+    /// How the pipelined PostgreSQL path went so far (all zero on SQLite or when not pipelined).
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.planned.stats()
     }
 
     /// Posts `entries` (non-atomically: each entry gets its own result) and waits for the commit.
@@ -81,13 +94,20 @@ impl Ledger {
     }
 }
 
-async fn worker(pool: LedgerPool, config: LedgerConfig, mut rx: mpsc::Receiver<Job>) {
+async fn worker(
+    pool: LedgerPool,
+    config: LedgerConfig,
+    mut rx: mpsc::Receiver<Job>,
+    planned: Arc<Planned>,
+) {
     let committers = match pool {
         LedgerPool::Sqlite(_) => 1,
         LedgerPool::Postgres(_) => config.committers.clamp(1, 64),
     };
     let slots = Arc::new(Semaphore::new(committers));
     let known = Arc::new(KnownAccounts::new(config.known_accounts_max));
+    let mut turns = Turns::default();
+    let mut batch: u64 = 0;
     loop {
         // Gather only once a committer is free: while all are busy, submissions queue up and the
         // next batch grows.
@@ -113,9 +133,16 @@ async fn worker(pool: LedgerPool, config: LedgerConfig, mut rx: mpsc::Receiver<J
             count += job.entries.len();
             jobs.push(job);
         }
+        let pipeline = match &pool {
+            LedgerPool::Postgres(_) if config.pipelined => {
+                batch += 1;
+                Some((planned.clone(), turns.take(), batch))
+            }
+            _ => None,
+        };
         let (pool, known) = (pool.clone(), known.clone());
         tokio::spawn(async move {
-            commit_jobs(&pool, &config, &known, jobs).await;
+            commit_jobs(&pool, &config, &known, pipeline, jobs).await;
             drop(slot);
         });
     }
@@ -129,6 +156,7 @@ async fn commit_jobs(
     pool: &LedgerPool,
     config: &LedgerConfig,
     known: &KnownAccounts,
+    mut pipeline: Option<(Arc<Planned>, Turn, u64)>,
     jobs: Vec<Job>,
 ) {
     let mut entries: Vec<NewEntry> = Vec::with_capacity(jobs.iter().map(|j| j.entries.len()).sum());
@@ -137,7 +165,14 @@ async fn commit_jobs(
         replies.push((job.entries.len(), job.reply));
         entries.extend(job.entries);
     }
-    let mut outcome = post_batch(pool, &entries, known).await;
+    let mut outcome = match (&mut pipeline, pool) {
+        (Some((planned, turn, batch)), LedgerPool::Postgres(p)) => {
+            pipeline::post(p, &entries, known, planned, turn, *batch).await
+        }
+        _ => post_batch(pool, &entries, known).await,
+    };
+    // Later batches no longer wait for this one; a retry locks first.
+    let planned = pipeline.map(|(planned, _, batch)| (planned, batch));
     let mut attempt = 1;
     while let Err(err) = &outcome {
         if !err.is_retryable() || attempt >= config.attempts_max {
@@ -146,6 +181,9 @@ async fn commit_jobs(
         tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
         attempt += 1;
         outcome = post_batch(pool, &entries, known).await;
+        if let (Ok(posted), Some((planned, batch))) = (&outcome, &planned) {
+            planned.remember(*batch, &posted.balances);
+        }
     }
     match outcome {
         Ok(posted) => {

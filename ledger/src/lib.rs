@@ -29,6 +29,7 @@ pub mod store;
 pub mod types;
 
 pub use batcher::{Ledger, LedgerConfig};
+pub use store::pipeline::PipelineStats;
 pub use types::*;
 
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};

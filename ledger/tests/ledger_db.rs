@@ -391,8 +391,10 @@ async fn entries_round_trip_and_two_phase_resolves_with_batches_in_flight() {
     use paymux_model::EntryId;
 
     for t in pools().await {
+        // Small batches, several in flight: on PostgreSQL they plan on top of each other.
         let config = LedgerConfig {
-            committers: 3,
+            committers: 4,
+            batch_entries_max: 2,
             ..LedgerConfig::default()
         };
         let ledger = Ledger::start(t.pool.clone(), config);
@@ -593,5 +595,146 @@ async fn a_statement_between_two_times_lists_only_the_postings_effective_in_betw
             .await
             .unwrap();
         assert_eq!(next.lines[0].effective_at_us, 300);
+    }
+}
+
+/// Posts `entries` in a transaction of their own, as another writer of the same database would.
+async fn post_directly(pool: &LedgerPool, entries: &[paymux_ledger::NewEntry]) -> Vec<EntryResult> {
+    match pool {
+        LedgerPool::Sqlite(p) => {
+            let mut tx = p.begin().await.unwrap();
+            let r = paymux_ledger::post_sqlite(&mut tx, entries, PostOptions::default())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            r
+        }
+        LedgerPool::Postgres(p) => {
+            let mut tx = p.begin().await.unwrap();
+            let r = paymux_ledger::post_postgres(&mut tx, entries, PostOptions::default())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            r
+        }
+    }
+}
+
+/// The pipelined ledger plans against the balances it last wrote itself. When another writer
+/// changed an account in between, the batch's check fails, the batch is posted again under locks,
+/// and the answer is the one the real balance gives: a wallet holding 20 cannot pay 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_changed_by_another_writer_is_what_the_pipelined_ledger_checks_against() {
+    use paymux_ledger::queries::statement;
+    use paymux_model::WalletUserId;
+
+    for t in pools().await {
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        let (alice, bob, carol) = (
+            WalletUserId::new(),
+            WalletUserId::new(),
+            WalletUserId::new(),
+        );
+        let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), alice, "icbc", Money::cny(100), 1);
+        assert_eq!(
+            ledger.post(vec![top_up]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        // Another writer spends 80 of alice's 100 behind the ledger's back.
+        let spent = rules::wallet_transfer(uuid::Uuid::now_v7(), alice, bob, Money::cny(80), 2);
+        assert_eq!(
+            post_directly(&t.pool, &[spent]).await,
+            vec![EntryResult::Created]
+        );
+        let too_much =
+            rules::wallet_transfer(uuid::Uuid::now_v7(), alice, carol, Money::cny(50), 3);
+        let rest = rules::wallet_transfer(uuid::Uuid::now_v7(), alice, carol, Money::cny(20), 4);
+        assert_eq!(
+            ledger.post(vec![too_much, rest]).await.unwrap(),
+            vec![EntryResult::ExceedsCredits, EntryResult::Created],
+            "{}",
+            name(&t.pool)
+        );
+        let wallet = chart::wallet_balance(alice, Currency::Cny);
+        let b = balance_by_code(&t.pool, &wallet.code).await.unwrap();
+        assert_eq!(
+            (b.debits_posted, b.credits_posted),
+            (100, 100),
+            "{}",
+            name(&t.pool)
+        );
+        let lines = statement(&t.pool, wallet.id(), None, 100)
+            .await
+            .unwrap()
+            .lines;
+        let running: Vec<i128> = lines.iter().map(|l| l.running_balance_minor).collect();
+        assert_eq!(running, vec![100, 20, 0], "{}", name(&t.pool));
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&t.pool));
+        let stats = ledger.pipeline_stats();
+        match t.pool {
+            LedgerPool::Postgres(_) => assert_eq!(
+                (stats.locked_last, stats.checks_failed),
+                (1, 1),
+                "the top-up locked last; the payment failed its check and was posted again"
+            ),
+            LedgerPool::Sqlite(_) => assert_eq!(stats, Default::default()),
+        }
+    }
+}
+
+/// The same entry submitted by many callers at once, one batch each, several batches in flight:
+/// one caller gets `created`, the others `exists`, and it is posted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_entry_in_several_batches_in_flight_is_posted_once() {
+    use paymux_model::WalletUserId;
+
+    for t in pools().await {
+        let config = LedgerConfig {
+            batch_entries_max: 1,
+            committers: 4,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(t.pool.clone(), config);
+        let user = WalletUserId::new();
+        let twice = rules::wallet_top_up(uuid::Uuid::now_v7(), user, "icbc", Money::cny(500), 1);
+        let mut calls = Vec::new();
+        for i in 0..24 {
+            let ledger = ledger.clone();
+            let entry = if i % 2 == 0 {
+                twice.clone()
+            } else {
+                rules::wallet_top_up(uuid::Uuid::now_v7(), user, "icbc", Money::cny(1), 1)
+            };
+            calls.push(tokio::spawn(async move { ledger.post(vec![entry]).await }));
+        }
+        let mut created_twice = 0;
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.await.unwrap().unwrap();
+            if i % 2 == 0 {
+                assert!(
+                    matches!(r[0], EntryResult::Created | EntryResult::Exists),
+                    "{}: {r:?}",
+                    name(&t.pool)
+                );
+                created_twice += usize::from(r[0] == EntryResult::Created);
+            } else {
+                assert_eq!(r, vec![EntryResult::Created], "{}", name(&t.pool));
+            }
+        }
+        assert_eq!(created_twice, 1, "{}", name(&t.pool));
+        let wallet = chart::wallet_balance(user, Currency::Cny);
+        let b = balance_by_code(&t.pool, &wallet.code).await.unwrap();
+        assert_eq!(b.credits_posted, 500 + 12, "{}", name(&t.pool));
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&t.pool));
+        assert_eq!(report.entries, 13, "{}", name(&t.pool));
+        if let LedgerPool::Postgres(_) = t.pool {
+            let stats = ledger.pipeline_stats();
+            assert!(
+                stats.locked_first >= 1,
+                "a batch met the entry in flight in another: {stats:?}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use paymux_ledger::audit::{AuditOptions, audit};
 use paymux_ledger::{
@@ -37,9 +37,24 @@ struct Args {
     /// Concurrent connections for the naive ledger.
     #[arg(long, default_value_t = 16)]
     naive_connections: usize,
+    /// Batches in flight at once (default: the ledger's default).
+    #[arg(long)]
+    committers: Option<usize>,
+    /// Take balance locks first, holding them while entries and postings are written (the
+    /// ledger's path before pipelining), instead of last.
+    #[arg(long)]
+    locks_first: bool,
+    /// Loads to measure, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "uniform,hot-account,two-phase"
+    )]
+    loads: Vec<Load>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Load {
     Uniform,
     HotAccount,
@@ -129,12 +144,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "database {name}; {} s per measurement; batched: {} submitters × {} entries per call; naive: {} connections",
         args.seconds, args.submitters, args.chunk, args.naive_connections
     );
+    let defaults = LedgerConfig::default();
+    let config = LedgerConfig {
+        committers: args.committers.unwrap_or(defaults.committers),
+        pipelined: !args.locks_first,
+        ..defaults
+    };
+    println!(
+        "batched ledger: {} batches in flight, balance locks taken {}",
+        config.committers,
+        if config.pipelined { "last" } else { "first" }
+    );
+    let ledger = Ledger::start(LedgerPool::Postgres(pool.clone()), config);
     println!(
         "{:<12} {:>14} {:>10} {:>10} {:>14} {:>10} {:>10} {:>8}",
         "load", "batched e/s", "p50 ms", "p99 ms", "naive e/s", "p50 ms", "p99 ms", "ratio"
     );
-    let ledger = Ledger::start(LedgerPool::Postgres(pool.clone()), LedgerConfig::default());
-    for load in [Load::Uniform, Load::HotAccount, Load::TwoPhase] {
+
+    for &load in &args.loads {
         let batched = run_batched(&ledger, load, &args).await?;
         let naive = run_naive(&pool, load, &args).await?;
         let rate = |s: &Stats| s.entries as f64 / args.seconds as f64;
@@ -151,6 +178,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rate(&batched) / rate(&naive).max(1.0)
         );
     }
+    let stats = ledger.pipeline_stats();
+    println!(
+        "\nbatched ledger: {} batches took their balance locks last, {} first (an entry in flight \
+         twice), {} failed their balance check and were posted again",
+        stats.locked_last, stats.locked_first, stats.checks_failed
+    );
     let report = audit(&LedgerPool::Postgres(pool.clone()), AuditOptions::default()).await?;
     println!("\naudit of the batched ledger:\n{report}");
     pool.close().await;

@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod pg;
+pub mod pipeline;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -193,6 +194,9 @@ impl KnownAccounts {
 pub struct Posted {
     pub results: Vec<EntryResult>,
     pub accounts: Vec<Uuid>,
+    /// The standalone ledger's PostgreSQL path: every account the batch held, with its balances
+    /// after the batch.
+    pub balances: Vec<AccountState>,
 }
 
 /// The accounts a batch must lock: those named by postings plus the pending legs' accounts,

@@ -5,17 +5,21 @@
 
 use std::collections::HashMap;
 
+use paymux_model::AccountId;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::copy::CopyRows;
 use super::*;
-use crate::engine::{self, Plan};
+use crate::engine::{self, AccountState, Plan};
 
 const COPY_ENTRIES: &str = "COPY ledger_entries (id, phase, pending_id, timeout_ms, kind, reference, \
      effective_at_us, metadata, postings_digest, created_at_us) FROM STDIN (FORMAT binary)";
 const COPY_POSTINGS: &str = "COPY ledger_postings (entry_id, leg, account_id, is_credit, amount_minor, \
      is_pending, effective_at_us, debits_posted_after, credits_posted_after) FROM STDIN (FORMAT binary)";
+const COPY_POSTINGS_WITH_SEQ: &str = "COPY ledger_postings (entry_id, leg, account_id, is_credit, \
+     amount_minor, is_pending, effective_at_us, debits_posted_after, credits_posted_after, seq) \
+     FROM STDIN (FORMAT binary)";
 const COPY_PENDING: &str =
     "COPY ledger_pending (entry_id, timeout_at_us, state) FROM STDIN (FORMAT binary)";
 
@@ -109,6 +113,22 @@ pub async fn load_pendings(
 }
 
 pub async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), LedgerError> {
+    insert_rows(conn, plan, None).await?;
+    update_pendings(conn, plan, None).await?;
+    if !plan.accounts.is_empty() {
+        update_balances(conn, &plan.accounts, None).await?;
+    }
+    Ok(())
+}
+
+/// Inserts the plan's entries, postings and new holds (binary `COPY`). `seqs`, one per posting in
+/// application order, sets the postings' `seq` explicitly (the pipelined [`crate::Ledger`] reserves
+/// them in planning order); without it the column's identity assigns them.
+pub async fn insert_rows(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    seqs: Option<&[i64]>,
+) -> Result<(), LedgerError> {
     if !plan.entries.is_empty() {
         // Sorted by id: concurrent batches meet on the primary key in the same order.
         let mut rows: Vec<&engine::EntryRow> = plan.entries.iter().collect();
@@ -135,9 +155,10 @@ pub async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), LedgerErr
     }
     if !plan.postings.is_empty() {
         // Application order: `seq` follows it, so running balances read back in order.
-        let mut copy = CopyRows::with_capacity(plan.postings.len(), 120);
-        for p in &plan.postings {
-            copy.row(9)
+        let mut copy = CopyRows::with_capacity(plan.postings.len(), 132);
+        let fields = if seqs.is_some() { 10 } else { 9 };
+        for (i, p) in plan.postings.iter().enumerate() {
+            copy.row(fields)
                 .uuid(p.entry_id)
                 .i16(p.leg)
                 .uuid(p.account_id)
@@ -147,8 +168,16 @@ pub async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), LedgerErr
                 .i64(p.effective_at_us)
                 .i64(p.debits_posted_after)
                 .i64(p.credits_posted_after);
+            if let Some(seqs) = seqs {
+                copy.i64(seqs[i]);
+            }
         }
-        copy.send(conn, COPY_POSTINGS).await?;
+        let statement = if seqs.is_some() {
+            COPY_POSTINGS_WITH_SEQ
+        } else {
+            COPY_POSTINGS
+        };
+        copy.send(conn, statement).await?;
     }
     if !plan.pending_inserts.is_empty() {
         let mut rows = plan.pending_inserts.clone();
@@ -162,45 +191,165 @@ pub async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), LedgerErr
         }
         copy.send(conn, COPY_PENDING).await?;
     }
-    if !plan.pending_updates.is_empty() {
-        // A pending entry may be expired and then resolved in one batch: keep the last word.
-        let mut last: HashMap<Uuid, &engine::PendingUpdate> = HashMap::new();
-        for u in &plan.pending_updates {
-            last.insert(u.entry_id, u);
-        }
-        let mut rows: Vec<&engine::PendingUpdate> = last.into_values().collect();
-        rows.sort_by_key(|u| u.entry_id);
-        sqlx::query(
+    Ok(())
+}
+
+/// Writes the plan's changes of pending entries' states. With `expected` (each entry's state as
+/// the plan read it; absent: created by this batch, so open), a row changes only if it still has
+/// that state. Returns whether every row changed.
+pub async fn update_pendings(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    expected: Option<&HashMap<Uuid, engine::PendingState>>,
+) -> Result<bool, LedgerError> {
+    if plan.pending_updates.is_empty() {
+        return Ok(true);
+    }
+    // A pending entry may be expired and then resolved in one batch: keep the last word.
+    let mut last: HashMap<Uuid, &engine::PendingUpdate> = HashMap::new();
+    for u in &plan.pending_updates {
+        last.insert(u.entry_id, u);
+    }
+    let mut rows: Vec<&engine::PendingUpdate> = last.into_values().collect();
+    rows.sort_by_key(|u| u.entry_id);
+    let ids: Vec<Uuid> = rows.iter().map(|u| u.entry_id).collect();
+    let states: Vec<i16> = rows.iter().map(|u| u.state.code()).collect();
+    let by: Vec<Option<Uuid>> = rows.iter().map(|u| u.resolved_by).collect();
+    let at: Vec<i64> = rows.iter().map(|u| u.resolved_at_us).collect();
+    let done = match expected {
+        None => sqlx::query(
             "UPDATE ledger_pending p SET state = v.state, resolved_by = v.resolved_by, \
              resolved_at_us = v.resolved_at_us \
              FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::int8[]) \
                   AS v(entry_id, state, resolved_by, resolved_at_us) \
              WHERE p.entry_id = v.entry_id",
         )
-        .bind(rows.iter().map(|u| u.entry_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|u| u.state.code()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|u| u.resolved_by).collect::<Vec<_>>())
-        .bind(rows.iter().map(|u| u.resolved_at_us).collect::<Vec<_>>())
+        .bind(&ids)
+        .bind(&states)
+        .bind(&by)
+        .bind(&at)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected(),
+        Some(expected) => {
+            let was: Vec<i16> = ids
+                .iter()
+                .map(|id| {
+                    expected
+                        .get(id)
+                        .copied()
+                        .unwrap_or(engine::PendingState::Open)
+                        .code()
+                })
+                .collect();
+            sqlx::query(
+                "UPDATE ledger_pending p SET state = v.state, resolved_by = v.resolved_by, \
+                 resolved_at_us = v.resolved_at_us \
+                 FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::int8[], $5::int2[]) \
+                      AS v(entry_id, state, resolved_by, resolved_at_us, was) \
+                 WHERE p.entry_id = v.entry_id AND p.state = v.was",
+            )
+            .bind(&ids)
+            .bind(&states)
+            .bind(&by)
+            .bind(&at)
+            .bind(&was)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        }
+    };
+    Ok(done == ids.len() as u64)
+}
+
+/// Balances as four columns: debits posted, credits posted, debits pending, credits pending.
+pub type Balances = [i64; 4];
+
+pub fn balances(a: &engine::AccountState) -> Balances {
+    [
+        a.debits_posted,
+        a.credits_posted,
+        a.debits_pending,
+        a.credits_pending,
+    ]
+}
+
+/// Writes each account's balances once. With `expected` (one per account, in the same order), the
+/// write is a check as well: under READ COMMITTED an `UPDATE` waits for a concurrent writer of a
+/// row and then works on the version it committed, so each row is compared with its expected
+/// balances there (not in the `WHERE`, which would compare against the statement's snapshot); a
+/// row that differs gets `debits_posted = -1`, a value no real balance has, and the caller, told
+/// that not every row matched, rolls the transaction back. Returns whether every row matched.
+pub async fn update_balances(
+    conn: &mut PgConnection,
+    accounts: &[engine::AccountState],
+    expected: Option<&[Balances]>,
+) -> Result<bool, LedgerError> {
+    let a = accounts;
+    let ids: Vec<Uuid> = a.iter().map(|r| r.id.into_uuid()).collect();
+    match expected {
+        None => {
+            let done = sqlx::query(
+                "UPDATE ledger_accounts a SET debits_posted = v.dp, credits_posted = v.cp, \
+                 debits_pending = v.dpe, credits_pending = v.cpe \
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) \
+                      AS v(id, dp, cp, dpe, cpe) WHERE a.id = v.id",
+            )
+            .bind(&ids)
+            .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(done == ids.len() as u64)
+        }
+        Some(was) => {
+            let (matched, total): (i64, i64) = sqlx::query_as(
+                "WITH u AS ( \
+                   UPDATE ledger_accounts a SET \
+                     debits_posted = CASE WHEN a.debits_posted = v.wdp AND a.credits_posted = v.wcp \
+                       AND a.debits_pending = v.wdpe AND a.credits_pending = v.wcpe \
+                       THEN v.dp ELSE -1 END, \
+                     credits_posted = v.cp, debits_pending = v.dpe, credits_pending = v.cpe \
+                   FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+                               $6::int8[], $7::int8[], $8::int8[], $9::int8[]) \
+                        AS v(id, dp, cp, dpe, cpe, wdp, wcp, wdpe, wcpe) \
+                   WHERE a.id = v.id RETURNING a.debits_posted) \
+                 SELECT count(*) FILTER (WHERE debits_posted >= 0), count(*) FROM u",
+            )
+            .bind(&ids)
+            .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
+            .bind(was.iter().map(|b| b[0]).collect::<Vec<_>>())
+            .bind(was.iter().map(|b| b[1]).collect::<Vec<_>>())
+            .bind(was.iter().map(|b| b[2]).collect::<Vec<_>>())
+            .bind(was.iter().map(|b| b[3]).collect::<Vec<_>>())
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(matched == total && total == ids.len() as i64)
+        }
     }
-    if !plan.accounts.is_empty() {
-        let a = &plan.accounts;
-        sqlx::query(
-            "UPDATE ledger_accounts a SET debits_posted = v.dp, credits_posted = v.cp, \
-             debits_pending = v.dpe, credits_pending = v.cpe \
-             FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) \
-                  AS v(id, dp, cp, dpe, cpe) WHERE a.id = v.id",
-        )
-        .bind(a.iter().map(|r| r.id.into_uuid()).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
-        .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+}
+
+/// Reads accounts without locking them (the pipelined [`crate::Ledger`] plans against these and
+/// verifies them when it writes).
+pub async fn read_accounts(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<RawAccount>, LedgerError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    Ok(sqlx::query_as::<_, RawAccount>(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// The posting path on one PostgreSQL connection inside the caller's transaction.
@@ -227,6 +376,7 @@ pub async fn post_known(
         return Ok(Posted {
             results: Vec::new(),
             accounts: Vec::new(),
+            balances: Vec::new(),
         });
     }
     let now = opts.now_us.unwrap_or_else(now_us);
@@ -250,6 +400,12 @@ pub async fn post_known(
     };
     let accounts = accounts_map(lock_accounts(conn, &lock).await?)?;
     let found: Vec<Uuid> = accounts.keys().map(|a| a.into_uuid()).collect();
+    // The standalone ledger remembers every locked account's balances after the batch.
+    let mut locked: HashMap<AccountId, AccountState> = if known.is_some() {
+        accounts.clone()
+    } else {
+        HashMap::new()
+    };
     // Whoever changes a pending entry's state holds its accounts' locks, which we now hold.
     let pendings = if needs.pending_ids.is_empty() {
         HashMap::new()
@@ -262,9 +418,15 @@ pub async fn post_known(
     };
     let plan = engine::plan(entries, accounts, pendings, existing, opts, now);
     write(conn, &plan).await?;
+    for a in &plan.accounts {
+        if let Some(slot) = locked.get_mut(&a.id) {
+            *slot = a.clone();
+        }
+    }
     Ok(Posted {
         results: plan.results,
         accounts: found,
+        balances: locked.into_values().collect(),
     })
 }
 

@@ -215,6 +215,7 @@ pub async fn post_known(
         return Ok(Posted {
             results: Vec::new(),
             accounts: Vec::new(),
+            balances: Vec::new(),
         });
     }
     let now = opts.now_us.unwrap_or_else(now_us);
@@ -244,6 +245,7 @@ pub async fn post_known(
     Ok(Posted {
         results: plan.results,
         accounts: found,
+        balances: Vec::new(),
     })
 }
 
