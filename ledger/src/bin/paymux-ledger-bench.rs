@@ -29,8 +29,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Concurrent submitters for the batched ledger (each submits `chunk` entries per call).
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent submitters for the batched ledger (each submits `chunk` entries per call); by
+    /// default as many as the naive ledger's connections.
+    #[arg(long, default_value_t = 16)]
     submitters: usize,
     #[arg(long, default_value_t = 512)]
     chunk: usize,
@@ -162,7 +163,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     for &load in &args.loads {
+        // Like pgbench: vacuum before each measurement, so that the cleanup of the previous one
+        // does not land inside it.
+        sqlx::query("VACUUM (ANALYZE)").execute(&pool).await?;
         let batched = run_batched(&ledger, load, &args).await?;
+        sqlx::query("VACUUM (ANALYZE)").execute(&pool).await?;
         let naive = run_naive(&pool, load, &args).await?;
         let rate = |s: &Stats| s.entries as f64 / args.seconds as f64;
         let ms = |s: &Stats, q: f64| s.latency_us.value_at_quantile(q) as f64 / 1000.0;
@@ -187,7 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let report = audit(&LedgerPool::Postgres(pool.clone()), AuditOptions::default()).await?;
     println!("\naudit of the batched ledger:\n{report}");
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}"))
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&admin)
         .await?;
     anyhow::ensure!(report.is_clean(), "audit found breaches");
