@@ -355,6 +355,7 @@ async fn two_processes_and_this_one_posting_to_one_hot_account_lose_nothing() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            eprintln!("{}: writer {v}", name(&pool));
             gross += v["gross_minor"].as_i64().unwrap();
             entries += v["entries"].as_i64().unwrap();
         }

@@ -186,7 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stats = ledger.pipeline_stats();
     println!(
         "\nbatched ledger: {} batches took their balance locks last, {} first (an entry in flight \
-         twice), {} failed their balance check and were posted again",
+         twice, or after a failed check), {} failed their balance check and were posted again",
         stats.locked_last, stats.locked_first, stats.checks_failed
     );
     let report = audit(&LedgerPool::Postgres(pool.clone()), AuditOptions::default()).await?;

@@ -1,7 +1,8 @@
 //! `paymux-ledger-writer`: posts payment entries crediting one merchant's payable account through the
 //! batched ledger, from its own process. Several of these (and the platform itself) may post to the
 //! same database at once; the ledger's tests start two to check that nothing is lost between
-//! processes. Prints `{"entries": N, "gross_minor": G}` when done.
+//! processes. Prints `{"entries": N, "gross_minor": G, …}` when done, with how its batches took
+//! their balance locks (PostgreSQL).
 
 use std::str::FromStr;
 
@@ -98,9 +99,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         entries += e;
         gross += g;
     }
+    let stats = ledger.pipeline_stats();
     println!(
         "{}",
-        serde_json::json!({"entries": entries, "gross_minor": gross})
+        serde_json::json!({
+            "entries": entries,
+            "gross_minor": gross,
+            "batches_locked_last": stats.locked_last,
+            "batches_locked_first": stats.locked_first,
+            "batches_failed_check": stats.checks_failed,
+        })
     );
     Ok(())
 }

@@ -16,7 +16,9 @@
 //! Everything between the turns — inserting entries, postings and holds — overlaps with the
 //! previous batch's update and commit. When a check fails (another writer changed an account, or
 //! an earlier batch failed), the batch rolls back and is posted again the classic way (locks
-//! first), as is a batch that names an entry or a pending entry a batch in flight also names.
+//! first), as is a batch that names an entry or a pending entry a batch in flight also names. After
+//! a failed check the next 32 batches lock first too: another writer posting to the same accounts
+//! would make most of them fail theirs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +40,13 @@ pub struct Planned {
     inner: Mutex<Inner>,
     max_accounts: usize,
     stats: Counters,
+    /// Batches numbered up to this one lock first: a check failed shortly before, so another
+    /// writer is posting to the same accounts and planning ahead would mostly be wasted.
+    locks_first_through: AtomicU64,
 }
+
+/// Batches that lock first after a failed check, before planning ahead is tried again.
+const LOCKS_FIRST_AFTER_FAILED_CHECK: u64 = 32;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -53,7 +61,8 @@ pub struct PipelineStats {
     /// Batches committed with their locks taken last.
     pub locked_last: u64,
     /// Batches posted locks-first because they named an entry or a pending entry that a batch
-    /// in flight also named (or a pending entry not found).
+    /// in flight also named (or a pending entry not found), or because a check failed during the
+    /// previous 32 batches (another writer is posting to the same accounts).
     pub locked_first: u64,
     /// Batches whose check found balances other than those planned against, rolled back and
     /// posted again locks-first.
@@ -74,6 +83,7 @@ impl Planned {
             inner: Mutex::default(),
             max_accounts,
             stats: Counters::default(),
+            locks_first_through: AtomicU64::new(0),
         }
     }
 
@@ -287,7 +297,11 @@ pub async fn post(
         .chain(&needs.pending_ids)
         .copied()
         .collect();
-    if raw_pendings.len() < needs.pending_ids.len() || planned.conflicts(ids.iter().copied()) {
+    let backing_off = batch <= planned.locks_first_through.load(Ordering::Relaxed);
+    if backing_off
+        || raw_pendings.len() < needs.pending_ids.len()
+        || planned.conflicts(ids.iter().copied())
+    {
         tx.rollback().await?;
         planned.stats.locked_first.fetch_add(1, Ordering::Relaxed);
         turn.wait_locked().await;
@@ -351,6 +365,9 @@ pub async fn post(
     if !held {
         tx.rollback().await?;
         planned.stats.checks_failed.fetch_add(1, Ordering::Relaxed);
+        planned
+            .locks_first_through
+            .fetch_max(batch + LOCKS_FIRST_AFTER_FAILED_CHECK, Ordering::Relaxed);
         drop(pending);
         // Batches planned on top of this one fail their check the same way and post again too.
         let posted = classic(pool, entries, known).await?;
