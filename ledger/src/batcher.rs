@@ -231,6 +231,11 @@ async fn post_batch(
         }
         LedgerPool::Postgres(p) => {
             let mut tx = p.begin().await?;
+            // Other batches of this process may be waiting on each other outside PostgreSQL's
+            // sight (the pipelined path): a lock wait that long fails and is retried.
+            sqlx::query("SET LOCAL lock_timeout = '5s'")
+                .execute(&mut *tx)
+                .await?;
             let results =
                 store::pg::post_known(&mut tx, entries, PostOptions::default(), Some(known))
                     .await?;

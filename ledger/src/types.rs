@@ -383,17 +383,22 @@ pub enum LedgerError {
     AccountNotFound(String),
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    /// Another writer changed what the batch read while it was reading; retrying reads it whole.
+    #[error("concurrent change: {0}")]
+    Concurrent(String),
 }
 
 impl LedgerError {
-    /// Deadlock, serialization failure or a unique violation from a concurrent writer of the same
-    /// entry id: retrying the whole batch in a new transaction is safe.
+    /// Deadlock, serialization failure, a lock wait past `lock_timeout`, a unique violation from a
+    /// concurrent writer of the same entry id, or a concurrent change seen while reading: retrying
+    /// the whole batch in a new transaction is safe.
     pub fn is_retryable(&self) -> bool {
         match self {
             LedgerError::Database(sqlx::Error::Database(e)) => matches!(
                 e.code().as_deref(),
-                Some("40P01" | "40001" | "23505" | "5" | "6" | "517" | "2067" | "1555")
+                Some("40P01" | "40001" | "55P03" | "23505" | "5" | "6" | "517" | "2067" | "1555")
             ),
+            LedgerError::Concurrent(_) => true,
             LedgerError::Database(sqlx::Error::PoolTimedOut) => true,
             _ => false,
         }

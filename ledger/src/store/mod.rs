@@ -127,12 +127,20 @@ pub fn pendings_map(
     states
         .into_iter()
         .map(|s| {
+            // A pending entry has at least two legs. None were read: it was committed between
+            // the read of the legs and the read of the states (PostgreSQL, two statements).
+            let legs = by_entry.remove(&s.entry_id).ok_or_else(|| {
+                LedgerError::Concurrent(format!(
+                    "pending entry {} appeared while it was being read",
+                    s.entry_id
+                ))
+            })?;
             Ok((
                 s.entry_id,
                 PendingInfo {
                     timeout_at_us: s.timeout_at_us,
                     state: PendingState::from_code(s.state)?,
-                    legs: by_entry.remove(&s.entry_id).unwrap_or_default(),
+                    legs,
                 },
             ))
         })

@@ -273,6 +273,16 @@ pub async fn post(
         pg::open_accounts(&mut conn, &needs.specs, now).await?;
     }
     let mut tx = pool.begin().await?;
+    // A lock wait past `lock_timeout` fails the batch (retried locks-first), so no cycle of waits
+    // through this process's turns, which PostgreSQL cannot see, lasts. Nested loops over the
+    // sorted id arrays make the balance update lock its rows in id order, as `lock_accounts` does.
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '5s', true), \
+                set_config('enable_hashjoin', 'off', true), \
+                set_config('enable_mergejoin', 'off', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
     let legs = if needs.pending_ids.is_empty() {
         Vec::new()
     } else {
@@ -359,8 +369,10 @@ pub async fn post(
 
     pg::insert_rows(&mut tx, &plan, Some(&seqs)).await?;
     turn.wait_locked().await;
-    let held = pg::update_pendings(&mut tx, &plan, Some(&pending_before)).await?
-        && pg::update_balances(&mut tx, &after, Some(&expected)).await?;
+    // Balances first, then pending entries: the order in which the locks-first path takes them.
+    let held = pg::update_balances(&mut tx, &after, Some(&expected)).await?
+        && pg::update_pendings(&mut tx, &plan, Some(&pending_before)).await?
+        && check_pendings(&mut tx, &plan, &pending_before).await?;
     turn.give_locked();
     if !held {
         tx.rollback().await?;
@@ -368,10 +380,13 @@ pub async fn post(
         planned
             .locks_first_through
             .fetch_max(batch + LOCKS_FIRST_AFTER_FAILED_CHECK, Ordering::Relaxed);
-        drop(pending);
-        // Batches planned on top of this one fail their check the same way and post again too.
+        // Forget the balances now; the ids stay in flight until the batch is posted again, so a
+        // later batch naming one of them waits for this one's outcome. Batches planned on top of
+        // this one fail their check the same way and post again too.
+        planned.forget(batch, &pending.accounts, &[]);
         let posted = classic(pool, entries, known).await?;
         planned.remember(batch, &posted.balances);
+        pending.committed = true;
         return Ok(posted);
     }
     tx.commit().await?;
@@ -384,6 +399,38 @@ pub async fn post(
     })
 }
 
+/// The pending entries the plan read but does not change must still be in the state it read
+/// (an entry posted meanwhile would have made a void answer something else): a no-op update that
+/// locks each one and compares its state there, as [`pg::update_pendings`] does for those it
+/// changes.
+async fn check_pendings(
+    conn: &mut sqlx::PgConnection,
+    plan: &engine::Plan,
+    read: &HashMap<Uuid, PendingState>,
+) -> Result<bool, LedgerError> {
+    let changed: std::collections::HashSet<Uuid> =
+        plan.pending_updates.iter().map(|u| u.entry_id).collect();
+    let (ids, was): (Vec<Uuid>, Vec<i16>) = read
+        .iter()
+        .filter(|(id, _)| !changed.contains(id))
+        .map(|(id, state)| (*id, state.code()))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let done = sqlx::query(
+        "UPDATE ledger_pending p SET state = p.state \
+         FROM UNNEST($1::uuid[], $2::int2[]) AS v(entry_id, was) \
+         WHERE p.entry_id = v.entry_id AND p.state = v.was",
+    )
+    .bind(&ids)
+    .bind(&was)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(done == ids.len() as u64)
+}
+
 /// Locks first, in its own transaction.
 pub async fn classic(
     pool: &PgPool,
@@ -391,6 +438,9 @@ pub async fn classic(
     known: &KnownAccounts,
 ) -> Result<Posted, LedgerError> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
     let posted = pg::post_known(&mut tx, entries, PostOptions::default(), Some(known)).await?;
     tx.commit().await?;
     Ok(posted)
