@@ -219,3 +219,42 @@ pub fn lock_set(account_ids: &[AccountId], legs: &[RawLeg]) -> Vec<Uuid> {
     ids.dedup();
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_entry_read_without_its_legs_is_a_retryable_concurrent_change() {
+        let id = Uuid::now_v7();
+        let states = vec![RawPending {
+            entry_id: id,
+            timeout_at_us: 1,
+            state: 0,
+        }];
+        let err = pendings_map(Vec::new(), states).unwrap_err();
+        assert!(matches!(err, LedgerError::Concurrent(_)), "{err}");
+        assert!(err.is_retryable());
+        let legs = vec![
+            RawLeg {
+                entry_id: id,
+                account_id: Uuid::now_v7(),
+                is_credit: false,
+                amount_minor: 5,
+            },
+            RawLeg {
+                entry_id: id,
+                account_id: Uuid::now_v7(),
+                is_credit: true,
+                amount_minor: 5,
+            },
+        ];
+        let states = vec![RawPending {
+            entry_id: id,
+            timeout_at_us: 1,
+            state: 0,
+        }];
+        let map = pendings_map(legs, states).unwrap();
+        assert_eq!(map[&id].legs.len(), 2);
+    }
+}
