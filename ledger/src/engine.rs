@@ -45,6 +45,8 @@ pub struct AccountState {
     pub credits_posted: i64,
     pub debits_pending: i64,
     pub credits_pending: i64,
+    /// Writes of the row so far (PostgreSQL; 0 on SQLite). Not part of the books.
+    pub version: i64,
 }
 
 impl AccountState {
@@ -59,6 +61,7 @@ impl AccountState {
             credits_posted: 0,
             debits_pending: 0,
             credits_pending: 0,
+            version: 0,
         }
     }
 

@@ -747,3 +747,76 @@ async fn one_entry_in_several_batches_in_flight_is_posted_once() {
         }
     }
 }
+
+/// Another writer holds money on an account and releases it again between two of the pipelined
+/// ledger's batches: the balances are back where they were, but the row was written, so the next
+/// batch's check fails (it compares the row's version too) and the batch is posted locks-first,
+/// after that writer's postings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_made_and_released_by_another_writer_fails_the_pipelined_check() {
+    use paymux_ledger::{EntryKind, NewEntry, NewPosting, Phase};
+    use paymux_model::{EntryId, WalletUserId};
+
+    for t in pools().await {
+        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
+        let (alice, bob, carol) = (
+            WalletUserId::new(),
+            WalletUserId::new(),
+            WalletUserId::new(),
+        );
+        let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), alice, "icbc", Money::cny(100), 1);
+        assert_eq!(
+            ledger.post(vec![top_up]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        let (from, to) = (
+            chart::wallet_balance(alice, Currency::Cny),
+            chart::wallet_balance(bob, Currency::Cny),
+        );
+        let hold = NewEntry::posted(
+            EntryId::new(),
+            EntryKind::WalletTransfer,
+            None,
+            2,
+            vec![
+                NewPosting::debit(from.clone(), Money::cny(30)),
+                NewPosting::credit(to, Money::cny(30)),
+            ],
+        )
+        .with_phase(Phase::Pending { timeout_ms: 60_000 });
+        let release = NewEntry::posted(EntryId::new(), EntryKind::WalletTransfer, None, 3, vec![])
+            .with_phase(Phase::VoidPending {
+                pending_id: hold.id,
+            });
+        assert_eq!(
+            post_directly(&t.pool, &[hold]).await,
+            vec![EntryResult::Created]
+        );
+        assert_eq!(
+            post_directly(&t.pool, &[release]).await,
+            vec![EntryResult::Created]
+        );
+        let pay = rules::wallet_transfer(uuid::Uuid::now_v7(), alice, carol, Money::cny(10), 4);
+        assert_eq!(
+            ledger.post(vec![pay]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        let b = balance_by_code(&t.pool, &from.code).await.unwrap();
+        assert_eq!(
+            (b.debits_posted, b.credits_posted, b.debits_pending),
+            (10, 100, 0),
+            "{}",
+            name(&t.pool)
+        );
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&t.pool));
+        if let LedgerPool::Postgres(_) = t.pool {
+            let stats = ledger.pipeline_stats();
+            assert_eq!(
+                (stats.locked_last, stats.checks_failed),
+                (1, 1),
+                "the payment's check saw the row written meanwhile"
+            );
+        }
+    }
+}

@@ -17,6 +17,9 @@ use crate::types::*;
 
 pub const ACCOUNT_COLUMNS: &str = "id, code, kind, currency, flags, debits_posted, credits_posted, \
      debits_pending, credits_pending";
+/// [`ACCOUNT_COLUMNS`] and the row's write count, which only PostgreSQL keeps.
+pub const PG_ACCOUNT_COLUMNS: &str = "id, code, kind, currency, flags, debits_posted, credits_posted, \
+     debits_pending, credits_pending, version";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct RawAccount {
@@ -29,6 +32,9 @@ pub struct RawAccount {
     pub credits_posted: i64,
     pub debits_pending: i64,
     pub credits_pending: i64,
+    /// Read on PostgreSQL only ([`PG_ACCOUNT_COLUMNS`]).
+    #[sqlx(default)]
+    pub version: i64,
 }
 
 impl RawAccount {
@@ -46,6 +52,7 @@ impl RawAccount {
             credits_posted: self.credits_posted,
             debits_pending: self.debits_pending,
             credits_pending: self.credits_pending,
+            version: self.version,
         })
     }
 }

@@ -67,7 +67,7 @@ pub async fn lock_accounts(
     sorted_ids: &[Uuid],
 ) -> Result<Vec<RawAccount>, LedgerError> {
     Ok(sqlx::query_as::<_, RawAccount>(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT {PG_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     ))
     .bind(sorted_ids)
     .fetch_all(&mut *conn)
@@ -262,8 +262,9 @@ pub async fn update_pendings(
     Ok(done == ids.len() as u64)
 }
 
-/// Balances as four columns: debits posted, credits posted, debits pending, credits pending.
-pub type Balances = [i64; 4];
+/// A row's balances and version: debits posted, credits posted, debits pending, credits pending,
+/// version.
+pub type Balances = [i64; 5];
 
 pub fn balances(a: &engine::AccountState) -> Balances {
     [
@@ -271,11 +272,12 @@ pub fn balances(a: &engine::AccountState) -> Balances {
         a.credits_posted,
         a.debits_pending,
         a.credits_pending,
+        a.version,
     ]
 }
 
-/// Writes each account's balances once. With `expected` (one per account, in the same order), the
-/// write is a check as well: under READ COMMITTED an `UPDATE` waits for a concurrent writer of a
+/// Writes each account's balances once and bumps its version. With `expected` (one per account, in
+/// the same order), the write is a check as well: under READ COMMITTED an `UPDATE` waits for a concurrent writer of a
 /// row and then works on the version it committed, so each row is compared with its expected
 /// balances there (not in the `WHERE`, which would compare against the statement's snapshot); a
 /// row that differs gets `debits_posted = -1`, a value no real balance has, and the caller, told
@@ -291,7 +293,7 @@ pub async fn update_balances(
         None => {
             let done = sqlx::query(
                 "UPDATE ledger_accounts a SET debits_posted = v.dp, credits_posted = v.cp, \
-                 debits_pending = v.dpe, credits_pending = v.cpe \
+                 debits_pending = v.dpe, credits_pending = v.cpe, version = a.version + 1 \
                  FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) \
                       AS v(id, dp, cp, dpe, cpe) WHERE a.id = v.id",
             )
@@ -309,13 +311,14 @@ pub async fn update_balances(
             let (matched, total): (i64, i64) = sqlx::query_as(
                 "WITH u AS ( \
                    UPDATE ledger_accounts a SET \
-                     debits_posted = CASE WHEN a.debits_posted = v.wdp AND a.credits_posted = v.wcp \
-                       AND a.debits_pending = v.wdpe AND a.credits_pending = v.wcpe \
-                       THEN v.dp ELSE -1 END, \
-                     credits_posted = v.cp, debits_pending = v.dpe, credits_pending = v.cpe \
+                     debits_posted = CASE WHEN a.version = v.wv AND a.debits_posted = v.wdp \
+                       AND a.credits_posted = v.wcp AND a.debits_pending = v.wdpe \
+                       AND a.credits_pending = v.wcpe THEN v.dp ELSE -1 END, \
+                     credits_posted = v.cp, debits_pending = v.dpe, credits_pending = v.cpe, \
+                     version = a.version + 1 \
                    FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
-                               $6::int8[], $7::int8[], $8::int8[], $9::int8[]) \
-                        AS v(id, dp, cp, dpe, cpe, wdp, wcp, wdpe, wcpe) \
+                               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[]) \
+                        AS v(id, dp, cp, dpe, cpe, wdp, wcp, wdpe, wcpe, wv) \
                    WHERE a.id = v.id RETURNING a.debits_posted) \
                  SELECT count(*) FILTER (WHERE debits_posted >= 0), count(*) FROM u",
             )
@@ -328,6 +331,7 @@ pub async fn update_balances(
             .bind(was.iter().map(|b| b[1]).collect::<Vec<_>>())
             .bind(was.iter().map(|b| b[2]).collect::<Vec<_>>())
             .bind(was.iter().map(|b| b[3]).collect::<Vec<_>>())
+            .bind(was.iter().map(|b| b[4]).collect::<Vec<_>>())
             .fetch_one(&mut *conn)
             .await?;
             Ok(matched == total && total == ids.len() as i64)
@@ -345,7 +349,7 @@ pub async fn read_accounts(
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as::<_, RawAccount>(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1)"
+        "SELECT {PG_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = ANY($1)"
     ))
     .bind(ids)
     .fetch_all(&mut *conn)
@@ -420,7 +424,11 @@ pub async fn post_known(
     write(conn, &plan).await?;
     for a in &plan.accounts {
         if let Some(slot) = locked.get_mut(&a.id) {
-            *slot = a.clone();
+            // `write` bumped the version of each account it wrote.
+            *slot = AccountState {
+                version: slot.version + 1,
+                ..a.clone()
+            };
         }
     }
     Ok(Posted {

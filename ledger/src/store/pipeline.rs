@@ -353,9 +353,14 @@ pub async fn post(
     let changed: HashMap<AccountId, &AccountState> =
         plan.accounts.iter().map(|a| (a.id, a)).collect();
     let expected: Vec<Balances> = initial.iter().map(pg::balances).collect();
+    // Every account of the batch is written (and its version bumped), changed or not.
     let after: Vec<AccountState> = initial
         .into_iter()
-        .map(|a| changed.get(&a.id).map_or(a, |c| (*c).clone()))
+        .map(|a| {
+            let version = a.version + 1;
+            let a = changed.get(&a.id).map_or(a, |c| (*c).clone());
+            AccountState { version, ..a }
+        })
         .collect();
     planned.record(batch, &after, &ids);
     let mut pending = Pending {
