@@ -629,26 +629,35 @@ async fn post_directly(pool: &LedgerPool, entries: &[paymux_ledger::NewEntry]) -
     }
 }
 
+/// A ledger with default config, and three wallet users of whom the first was topped up with 100
+/// through it (one batch).
+async fn a_ledger_and_alice_with_100(
+    pool: &LedgerPool,
+) -> (Ledger, [paymux_model::WalletUserId; 3]) {
+    use paymux_model::WalletUserId;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default());
+    let users = [
+        WalletUserId::new(),
+        WalletUserId::new(),
+        WalletUserId::new(),
+    ];
+    let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), users[0], "icbc", Money::cny(100), 1);
+    assert_eq!(
+        ledger.post(vec![top_up]).await.unwrap(),
+        vec![EntryResult::Created]
+    );
+    (ledger, users)
+}
+
 /// The pipelined ledger plans against the balances it last wrote itself. When another writer
 /// changed an account in between, the batch's check fails, the batch is posted again under locks,
 /// and the answer is the one the real balance gives: a wallet holding 20 cannot pay 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balance_changed_by_another_writer_is_what_the_pipelined_ledger_checks_against() {
     use paymux_ledger::queries::statement;
-    use paymux_model::WalletUserId;
 
     for t in pools().await {
-        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
-        let (alice, bob, carol) = (
-            WalletUserId::new(),
-            WalletUserId::new(),
-            WalletUserId::new(),
-        );
-        let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), alice, "icbc", Money::cny(100), 1);
-        assert_eq!(
-            ledger.post(vec![top_up]).await.unwrap(),
-            vec![EntryResult::Created]
-        );
+        let (ledger, [alice, bob, carol]) = a_ledger_and_alice_with_100(&t.pool).await;
         // Another writer spends 80 of alice's 100 behind the ledger's back.
         let spent = rules::wallet_transfer(uuid::Uuid::now_v7(), alice, bob, Money::cny(80), 2);
         assert_eq!(
@@ -755,20 +764,10 @@ async fn one_entry_in_several_batches_in_flight_is_posted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_made_and_released_by_another_writer_fails_the_pipelined_check() {
     use paymux_ledger::{EntryKind, NewEntry, NewPosting, Phase};
-    use paymux_model::{EntryId, WalletUserId};
+    use paymux_model::EntryId;
 
     for t in pools().await {
-        let ledger = Ledger::start(t.pool.clone(), LedgerConfig::default());
-        let (alice, bob, carol) = (
-            WalletUserId::new(),
-            WalletUserId::new(),
-            WalletUserId::new(),
-        );
-        let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), alice, "icbc", Money::cny(100), 1);
-        assert_eq!(
-            ledger.post(vec![top_up]).await.unwrap(),
-            vec![EntryResult::Created]
-        );
+        let (ledger, [alice, bob, carol]) = a_ledger_and_alice_with_100(&t.pool).await;
         let (from, to) = (
             chart::wallet_balance(alice, Currency::Cny),
             chart::wallet_balance(bob, Currency::Cny),

@@ -216,49 +216,33 @@ pub async fn update_pendings(
     let states: Vec<i16> = rows.iter().map(|u| u.state.code()).collect();
     let by: Vec<Option<Uuid>> = rows.iter().map(|u| u.resolved_by).collect();
     let at: Vec<i64> = rows.iter().map(|u| u.resolved_at_us).collect();
-    let done = match expected {
-        None => sqlx::query(
-            "UPDATE ledger_pending p SET state = v.state, resolved_by = v.resolved_by, \
-             resolved_at_us = v.resolved_at_us \
-             FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::int8[]) \
-                  AS v(entry_id, state, resolved_by, resolved_at_us) \
-             WHERE p.entry_id = v.entry_id",
-        )
-        .bind(&ids)
-        .bind(&states)
-        .bind(&by)
-        .bind(&at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        Some(expected) => {
-            let was: Vec<i16> = ids
-                .iter()
-                .map(|id| {
-                    expected
-                        .get(id)
-                        .copied()
-                        .unwrap_or(engine::PendingState::Open)
-                        .code()
-                })
-                .collect();
-            sqlx::query(
-                "UPDATE ledger_pending p SET state = v.state, resolved_by = v.resolved_by, \
-                 resolved_at_us = v.resolved_at_us \
-                 FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::int8[], $5::int2[]) \
-                      AS v(entry_id, state, resolved_by, resolved_at_us, was) \
-                 WHERE p.entry_id = v.entry_id AND p.state = v.was",
-            )
-            .bind(&ids)
-            .bind(&states)
-            .bind(&by)
-            .bind(&at)
-            .bind(&was)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-        }
-    };
+    // NULL: no expectation, the row changes whatever its state.
+    let was: Vec<Option<i16>> = ids
+        .iter()
+        .map(|id| {
+            expected.map(|e| {
+                e.get(id)
+                    .copied()
+                    .unwrap_or(engine::PendingState::Open)
+                    .code()
+            })
+        })
+        .collect();
+    let done = sqlx::query(
+        "UPDATE ledger_pending p SET state = v.state, resolved_by = v.resolved_by, \
+         resolved_at_us = v.resolved_at_us \
+         FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::int8[], $5::int2[]) \
+              AS v(entry_id, state, resolved_by, resolved_at_us, was) \
+         WHERE p.entry_id = v.entry_id AND (v.was IS NULL OR p.state = v.was)",
+    )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&by)
+    .bind(&at)
+    .bind(&was)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     Ok(done == ids.len() as u64)
 }
 
@@ -276,12 +260,13 @@ pub fn balances(a: &engine::AccountState) -> Balances {
     ]
 }
 
-/// Writes each account's balances once and bumps its version. With `expected` (one per account, in
-/// the same order), the write is a check as well: under READ COMMITTED an `UPDATE` waits for a concurrent writer of a
-/// row and then works on the version it committed, so each row is compared with its expected
-/// balances there (not in the `WHERE`, which would compare against the statement's snapshot); a
-/// row that differs gets `debits_posted = -1`, a value no real balance has, and the caller, told
-/// that not every row matched, rolls the transaction back. Returns whether every row matched.
+/// Writes each account's balances once and bumps its version. With `expected` (one per account,
+/// in the same order), the write is a check as well: under READ COMMITTED an `UPDATE` waits for a
+/// concurrent writer of a row and then works on the row as that writer committed it, so each row is
+/// compared with its expected balances and version there (not in the `WHERE`, which would compare
+/// against the statement's snapshot); a row that differs gets `debits_posted = -1`, a value no real
+/// balance has, and the caller, told that not every row matched, rolls the transaction back.
+/// Returns whether every row was written (and matched).
 pub async fn update_balances(
     conn: &mut PgConnection,
     accounts: &[engine::AccountState],
@@ -289,54 +274,41 @@ pub async fn update_balances(
 ) -> Result<bool, LedgerError> {
     let a = accounts;
     let ids: Vec<Uuid> = a.iter().map(|r| r.id.into_uuid()).collect();
-    match expected {
-        None => {
-            let done = sqlx::query(
-                "UPDATE ledger_accounts a SET debits_posted = v.dp, credits_posted = v.cp, \
-                 debits_pending = v.dpe, credits_pending = v.cpe, version = a.version + 1 \
-                 FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) \
-                      AS v(id, dp, cp, dpe, cpe) WHERE a.id = v.id",
-            )
-            .bind(&ids)
-            .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            Ok(done == ids.len() as u64)
+    // Column `i` of the expectations; NULLs without them (the row is written whatever it holds).
+    let was = |i: usize| -> Vec<Option<i64>> {
+        match expected {
+            Some(was) => was.iter().map(|b| Some(b[i])).collect(),
+            None => vec![None; a.len()],
         }
-        Some(was) => {
-            let (matched, total): (i64, i64) = sqlx::query_as(
-                "WITH u AS ( \
-                   UPDATE ledger_accounts a SET \
-                     debits_posted = CASE WHEN a.version = v.wv AND a.debits_posted = v.wdp \
-                       AND a.credits_posted = v.wcp AND a.debits_pending = v.wdpe \
-                       AND a.credits_pending = v.wcpe THEN v.dp ELSE -1 END, \
-                     credits_posted = v.cp, debits_pending = v.dpe, credits_pending = v.cpe, \
-                     version = a.version + 1 \
-                   FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
-                               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[]) \
-                        AS v(id, dp, cp, dpe, cpe, wdp, wcp, wdpe, wcpe, wv) \
-                   WHERE a.id = v.id RETURNING a.debits_posted) \
-                 SELECT count(*) FILTER (WHERE debits_posted >= 0), count(*) FROM u",
-            )
-            .bind(&ids)
-            .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
-            .bind(was.iter().map(|b| b[0]).collect::<Vec<_>>())
-            .bind(was.iter().map(|b| b[1]).collect::<Vec<_>>())
-            .bind(was.iter().map(|b| b[2]).collect::<Vec<_>>())
-            .bind(was.iter().map(|b| b[3]).collect::<Vec<_>>())
-            .bind(was.iter().map(|b| b[4]).collect::<Vec<_>>())
-            .fetch_one(&mut *conn)
-            .await?;
-            Ok(matched == total && total == ids.len() as i64)
-        }
-    }
+    };
+    let (matched, total): (i64, i64) = sqlx::query_as(
+        "WITH u AS ( \
+           UPDATE ledger_accounts a SET \
+             debits_posted = CASE WHEN v.wv IS NULL OR (a.version = v.wv \
+               AND a.debits_posted = v.wdp AND a.credits_posted = v.wcp \
+               AND a.debits_pending = v.wdpe AND a.credits_pending = v.wcpe) \
+               THEN v.dp ELSE -1 END, \
+             credits_posted = v.cp, debits_pending = v.dpe, credits_pending = v.cpe, \
+             version = a.version + 1 \
+           FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+                       $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[]) \
+                AS v(id, dp, cp, dpe, cpe, wdp, wcp, wdpe, wcpe, wv) \
+           WHERE a.id = v.id RETURNING a.debits_posted) \
+         SELECT count(*) FILTER (WHERE debits_posted >= 0), count(*) FROM u",
+    )
+    .bind(&ids)
+    .bind(a.iter().map(|r| r.debits_posted).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.credits_posted).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.debits_pending).collect::<Vec<_>>())
+    .bind(a.iter().map(|r| r.credits_pending).collect::<Vec<_>>())
+    .bind(was(0))
+    .bind(was(1))
+    .bind(was(2))
+    .bind(was(3))
+    .bind(was(4))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(matched == total && total == ids.len() as i64)
 }
 
 /// Reads accounts without locking them (the pipelined [`crate::Ledger`] plans against these and
