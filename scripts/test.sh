@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one test command. On a fresh Debian machine it installs what the tests need (PostgreSQL, Redis,
-# a QR reader), starts a throwaway PostgreSQL cluster and Redis on free loopback ports, runs
-# rustfmt, clippy and every test — once on SQLite, once on PostgreSQL + Redis — and stops both.
+# The one test command. On a fresh Debian machine it installs what the tests need (Node.js and npm,
+# curl, PostgreSQL, Redis, a QR reader, Chromium and chromedriver, fonts), starts a throwaway
+# PostgreSQL cluster and Redis on free loopback ports, runs rustfmt, clippy and every test — once on
+# SQLite, once on PostgreSQL + Redis — then the channel SDK conformance run against `paymux sandbox`
+# and the cashier and operations console in headless Chromium, and stops PostgreSQL and Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -41,6 +43,7 @@ need_pkg zbarimg zbar-tools
 need_pkg chromium chromium
 need_pkg chromedriver chromium-driver
 need_pkg /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc fonts-wqy-zenhei
+need_pkg /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core
 for extra in ${PAYMUX_TEST_EXTRA_PACKAGES:-}; do need_pkg "$extra" "$extra"; done
 
 WORK=$(mktemp -d /tmp/paymux-test.XXXXXX)

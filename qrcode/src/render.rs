@@ -502,10 +502,11 @@ mod font_tests {
 
     #[test]
     fn a_latin_only_font_falls_back_to_ascii_lines() {
-        let (Some(dejavu), Some(wqy)) = (load_font(Path::new(DEJAVU)), load_font(Path::new(WQY)))
-        else {
-            println!("skipped: DejaVu Sans or WenQuanYi Zen Hei not installed");
-            return;
+        let Some(dejavu) = load_font(Path::new(DEJAVU)) else {
+            panic!("cannot load {DEJAVU}: install it with `apt-get install -y fonts-dejavu-core`")
+        };
+        let Some(wqy) = load_font(Path::new(WQY)) else {
+            panic!("cannot load {WQY}: install it with `apt-get install -y fonts-wqy-zenhei`")
         };
         assert!(!has_all_glyphs(&dejavu, "微信 · 支付宝"));
         assert!(has_all_glyphs(&dejavu, "WeChat Pay / Alipay"));
