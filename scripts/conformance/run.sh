@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Run unmodified public WeChat Pay v3 and Alipay SDKs against the paymux sandbox.
 #
-#   SANDBOX_URL=http://127.0.0.1:8080 WX_MCHID=... ALIPAY_APP_ID=... \
-#     scripts/conformance/run.sh [wechat|alipay|all]
+# Each channel's sandbox has its own path prefix, so run once per channel with that prefix
+# (`paymux serve`: /sandbox/wechat, /sandbox/alipay; `paymux sandbox`: /wechat, /alipay):
+#
+#   SANDBOX_URL=http://127.0.0.1:8080/sandbox/wechat WX_MCHID=... scripts/conformance/run.sh wechat
+#   SANDBOX_URL=http://127.0.0.1:8080/sandbox/alipay ALIPAY_APP_ID=... scripts/conformance/run.sh alipay
+#
+# against-sandbox.sh beside this script starts `paymux sandbox` and does both runs with the keys
+# the sandbox generated; scripts/test.sh runs it.
 #
 # Env (see NOTES.md):
-#   SANDBOX_URL
+#   SANDBOX_URL              the channel sandbox's base URL, prefix included
 #   WX_MCHID WX_APPID WX_MERCHANT_KEY WX_MERCHANT_SERIAL
 #   WX_PLATFORM_PUBLIC_KEY WX_PLATFORM_SERIAL WX_APIV3_KEY
 #   ALIPAY_APP_ID ALIPAY_APP_PRIVATE_KEY ALIPAY_PUBLIC_KEY [ALIPAY_GATEWAY_PATH=/gateway.do]
@@ -38,7 +44,7 @@ if [ "$node_major" -lt 18 ]; then
 fi
 
 if [ -z "${SANDBOX_URL:-}" ]; then
-  echo "FAIL: SANDBOX_URL is required (e.g. http://127.0.0.1:8080)" >&2
+  echo "FAIL: SANDBOX_URL is required (e.g. http://127.0.0.1:8080/sandbox/wechat)" >&2
   exit 1
 fi
 
