@@ -4,7 +4,9 @@
 use chrono::NaiveDate;
 use paymux_channels::BillKind;
 use paymux_channels::crypto::{self, RsaSigner};
-use paymux_channels::wechat::bill::{BillRow, parse_trade_bill, write_trade_bill};
+use paymux_channels::wechat::bill::{
+    BillRow, format_decimal, parse_decimal, parse_trade_bill, write_trade_bill,
+};
 use paymux_channels::wechat::sign::{self, EncryptedResource, PlatformKeys};
 use proptest::prelude::*;
 
@@ -22,16 +24,16 @@ fn drain(bytes: Vec<u8>) -> Result<usize, String> {
     }
 }
 
+/// The published sample bill; `None` (skip) only when the whole `../shared/testdata` folder is absent.
+/// With the folder present, a missing or unreadable sample is a failure, not a silent skip.
 fn sample() -> Option<Vec<u8>> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/wechatpay/wechatpay_bill_ALL.csv");
-    match std::fs::read(p) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            eprintln!("skipped: ../shared/testdata not found");
-            None
-        }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
+    if !dir.is_dir() {
+        eprintln!("skipped: ../shared/testdata not found");
+        return None;
     }
+    let p = dir.join("wechatpay/wechatpay_bill_ALL.csv");
+    Some(std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
 }
 
 fn row_strategy() -> impl Strategy<Value = BillRow> {
@@ -68,8 +70,87 @@ fn row_strategy() -> impl Strategy<Value = BillRow> {
         })
 }
 
+/// Amounts as a bill could carry them, in range or not: any i64 with 2 or 5 decimals (so negative
+/// and far beyond any real amount), the extremes, and loosely decimal-shaped text.
+fn extreme_decimal() -> impl Strategy<Value = String> {
+    let extreme = prop_oneof![
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(i64::MIN + 1),
+        Just(i64::MAX - 500),
+        Just(-1i64),
+        Just(0i64),
+    ];
+    prop_oneof![
+        any::<i64>().prop_map(|v| format_decimal(v, 2)),
+        any::<i64>().prop_map(|v| format_decimal(v, 5)),
+        (extreme, prop_oneof![Just(2u32), Just(5u32)]).prop_map(|(v, s)| format_decimal(v, s)),
+        "-?[0-9]{1,21}(\\.[0-9]{1,6})?",
+    ]
+}
+
+/// The amount columns of an ALL detail row: 应结订单金额, 退款金额, 充值券退款金额, 手续费, 订单金额, 申请退款金额.
+const AMOUNT_COLUMNS: [usize; 6] = [12, 16, 17, 22, 24, 25];
+/// The ones that must not be negative.
+const NON_NEGATIVE_COLUMNS: [usize; 3] = [16, 24, 25];
+
+/// Replaces backticked values of line `line` (0-based, the header is line 0) of a written bill.
+fn substitute(bill: &[u8], line: usize, subs: &[(usize, String)]) -> Vec<u8> {
+    let text = std::str::from_utf8(bill).unwrap();
+    let mut lines: Vec<String> = text.split("\r\n").map(str::to_string).collect();
+    let mut values: Vec<String> = lines[line]
+        .strip_prefix('`')
+        .unwrap()
+        .split(",`")
+        .map(str::to_string)
+        .collect();
+    for (col, v) in subs {
+        values[*col] = v.clone();
+    }
+    lines[line] = format!("`{}", values.join(",`"));
+    lines.join("\r\n").into_bytes()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn extreme_amounts_in_valid_rows_never_panic(
+        rows in proptest::collection::vec(row_strategy(), 1..4),
+        row in any::<prop::sample::Index>(),
+        subs in proptest::collection::vec((prop::sample::select(AMOUNT_COLUMNS.to_vec()), extreme_decimal()), 1..6),
+        summary in proptest::collection::vec((1usize..7, extreme_decimal()), 0..3),
+    ) {
+        let bill = write_trade_bill(&rows);
+        let line = 1 + row.index(rows.len());
+        let bill = substitute(&bill, line, &subs);
+        let bill = substitute(&bill, rows.len() + 2, &summary);
+        let result = drain(bill);
+        // The last substitution of a column is the one in the row.
+        let negative = NON_NEGATIVE_COLUMNS.iter().any(|c| {
+            subs.iter()
+                .rev()
+                .find(|(col, _)| col == c)
+                .and_then(|(_, v)| parse_decimal(v, 2))
+                .is_some_and(|v| v < 0)
+        });
+        if negative {
+            prop_assert!(result.is_err(), "{:?}", result);
+        }
+    }
+
+    #[test]
+    fn extreme_fees_in_valid_rows_never_panic(
+        rows in proptest::collection::vec(row_strategy(), 1..4),
+        fee in any::<i64>(),
+    ) {
+        let mut rows = rows;
+        rows[0].fee_milli_fen = fee;
+        rows[0].trade_state = "SUCCESS".into();
+        let bill = write_trade_bill(&rows[..1]);
+        let bill = substitute(&bill, 1, &[(22, format_decimal(fee, 5))]);
+        let _ = drain(bill);
+    }
 
     #[test]
     fn bill_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -139,8 +220,86 @@ fn response_verification_with_garbage_headers_fails_cleanly() {
     let body = b"{\"a\":1}";
     let good = sign::PlatformSignature::sign(&signer, "PUB_KEY_ID_1", 1_700_000_000, body);
     assert!(keys.verify(&good, body, None, 300).is_ok());
-    proptest!(|(sig in "\\PC{0,400}", ts in "\\PC{0,12}", nonce in "\\PC{0,40}")| {
+    // Timestamps from the whole i64 range reach the freshness check (and its arithmetic).
+    let ts = prop_oneof![
+        any::<i64>().prop_map(|t| t.to_string()),
+        Just(i64::MIN.to_string()),
+        "\\PC{0,12}",
+    ];
+    proptest!(|(sig in "\\PC{0,400}", ts in ts, nonce in "\\PC{0,40}")| {
         let s = sign::PlatformSignature { timestamp: ts, nonce, serial: "PUB_KEY_ID_1".into(), signature: sig };
+        prop_assert!(keys.verify(&s, body, Some(1_700_000_000), 300).is_err());
         prop_assert!(keys.verify(&s, body, None, 300).is_err());
     });
+}
+
+#[test]
+fn response_timestamp_of_i64_min_is_stale() {
+    let (private, public) = crypto::generate_rsa_keypair();
+    let signer = RsaSigner::from_pem(&private).unwrap();
+    let mut keys = PlatformKeys::new();
+    keys.insert(
+        "PUB_KEY_ID_1",
+        paymux_channels::crypto::RsaVerifier::from_pem(&public).unwrap(),
+    );
+    let body = b"{\"a\":1}";
+    let s = sign::PlatformSignature::sign(&signer, "PUB_KEY_ID_1", i64::MIN, body);
+    assert_eq!(s.timestamp, "-9223372036854775808");
+    assert_eq!(
+        keys.verify(&s, body, Some(1_700_000_000), 300),
+        Err(sign::VerifyError::StaleTimestamp)
+    );
+}
+
+fn one_row(fee_milli_fen: i64, order_fen: i64) -> BillRow {
+    BillRow {
+        time: NaiveDate::from_ymd_opt(2026, 11, 22)
+            .unwrap()
+            .and_hms_opt(10, 0, 0)
+            .unwrap(),
+        appid: "wx0000000000000000".into(),
+        mchid: "1900000001".into(),
+        transaction_id: "4200000000202611220000000001".into(),
+        out_trade_no: "T0001".into(),
+        openid: "o000".into(),
+        trade_type: "NATIVE".into(),
+        trade_state: "SUCCESS".into(),
+        order_fen,
+        refund_id: None,
+        out_refund_no: None,
+        refund_fen: 0,
+        description: "x".into(),
+        fee_milli_fen,
+        rate_bps: 60,
+    }
+}
+
+#[test]
+fn fee_of_i64_max_milli_fen_rounds_without_overflow() {
+    let bill = write_trade_bill(&[one_row(i64::MAX, 100)]);
+    let text = String::from_utf8(bill.clone()).unwrap();
+    assert!(text.contains(",`92233720368547.75807,`"), "{text}");
+    // Half-up to fen: 92233720368547.76 in the summary and in the record.
+    assert!(text.contains(",`92233720368547.76,`"), "{text}");
+    let recs: Vec<_> = parse_trade_bill(bill)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].fee_minor, 9_223_372_036_854_776);
+}
+
+#[test]
+fn negative_order_and_refund_amounts_are_refused() {
+    let bill = write_trade_bill(&[one_row(600, 100)]);
+    assert_eq!(drain(bill.clone()), Ok(1));
+    for (col, name) in [(16, "退款金额"), (24, "订单金额"), (25, "申请退款金额")] {
+        let err = drain(substitute(&bill, 1, &[(col, "-0.01".into())])).unwrap_err();
+        assert!(
+            err.contains(&format!("{name} `-0.01` is negative")),
+            "{col}: {err}"
+        );
+    }
+    // -0.00 is zero, not negative.
+    assert_eq!(drain(substitute(&bill, 1, &[(16, "-0.00".into())])), Ok(1));
 }

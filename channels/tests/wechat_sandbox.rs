@@ -528,6 +528,31 @@ async fn signatures_are_enforced_both_ways() {
 }
 
 #[tokio::test]
+async fn authorization_timestamps_far_from_now_are_refused() {
+    let env = Env::start().await;
+    let account = env.sandbox.account();
+    for ts in [i64::MIN, i64::MAX, 0] {
+        let header = format!(
+            "WECHATPAY2-SHA256-RSA2048 mchid=\"{}\",nonce_str=\"n\",timestamp=\"{ts}\",serial_no=\"{}\",signature=\"x\"",
+            account.mchid, account.merchant_serial
+        );
+        let resp = env
+            .http
+            .get(format!(
+                "{}/v3/pay/transactions/out-trade-no/ABCDEF123?mchid={}",
+                env.base, account.mchid
+            ))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{ts}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("timestamp"), "{ts}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn notifications_tampered_stale_and_duplicated() {
     let env = Env::start().await;
     let wx = env.adapter();

@@ -111,13 +111,16 @@ pub fn format_decimal(v: i64, scale: u32) -> String {
     )
 }
 
-/// Rounds units of 0.001 fen half-up (away from zero) to fen.
+/// Rounds units of 0.001 fen half-up (away from zero) to fen. In i128: `v + 500` overflows i64 for
+/// a fee near i64::MAX (and `-v` for i64::MIN); the quotient always fits back.
 fn milli_fen_to_fen(v: i64) -> i64 {
-    if v >= 0 {
+    let v = i128::from(v);
+    let fen = if v >= 0 {
         (v + 500) / 1000
     } else {
         -((-v + 500) / 1000)
-    }
+    };
+    i64::try_from(fen).expect("|v| / 1000 + 1 fits in i64")
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -177,6 +180,18 @@ impl Parser {
         })
     }
 
+    /// An amount that cannot be negative: refunds are told apart by 交易状态, not by sign.
+    fn non_negative(values: &[&str], col: usize, line: u64) -> Result<i64, BillError> {
+        let v = Self::amount(values, col, 2, line)?;
+        if v < 0 {
+            return Err(BillError::Line {
+                line,
+                message: format!("{} `{}` is negative", ALL_HEADER[col], values[col].trim()),
+            });
+        }
+        Ok(v)
+    }
+
     fn detail(&mut self, line_no: u64, line: &str) -> Result<BillRecord, BillError> {
         let values = split_ticked(line, line_no)?;
         if values.len() != ALL_HEADER.len() {
@@ -195,11 +210,11 @@ impl Parser {
                 message: format!("交易时间 `{}`: {e}", values[COL_TIME]),
             })?;
         let settlement = Self::amount(&values, COL_SETTLEMENT, 2, line_no)?;
-        let refund = Self::amount(&values, COL_REFUND, 2, line_no)?;
+        let refund = Self::non_negative(&values, COL_REFUND, line_no)?;
         let coupon_refund = Self::amount(&values, COL_COUPON_REFUND, 2, line_no)?;
         let fee = Self::amount(&values, COL_FEE, 5, line_no)?;
-        let order = Self::amount(&values, COL_ORDER, 2, line_no)?;
-        let refund_requested = Self::amount(&values, COL_REFUND_REQUESTED, 2, line_no)?;
+        let order = Self::non_negative(&values, COL_ORDER, line_no)?;
+        let refund_requested = Self::non_negative(&values, COL_REFUND_REQUESTED, line_no)?;
         let t = &mut self.totals;
         let overflow = || BillError::Line {
             line: line_no,
@@ -498,5 +513,13 @@ mod tests {
         assert_eq!(milli_fen_to_fen(600), 1);
         assert_eq!(milli_fen_to_fen(499), 0);
         assert_eq!(milli_fen_to_fen(-500), -1);
+    }
+
+    #[test]
+    fn extreme_fees_round_without_overflow() {
+        assert_eq!(milli_fen_to_fen(i64::MAX), 9_223_372_036_854_776);
+        assert_eq!(milli_fen_to_fen(i64::MAX - 807), 9_223_372_036_854_775);
+        assert_eq!(milli_fen_to_fen(-i64::MAX), -9_223_372_036_854_776);
+        assert_eq!(milli_fen_to_fen(i64::MIN), -9_223_372_036_854_776);
     }
 }

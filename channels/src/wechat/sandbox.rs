@@ -364,7 +364,8 @@ async fn authenticate(
             .timestamp
             .parse()
             .map_err(|_| sign::AuthError::StaleTimestamp)?;
-        if (Utc::now().timestamp() - ts).abs() > 300 {
+        // `abs_diff`: a subtraction overflows for a timestamp far from now.
+        if Utc::now().timestamp().abs_diff(ts) > 300 {
             return Err(sign::AuthError::StaleTimestamp);
         }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -221,7 +221,9 @@ impl PlatformKeys {
                 .timestamp
                 .parse()
                 .map_err(|_| VerifyError::StaleTimestamp)?;
-            if (now - ts).abs() > max_skew_secs {
+            // `abs_diff` because `now - ts` overflows for a timestamp far from now (`-9223372036854775808`);
+            // a negative allowance accepts nothing, as before.
+            if u64::try_from(max_skew_secs).map_or(true, |max| now.abs_diff(ts) > max) {
                 return Err(VerifyError::StaleTimestamp);
             }
         }
@@ -347,5 +349,38 @@ mod tests {
         ] {
             assert!(parse_authorization(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn timestamps_far_from_now_are_stale_not_an_overflow() {
+        let (private, public) = crypto::generate_rsa_keypair();
+        let signer = RsaSigner::from_pem(&private).unwrap();
+        let mut keys = PlatformKeys::new();
+        keys.insert("K", RsaVerifier::from_pem(&public).unwrap());
+        let body = b"{}";
+        let now = 1_700_000_000;
+        for ts in [i64::MIN, i64::MIN + 1, i64::MAX, -now] {
+            // Genuinely signed: only the freshness check can refuse it.
+            let sig = PlatformSignature::sign(&signer, "K", ts, body);
+            assert_eq!(
+                keys.verify(&sig, body, Some(now), 300),
+                Err(VerifyError::StaleTimestamp),
+                "{ts}"
+            );
+            assert_eq!(keys.verify(&sig, body, None, 300), Ok(()), "{ts}");
+        }
+        let sig = PlatformSignature::sign(&signer, "K", now - 300, body);
+        assert_eq!(keys.verify(&sig, body, Some(now), 300), Ok(()));
+        let sig = PlatformSignature::sign(&signer, "K", now + 301, body);
+        assert_eq!(
+            keys.verify(&sig, body, Some(now), 300),
+            Err(VerifyError::StaleTimestamp)
+        );
+        // A negative allowance accepts nothing.
+        let sig = PlatformSignature::sign(&signer, "K", now, body);
+        assert_eq!(
+            keys.verify(&sig, body, Some(now), -1),
+            Err(VerifyError::StaleTimestamp)
+        );
     }
 }
