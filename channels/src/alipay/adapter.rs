@@ -393,9 +393,23 @@ impl Alipay {
         Ok(biz)
     }
 
-    /// The trade of a `trade.query` / `trade.pay` answer.
-    fn trade_of(r: &Reply, fallback_out_trade_no: &str) -> Result<Trade, ChannelError> {
-        let status = r.str("trade_status").unwrap_or("TRADE_SUCCESS");
+    /// The trade of a `trade.query` answer or, with `pay_reply`, of a `trade.pay` one. A pay answer
+    /// carries no `trade_status`: its code 10000 itself says the trade is paid. A query answer
+    /// without one says nothing about the trade, so it is a protocol error rather than a payment.
+    fn trade_of(
+        r: &Reply,
+        fallback_out_trade_no: &str,
+        pay_reply: bool,
+    ) -> Result<Trade, ChannelError> {
+        let status = match r.str("trade_status") {
+            Some(s) => s,
+            None if pay_reply => "TRADE_SUCCESS",
+            None => {
+                return Err(ChannelError::Protocol(
+                    "alipay.trade.query: answer without trade_status".into(),
+                ));
+            }
+        };
         let paid_at = r.time("send_pay_date").or(r.time("gmt_payment"));
         Ok(Trade {
             out_trade_no: r
@@ -520,7 +534,7 @@ impl Channel for Alipay {
             };
         }
         match r.code() {
-            "10000" => match Self::trade_of(&r, &order.out_trade_no) {
+            "10000" => match Self::trade_of(&r, &order.out_trade_no, true) {
                 Ok(trade) => PayOutcome::Succeeded { trade },
                 Err(e) => PayOutcome::Unknown {
                     reason: e.to_string(),
@@ -550,7 +564,7 @@ impl Channel for Alipay {
                 None,
             )
             .await?;
-        Self::trade_of(&r, out_trade_no)
+        Self::trade_of(&r, out_trade_no, false)
     }
 
     async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
@@ -786,6 +800,31 @@ mod tests {
             unreachable!("test replies are objects")
         };
         Reply { error_node, fields }
+    }
+
+    #[test]
+    fn a_query_answer_without_trade_status_is_not_a_payment() {
+        let fields = json!({
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": "T1",
+            "trade_no": "2026112222001400000000000001",
+            "total_amount": "1.00",
+        });
+        let err = Alipay::trade_of(&reply(fields.clone(), false), "T1", false).unwrap_err();
+        assert!(
+            matches!(&err, ChannelError::Protocol(m) if m.contains("trade_status")),
+            "{err}"
+        );
+        // The same fields answering trade.pay with 10000: paid.
+        let trade = Alipay::trade_of(&reply(fields.clone(), false), "T1", true).unwrap();
+        assert_eq!(trade.state, TradeState::Succeeded);
+        assert_eq!(trade.amount_minor, Some(100));
+        // A query answer that says: its status counts.
+        let mut waiting = fields;
+        waiting["trade_status"] = json!("WAIT_BUYER_PAY");
+        let trade = Alipay::trade_of(&reply(waiting, false), "T1", false).unwrap();
+        assert_eq!(trade.state, TradeState::UserPaying);
     }
 
     #[test]
