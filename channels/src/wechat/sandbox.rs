@@ -1223,7 +1223,8 @@ impl WechatSandbox {
     /// The bill file of a day: rendered by [`Self::bill_for`], or the last one rendered when the
     /// day's successes in the books are the same (count, sums of amounts, fees and times of the
     /// trades and refunds — one aggregate query instead of rendering millions of lines again) and
-    /// no bill line is overridden.
+    /// no bill line is overridden. The sums are exact integers: SQLite's `TOTAL()` is a float, in
+    /// which sums above 2^53 that differ by a fen can be equal.
     async fn bill_file_for(&self, date: NaiveDate) -> Result<Bytes, sqlx::Error> {
         if !self.0.faults.get().bill_overrides.is_empty() {
             return Ok(Bytes::from(self.bill_for(date).await?));
@@ -1234,8 +1235,8 @@ impl WechatSandbox {
             .map(|t| t.timestamp())
             .unwrap_or_default();
         let row = sqlx::query(
-            "SELECT COUNT(*), TOTAL(total), TOTAL(fee), TOTAL(success_time), \
-             (SELECT COUNT(*) || ':' || TOTAL(amount) || ':' || TOTAL(fee) || ':' || TOTAL(success_time) \
+            "SELECT COUNT(*), COALESCE(SUM(total), 0), COALESCE(SUM(fee), 0), COALESCE(SUM(success_time), 0), \
+             (SELECT COUNT(*) || ':' || COALESCE(SUM(amount), 0) || ':' || COALESCE(SUM(fee), 0) || ':' || COALESCE(SUM(success_time), 0) \
               FROM refunds WHERE status = 'SUCCESS' AND success_time >= ?1 AND success_time < ?2) \
              FROM trades WHERE success_time >= ?1 AND success_time < ?2",
         )
@@ -1246,9 +1247,9 @@ impl WechatSandbox {
         let fingerprint = format!(
             "{}:{}:{}:{}|{}",
             row.get::<i64, _>(0),
-            row.get::<f64, _>(1),
-            row.get::<f64, _>(2),
-            row.get::<f64, _>(3),
+            row.get::<i64, _>(1),
+            row.get::<i64, _>(2),
+            row.get::<i64, _>(3),
             row.get::<String, _>(4)
         );
         if let Ok(last) = self.0.last_bill.lock()
@@ -1776,4 +1777,49 @@ async fn wallet_stand_in(State(sb): State<WechatSandbox>, body: Bytes) -> Respon
         state = sandbox::escape_html(&t.trade_state),
     );
     sandbox::stand_in_page(StatusCode::OK, "微信支付", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cached_bill_changes_with_any_change_of_a_sum() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = WechatSandbox::start(SandboxOptions {
+            data_dir: dir.path().to_path_buf(),
+            ..SandboxOptions::default()
+        })
+        .await
+        .unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let noon = Shanghai
+            .from_local_datetime(&date.and_hms_opt(12, 0, 0).unwrap())
+            .single()
+            .unwrap()
+            .timestamp();
+        // 2^53 fen, then one fen more: equal as floats.
+        let total = 1i64 << 53;
+        sqlx::query(
+            "INSERT INTO trades (out_trade_no, transaction_id, trade_type, trade_state, description, total, created_at, success_time)
+             VALUES ('T1', '4200000000202611220000000001', 'NATIVE', 'SUCCESS', 'x', ?1, ?2, ?2)",
+        )
+        .bind(total)
+        .bind(noon)
+        .execute(&sb.0.db)
+        .await
+        .unwrap();
+        let first = sb.bill_file_for(date).await.unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("`90071992547409.92"));
+        sqlx::query("UPDATE trades SET total = ?1")
+            .bind(total + 1)
+            .execute(&sb.0.db)
+            .await
+            .unwrap();
+        let second = sb.bill_file_for(date).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&second).contains("`90071992547409.93"),
+            "the bill of the books before the change was served again"
+        );
+    }
 }
