@@ -1,7 +1,7 @@
 //! Property tests of the EMV MPM codec: encode → decode round trips, and decoding garbage never
 //! panics.
 
-use paymux_qrcode::emv::{self, DataObject, Mode, Payload, SubObject};
+use paymux_qrcode::emv::{self, DataObject, EmvError, Mode, Payload, SubObject};
 use proptest::prelude::*;
 
 /// Values mixing ASCII, CJK, Hangul and combining marks.
@@ -83,8 +83,91 @@ prop_compose! {
     }
 }
 
+/// One `ID LL VALUE` object with a two-digit id: the value is text or itself a run of objects (as
+/// template contents are), and the length is right most of the time, so framing goes deep.
+fn raw_object() -> impl Strategy<Value = String> {
+    let sub = (0u8..=99, text(8)).prop_map(|(id, v)| format!("{id:02}{:02}{v}", v.chars().count()));
+    let value = prop_oneof![
+        3 => text(20),
+        1 => proptest::collection::vec(sub, 0..4).prop_map(|subs| subs.concat()),
+        1 => Just(String::new()),
+    ];
+    let wrong_length = prop_oneof![4 => Just(None), 1 => (0usize..=99).prop_map(Some)];
+    (0u8..=99, value, wrong_length).prop_map(|(id, v, len)| {
+        format!("{id:02}{:02}{v}", len.unwrap_or_else(|| v.chars().count()))
+    })
+}
+
+/// How a framed string ends.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    NoCrc,
+    Crc,
+    LowercaseCrc,
+    WrongCrc,
+}
+
+/// Runs of objects, mostly after the format indicator `000201`, ending with a CRC object (right,
+/// lowercase or wrong) or none: past the first checks, into framing, templates, the CRC and content.
+fn framed() -> impl Strategy<Value = (String, Ending)> {
+    (
+        prop_oneof![3 => Just(true), 1 => Just(false)],
+        proptest::collection::vec(raw_object(), 0..8),
+        prop_oneof![
+            Just(Ending::NoCrc),
+            Just(Ending::Crc),
+            Just(Ending::LowercaseCrc),
+            Just(Ending::WrongCrc),
+        ],
+    )
+        .prop_map(|(indicator, objects, ending)| {
+            let mut s = if indicator {
+                "000201".to_string()
+            } else {
+                String::new()
+            };
+            s.push_str(&objects.concat());
+            match ending {
+                Ending::NoCrc => {}
+                Ending::Crc | Ending::LowercaseCrc => {
+                    s.push_str("6304");
+                    let crc = emv::crc16_hex(&s);
+                    s.push_str(&if matches!(ending, Ending::Crc) {
+                        crc
+                    } else {
+                        crc.to_lowercase()
+                    });
+                }
+                Ending::WrongCrc => {
+                    s.push_str("6304");
+                    let crc = u16::from_str_radix(&emv::crc16_hex(&s), 16).expect("hex") ^ 1;
+                    s.push_str(&format!("{crc:04X}"));
+                }
+            }
+            (s, ending)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn decoding_framed_garbage_never_panics((s, ending) in framed()) {
+        let strict = emv::decode(&s, Mode::Strict);
+        let lenient = emv::decode(&s, Mode::Lenient);
+        // A CRC computed over the text is never the reason for a rejection (framing and content may
+        // be); a wrong one always is, when nothing before it fails.
+        let crc_error = |r: &Result<Payload, EmvError>| matches!(r, Err(EmvError::Crc { .. }));
+        match ending {
+            Ending::Crc => {
+                prop_assert!(!crc_error(&strict), "{s}: {strict:?}");
+                prop_assert!(!crc_error(&lenient), "{s}: {lenient:?}");
+            }
+            Ending::LowercaseCrc => prop_assert!(!crc_error(&lenient), "{s}: {lenient:?}"),
+            Ending::WrongCrc => prop_assert!(lenient.is_err(), "{s}"),
+            Ending::NoCrc => prop_assert!(lenient.is_err(), "{s}"),
+        }
+    }
 
     #[test]
     fn encode_then_decode_round_trips(p in payload()) {
