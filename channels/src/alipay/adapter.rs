@@ -322,7 +322,7 @@ impl Alipay {
             )
             .header("accept", "application/json")
             .body(body);
-        let resp = chttp::send(req, self.timeouts.call).await?;
+        let resp = chttp::send(req, self.timeouts.call, chttp::MAX_CALL_BODY_BYTES).await?;
         if resp.status != 200 {
             return Err(ChannelError::Unknown(format!(
                 "{method}: HTTP {}: {}",
@@ -763,7 +763,12 @@ impl Channel for Alipay {
             .ok_or_else(|| ChannelError::Protocol("answer without bill_download_url".into()))?;
         let url = reqwest::Url::parse(url)
             .map_err(|e| ChannelError::Protocol(format!("bill_download_url: {e}")))?;
-        let file = chttp::send(self.client.get(url), self.timeouts.bill).await?;
+        let file = chttp::send(
+            self.client.get(url),
+            self.timeouts.bill,
+            chttp::MAX_BILL_BODY_BYTES,
+        )
+        .await?;
         match file.status {
             200 => Ok(bill::parse_trade_bill(&file.body)?),
             s if s >= 500 => Err(ChannelError::Unknown(format!("bill download: HTTP {s}"))),

@@ -365,7 +365,13 @@ impl UnionPay {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(body);
-        let resp = chttp::send(req, timeout).await?;
+        // The file transfer answer carries the bill itself (base64 in a form field).
+        let max_body_bytes = if path == FILE_TRANS_PATH {
+            chttp::MAX_BILL_BODY_BYTES
+        } else {
+            chttp::MAX_CALL_BODY_BYTES
+        };
+        let resp = chttp::send(req, timeout, max_body_bytes).await?;
         if resp.status >= 500 {
             return Err(ChannelError::Unknown(format!(
                 "HTTP {} from {path}",

@@ -371,7 +371,7 @@ impl WechatPay {
                 .header("Content-Type", "application/json")
                 .body(body_text);
         }
-        let resp = chttp::send(req, timeout).await?;
+        let resp = chttp::send(req, timeout, chttp::MAX_CALL_BODY_BYTES).await?;
         if (200..300).contains(&resp.status) {
             self.platform
                 .verify_headers(
@@ -818,7 +818,12 @@ impl Channel for WechatPay {
             enc(secret),
             enc(code)
         );
-        let resp = chttp::send(self.client.get(&url), self.timeouts.call).await?;
+        let resp = chttp::send(
+            self.client.get(&url),
+            self.timeouts.call,
+            chttp::MAX_CALL_BODY_BYTES,
+        )
+        .await?;
         if resp.status != 200 {
             return Err(ChannelError::Unknown(format!(
                 "oauth2/access_token: HTTP {}",
@@ -877,6 +882,7 @@ impl Channel for WechatPay {
         let file = chttp::send(
             self.client.get(url).header("Authorization", auth),
             self.timeouts.bill,
+            chttp::MAX_BILL_BODY_BYTES,
         )
         .await?;
         if file.status != 200 {
