@@ -214,7 +214,7 @@ fn commit_or_split(
             Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
             Err(err) => err,
         };
-        let statement_error = matches!(err, sqlx::Error::Database(_));
+        let statement_error = refused(&err);
         if statement_error && n > 1 {
             tracing::warn!(error = %err, items = n, "write batch refused; committing its halves on their own");
             metrics::counter!("paymux_batch_splits_total").increment(1);
@@ -232,6 +232,19 @@ fn commit_or_split(
         let err = BatchError::Database(err.to_string());
         vec![Err(err); n]
     })
+}
+
+/// The start of the error of a batch whose ledger entry was rejected.
+const LEDGER_REJECTED: &str = "the ledger rejected an entry";
+
+/// The batch itself was refused (by the database, or by the ledger for one of its entries), as
+/// opposed to the pool or the connection failing: a smaller batch may go through.
+fn refused(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(_) => true,
+        sqlx::Error::Protocol(m) => m.starts_with(LEDGER_REJECTED),
+        _ => false,
+    }
 }
 
 /// A deadlock or a serialization failure: the same statement may well succeed at once.
@@ -460,10 +473,10 @@ macro_rules! execute_body {
                         paymux_ledger::EntryResult::Created | paymux_ledger::EntryResult::Exists
                     )
                 }) {
-                    // Nothing of the batch is committed: no half-written state.
-                    return Err(sqlx::Error::Protocol(format!(
-                        "ledger rejected a payment entry: {bad:?}"
-                    )));
+                    // Nothing of the batch is committed: no half-written state. The batch is
+                    // split like one the database refused, so only the command whose entry the
+                    // ledger rejects fails.
+                    return Err(sqlx::Error::Protocol(format!("{LEDGER_REJECTED}: {bad:?}")));
                 }
             }
         }

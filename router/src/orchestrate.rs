@@ -21,7 +21,7 @@ use paymux_model::{
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::batcher::{Settle, WriteOp};
+use crate::batcher::{Settle, WriteOp, WriteOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::payments::model::PaymentRow;
 
@@ -193,7 +193,7 @@ pub async fn code_scan(
     mut candidates: crate::routing::Candidates,
 ) -> ApiResult<()> {
     let payment_id = PaymentId::from(row.id);
-    state
+    let moved = state
         .batcher
         .submit(WriteOp::Transition {
             payment_id,
@@ -202,6 +202,11 @@ pub async fn code_scan(
         })
         .await
         .map_err(ApiError::unavailable)?;
+    // Only the caller that moved the payment to `processing` charges the code: a payment closed
+    // meanwhile (expired) or already being charged by a retry of the same request is not charged.
+    if !matches!(moved, WriteOutcome::Transitioned(true)) {
+        return Ok(());
+    }
     let order = order_of(&row);
     let mut route = candidates.first.clone();
     let outcome = loop {
@@ -382,9 +387,13 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
         }
     }
     // Deadline: reverse, then believe the channel's last word.
-    if let Err(e) = route.reverse(&no).await {
-        tracing::warn!(payment_id = %row.id, error = %e, "reversing a code payment at its deadline");
-    }
+    let reversed = match route.reverse(&no).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(payment_id = %row.id, error = %e, "reversing a code payment at its deadline");
+            false
+        }
+    };
     match route.query(&no).await {
         Ok(t) if t.state == TradeState::Succeeded => {
             let _ = settle_succeeded(
@@ -395,6 +404,11 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
                 t.paid_at.map(|p| p.timestamp_micros()),
             )
             .await;
+        }
+        // Still waiting for the payer and not reversed: the payer may yet confirm, so the payment
+        // is not closed; the sweeper reverses and settles it later.
+        Ok(t) if !reversed && matches!(t.state, TradeState::UserPaying | TradeState::NotPaid) => {
+            tracing::warn!(payment_id = %row.id, state = %t.channel_state, "the reversal failed and the payer may still pay; left processing for the sweeper");
         }
         Ok(_) => {
             let _ = state
@@ -571,9 +585,12 @@ async fn handle_event(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no payment {id}"))?;
-    if row
-        .channel_account_id
-        .is_some_and(|a| a != Uuid::from(route.id))
+    // A payment with no account yet (a code payment still in flight, a link not attached) is
+    // settled onto the notifying account: it must at least be one of the payment's merchant.
+    if row.merchant_id != route.merchant_id
+        || row
+            .channel_account_id
+            .is_some_and(|a| a != Uuid::from(route.id))
     {
         return Err(format!("payment {id} belongs to another channel account"));
     }
@@ -591,6 +608,22 @@ async fn handle_event(
                 .paid_at
                 .map(|t| t.timestamp_micros())
                 .unwrap_or_else(crate::db::now_us);
+            // Failed is final: the payer was charged for a payment the merchant was told failed.
+            // Acknowledged (the channel would only send it again), with an exception for operations.
+            if row.status() == PaymentStatus::Failed {
+                tracing::error!(payment_id = %id, "the channel reports a failed payment paid; exception opened");
+                metrics::counter!("paymux_paid_while_failed_total").increment(1);
+                return crate::reconciliation::open_paid_while_failed(
+                    &state.db,
+                    route.id,
+                    id,
+                    row.amount_minor,
+                    trade.channel_trade_no,
+                    paid_at_us,
+                )
+                .await
+                .map_err(|e| format!("open the paid-while-failed exception: {e:#}"));
+            }
             settle_succeeded(
                 state,
                 &row,
@@ -689,6 +722,74 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
     }
 }
 
+/// Finishes a refund left `processing` (its follow-up ended without an answer, or a restart cut it
+/// short) by what the channel says: a refund the channel does not know is sent again with the same
+/// refund number (and followed up like a new one). `false`: no answer yet, try again later.
+pub async fn recover_refund(state: &AppState, row: crate::refunds::RefundRow) -> bool {
+    use paymux_channels::RefundState;
+    let payment = match crate::payments::repo::get_any(&state.db, row.payment_id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            tracing::error!(refund_id = %row.id, "a processing refund without its payment; left for operations");
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(refund_id = %row.id, error = %e, "recovering a refund: reading its payment");
+            return false;
+        }
+    };
+    let route = match payment.channel_account_id {
+        Some(a) => state.routes.account(ChannelAccountId::from(a)).await,
+        None => None,
+    };
+    let Some(route) = route else {
+        tracing::warn!(refund_id = %row.id, "a processing refund whose channel account is not configured; left for operations");
+        return false;
+    };
+    let (to, channel_refund_no, succeeded_at, failure) = match route
+        .query_refund(&out_trade_no(payment.id), &out_trade_no(row.id))
+        .await
+    {
+        Ok(info) => match info.state {
+            RefundState::Succeeded => (
+                paymux_model::RefundStatus::Succeeded,
+                info.channel_refund_no,
+                info.succeeded_at,
+                None,
+            ),
+            RefundState::Failed => (
+                paymux_model::RefundStatus::Failed,
+                None,
+                None,
+                Some((info.channel_state, "the channel did not refund".to_string())),
+            ),
+            RefundState::Processing => return false,
+        },
+        // Sent again (the same refund number cannot be applied twice); settled at once, or followed
+        // up again when the channel is still working on it.
+        Err(paymux_channels::ChannelError::Rejected { code, .. }) if refund_not_found(&code) => {
+            refund(state, &payment, row).await;
+            return true;
+        }
+        Err(e) => {
+            tracing::warn!(refund_id = %row.id, error = %e, "recovering a refund: no answer from the channel; trying again later");
+            return false;
+        }
+    };
+    settle_refund(
+        state,
+        &payment,
+        &row,
+        Some(&route),
+        to,
+        channel_refund_no,
+        succeeded_at.map(|t| t.timestamp_micros()),
+        failure,
+    )
+    .await;
+    true
+}
+
 /// A refund's final state through the write batcher (a success posts its ledger entry in the same
 /// transaction and announces it by webhook).
 #[allow(clippy::too_many_arguments)]
@@ -702,17 +803,20 @@ pub async fn settle_refund(
     succeeded_at_us: Option<i64>,
     failure: Option<(String, String)>,
 ) {
-    let ledger = route
-        .filter(|_| to == paymux_model::RefundStatus::Succeeded)
-        .map(|r| crate::refunds::RefundLedger {
-            merchant: MerchantId::from(payment.merchant_id),
-            channel_account: r.id,
-            payment_amount_minor: payment.amount_minor,
-            merchant_fee_rate_bps: state
-                .routes
-                .fee_rate_bps(payment.merchant_id, state.config.merchant_fee_rate_bps),
-            channel_cost_rate_bps: r.cost_rate_bps,
-        });
+    let ledger = match route.filter(|_| to == paymux_model::RefundStatus::Succeeded) {
+        Some(r) => {
+            let (merchant_fee_rate_bps, channel_cost_rate_bps) =
+                booked_rates(state, payment, r).await;
+            Some(crate::refunds::RefundLedger {
+                merchant: MerchantId::from(payment.merchant_id),
+                channel_account: r.id,
+                payment_amount_minor: payment.amount_minor,
+                merchant_fee_rate_bps,
+                channel_cost_rate_bps,
+            })
+        }
+        None => None,
+    };
     let (failure_code, failure_message) = match failure {
         Some((c, m)) => (Some(c), Some(m)),
         None => (None, None),
@@ -729,6 +833,49 @@ pub async fn settle_refund(
     }));
     if let Err(e) = state.batcher.submit(op).await {
         tracing::error!(refund_id = %row.id, error = %e, "settling a refund");
+    }
+}
+
+/// The fee and cost rates the payment's ledger entry was posted with: a refund returns the fees
+/// charged then, whatever the rates are now. The current rates only when that entry is unreadable.
+async fn booked_rates(state: &AppState, payment: &PaymentRow, route: &Route) -> (u32, u32) {
+    let current = (
+        state
+            .routes
+            .fee_rate_bps(payment.merchant_id, state.config.merchant_fee_rate_bps),
+        route.cost_rate_bps,
+    );
+    let entry_id =
+        paymux_ledger::rules::entry_id(paymux_ledger::EntryKind::Payment, payment.id).into_uuid();
+    let entries = match paymux_ledger::queries::entries_by_reference(
+        &state.db.ledger_pool(),
+        payment.id,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(payment_id = %payment.id, error = %e, "reading the payment's ledger entry; the refund uses the current rates");
+            return current;
+        }
+    };
+    let rate = |m: &serde_json::Value, key: &str| {
+        m.get(key)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    match entries.iter().find(|e| e.id.into_uuid() == entry_id) {
+        Some(e) => match (
+            rate(&e.metadata, "merchant_fee_rate_bps"),
+            rate(&e.metadata, "channel_cost_rate_bps"),
+        ) {
+            (Some(fee), Some(cost)) => (fee, cost),
+            _ => current,
+        },
+        None => {
+            tracing::warn!(payment_id = %payment.id, "no ledger entry for the refunded payment; the refund uses the current rates");
+            current
+        }
     }
 }
 
@@ -787,8 +934,11 @@ async fn refund_follow_up(
                 RefundState::Processing => {}
             },
             // The channel does not know the refund (the request never arrived): ask again, with the
-            // same refund number, so it cannot be applied twice.
-            Err(paymux_channels::ChannelError::Rejected { .. }) => {
+            // same refund number, so it cannot be applied twice. Any other rejection of the query
+            // says nothing about the refund: it stays `processing` and is queried again.
+            Err(paymux_channels::ChannelError::Rejected { code, .. })
+                if refund_not_found(&code) =>
+            {
                 let req = paymux_channels::RefundRequest {
                     out_trade_no: out_trade_no(payment.id),
                     out_refund_no: out_trade_no(row.id),
@@ -818,6 +968,15 @@ async fn refund_follow_up(
         }
     }
     tracing::error!(refund_id = %row.id, "refund still not final at the channel; left processing for operations");
+}
+
+/// A refund query's rejection saying the channel has no such refund (WeChat `RESOURCE_NOT_EXISTS`,
+/// Alipay `REFUND_NOT_EXIST`, or no such order at all).
+fn refund_not_found(code: &str) -> bool {
+    let c = code.to_ascii_uppercase().replace('_', "");
+    crate::sweeper::order_not_found(code)
+        || c.ends_with("REFUNDNOTEXIST")
+        || c == "RESOURCENOTEXISTS"
 }
 
 async fn refund_event(

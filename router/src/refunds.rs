@@ -21,7 +21,7 @@ use crate::auth::Merchant;
 use crate::batcher::{WriteOp, WriteOutcome};
 use crate::db::{Db, now_us, us_to_datetime};
 use crate::error::{ApiError, ApiResult};
-use crate::payments::api::parse_json;
+use crate::payments::api::{AMOUNT_MINOR_MAX, parse_json};
 use crate::payments::repo;
 
 pub fn router() -> Router<AppState> {
@@ -332,6 +332,31 @@ pub async fn get(db: &Db, merchant: Option<Uuid>, id: Uuid) -> sqlx::Result<Opti
     }
 }
 
+/// Refunds still `processing` whose last change is at or before `before_us`, oldest first.
+pub async fn stale_processing(db: &Db, before_us: i64, limit: u32) -> sqlx::Result<Vec<RefundRow>> {
+    let sql = format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'processing' AND updated_at_us <= $1 \
+         ORDER BY updated_at_us LIMIT $2"
+    );
+    let limit = i64::from(limit);
+    match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(&sql)
+                .bind(before_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_as(&sql)
+                .bind(before_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+    }
+}
+
 fn check_refund(req: &CreateRefund) -> ApiResult<()> {
     let n = &req.merchant_refund_no;
     if n.is_empty()
@@ -345,10 +370,11 @@ fn check_refund(req: &CreateRefund) -> ApiResult<()> {
             "`merchant_refund_no` must be 1–64 characters of [A-Za-z0-9_.:-]",
         ));
     }
-    if req.amount < 1 {
+    // Bounded like a payment's amount, so the reservation's sum cannot overflow in the database.
+    if !(1..=AMOUNT_MINOR_MAX).contains(&req.amount) {
         return Err(ApiError::validation(
             "amount",
-            "`amount` is in minor units and must be at least 1",
+            format!("`amount` is in minor units and must be 1 ..= {AMOUNT_MINOR_MAX}"),
         ));
     }
     if let Some(r) = &req.reason {

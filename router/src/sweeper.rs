@@ -44,6 +44,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retries = Retries::default();
     let mut recoveries = Retries::default();
+    let mut refund_recoveries = Retries::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -52,6 +53,53 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         close_local(&state.db, batch_max, &stop).await;
         close_channel_orders(&state, batch_max, concurrency, &mut retries).await;
         recover_stale_processing(&state, batch_max, concurrency, &mut recoveries).await;
+        recover_stale_refunds(&state, batch_max, concurrency, &mut refund_recoveries).await;
+    }
+}
+
+/// Refunds left `processing`, by what the channel says (see [`orchestrate::recover_refund`]).
+async fn recover_stale_refunds(
+    state: &AppState,
+    batch_max: u32,
+    concurrency: usize,
+    retries: &mut Retries,
+) {
+    let before = now_us() - recovery_after(&state.config).as_micros() as i64;
+    let rows = match crate::refunds::stale_processing(&state.db, before, batch_max).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "recovery sweep of processing refunds failed; retrying next tick");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let due: Vec<crate::refunds::RefundRow> = rows
+        .into_iter()
+        .filter(|r| retries.due(r.id, now))
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let results: Vec<(Uuid, bool)> = futures::stream::iter(due)
+        .map(|row| async move {
+            let id = row.id;
+            (id, orchestrate::recover_refund(state, row).await)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut finished = 0u64;
+    for (id, done) in results {
+        if done {
+            finished += 1;
+            retries.done(id);
+        } else {
+            retries.later(id, now);
+        }
+    }
+    if finished > 0 {
+        metrics::counter!("paymux_refunds_recovered_total").increment(finished);
+        tracing::info!(finished, "refunds left processing finished by the sweeper");
     }
 }
 
@@ -106,7 +154,7 @@ impl Retries {
 
 /// What happened to one expired payment with a channel order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expiry {
+pub(crate) enum Expiry {
     /// Closed at the channel (or the channel had no open order), then closed here.
     Closed,
     /// The channel says it was paid: settled as `succeeded`.
@@ -175,6 +223,12 @@ async fn close_channel_orders(
 
 /// Closes one payment's order at its channel, then the payment; or settles it if it was paid.
 async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
+    close_channel_order(state, row, "expired").await
+}
+
+/// Closes a payment's order at its channel, then the payment (`closed_reason` `reason`); settles it
+/// instead when the channel says it was paid; `Later` when the channel gives no clear answer.
+pub(crate) async fn close_channel_order(state: &AppState, row: PaymentRow, reason: &str) -> Expiry {
     let route = match row.channel_account_id {
         Some(a) => state.routes.account(ChannelAccountId::from(a)).await,
         None => None,
@@ -186,14 +240,14 @@ async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
     };
     let no = orchestrate::out_trade_no(row.id);
     let refused = match route.close(&no).await {
-        Ok(()) => return close_here(state, &row).await,
+        Ok(()) => return close_here(state, &row, reason).await,
         Err(e) => e,
     };
     // Refused (paid, already closed, unknown order) or no answer: the channel's query decides.
     match route.query(&no).await {
         Ok(trade) => match trade.state {
             TradeState::Succeeded => settle(state, &row, &route, trade).await,
-            TradeState::Closed | TradeState::Failed => close_here(state, &row).await,
+            TradeState::Closed | TradeState::Failed => close_here(state, &row, reason).await,
             TradeState::NotPaid | TradeState::UserPaying => {
                 tracing::warn!(payment_id = %row.id, channel = route.name, error = %refused,
                     "the channel did not close an unpaid order; trying again later");
@@ -203,7 +257,7 @@ async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
         // The channel has no such order (Alipay creates a pre-created trade only when the payer
         // scans): nothing can be paid any more — the order carried the same expiry to the channel.
         Err(ChannelError::Rejected { code, .. }) if order_not_found(&code) => {
-            close_here(state, &row).await
+            close_here(state, &row, reason).await
         }
         Err(e) => {
             tracing::warn!(payment_id = %row.id, channel = route.name, close_error = %refused, query_error = %e,
@@ -215,16 +269,16 @@ async fn expire_channel_order(state: &AppState, row: PaymentRow) -> Expiry {
 
 /// WeChat `ORDER_NOT_EXIST`, Alipay `ACQ.TRADE_NOT_EXIST`, UnionPay `34` (查无此交易: e.g. an
 /// in-app order of a payment link whose creation never reached the gateway).
-fn order_not_found(code: &str) -> bool {
+pub(crate) fn order_not_found(code: &str) -> bool {
     let c = code.to_ascii_uppercase().replace('_', "");
     c.ends_with("ORDERNOTEXIST") || c.ends_with("TRADENOTEXIST") || c == "34"
 }
 
-async fn close_here(state: &AppState, row: &PaymentRow) -> Expiry {
+async fn close_here(state: &AppState, row: &PaymentRow, reason: &str) -> Expiry {
     let op = WriteOp::Transition {
         payment_id: PaymentId::from(row.id),
         to: PaymentStatus::Closed,
-        closed_reason: Some("expired".into()),
+        closed_reason: Some(reason.into()),
     };
     match state.batcher.submit(op).await {
         Ok(_) => Expiry::Closed,

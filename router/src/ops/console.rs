@@ -183,6 +183,8 @@ const LABELS: &[(&str, &str, &str)] = &[
     ("refunds", "退款", "Refunds"),
     ("fees", "手续费", "Fees"),
     ("net", "净额", "Net"),
+    ("carried", "往日结转", "Carried"),
+    ("payout", "结算付款", "Payout"),
     ("payout_file", "付款文件", "Payout file"),
     (
         "more",

@@ -480,6 +480,8 @@ pub struct Settlement {
     pub refunds_minor: i64,
     pub fees_minor: i64,
     pub net_minor: i64,
+    pub carried_minor: i64,
+    pub payout_minor: i64,
     pub entry_id: Option<Uuid>,
     pub payout_file: Option<String>,
 }
@@ -493,7 +495,7 @@ pub async fn list_settlements(
     Ok(fetch_all!(db, Settlement, |qb: &mut QueryBuilder<_>| {
         qb.push(
             "SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, \
-             entry_id, payout_file FROM merchant_settlements WHERE 1 = 1",
+             carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE 1 = 1",
         );
         if let Some(d) = day {
             qb.push(" AND day = ").push_bind(d.to_string());

@@ -141,6 +141,26 @@ impl CreatePayment {
                 format!("`amount` is in minor units and must be 1 ..= {AMOUNT_MINOR_MAX}"),
             ));
         }
+        // The channels settle in CNY: another currency would be charged as CNY fen.
+        if self.currency != Currency::Cny {
+            return Err(ApiError::validation(
+                "currency",
+                "`currency` must be CNY: the channels charge and settle in CNY",
+            ));
+        }
+        // The methods this endpoint pays; `qr_static` payments are made by the one-code cashier.
+        if !matches!(
+            self.method,
+            PayMethod::CodeScan | PayMethod::SoundWave | PayMethod::QrMerchant
+        ) {
+            return Err(ApiError::validation(
+                "method",
+                format!(
+                    "`method` `{}` cannot be created through this API: use code_scan, sound_wave or qr_merchant",
+                    self.method.as_str()
+                ),
+            ));
+        }
         check_text("subject", &self.subject, 128)?;
         let needs_code = matches!(self.method, PayMethod::CodeScan | PayMethod::SoundWave);
         match (&self.auth_code, needs_code) {
@@ -386,6 +406,19 @@ pub async fn create_payment(
             ))
         }
         WriteOutcome::Existing(row) => {
+            // The same request again. When the first attempt wrote the payment but failed before
+            // the charge (its answer was 503 "retry with the same request"), the charge is made now.
+            if let (Some(code), Some(_), Some(candidates)) =
+                (&req.auth_code, code_wallet, code_route)
+                && row.status() == PaymentStatus::Created
+            {
+                let id = PaymentId::from(row.id);
+                crate::orchestrate::code_scan(&state, *row, code, candidates).await?;
+                let row = repo::get(&state.db, merchant.id, id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("payment"))?;
+                return Ok((StatusCode::OK, Json(state.paylinks.present(&row))));
+            }
             Ok((StatusCode::OK, Json(state.paylinks.present(row.as_ref()))))
         }
         WriteOutcome::Conflict(row) => Err(ApiError::field(
@@ -499,16 +532,41 @@ pub async fn close_payment(
     let row = repo::get(&state.db, merchant.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment"))?;
-    if row.status() == PaymentStatus::Created || row.status() == PaymentStatus::Processing {
-        state
-            .batcher
-            .submit(WriteOp::Transition {
-                payment_id: id,
-                to: PaymentStatus::Closed,
-                closed_reason: Some("closed_by_merchant".into()),
-            })
-            .await
-            .map_err(ApiError::unavailable)?;
+    match row.status() {
+        // An order at a channel is closed there first, so the payer can no longer pay it; if the
+        // payer already has, the payment is settled as `succeeded` (answered 409 below).
+        PaymentStatus::Created if row.channel_account_id.is_some() => {
+            use crate::sweeper::Expiry;
+            match crate::sweeper::close_channel_order(&state, row, "closed_by_merchant").await {
+                Expiry::Closed | Expiry::Paid => {}
+                Expiry::Later => {
+                    return Err(ApiError::new(
+                        ErrorCode::ChannelUnavailable,
+                        "the channel did not confirm closing the order; nothing was closed, try again",
+                    ));
+                }
+            }
+        }
+        PaymentStatus::Created => {
+            state
+                .batcher
+                .submit(WriteOp::Transition {
+                    payment_id: id,
+                    to: PaymentStatus::Closed,
+                    closed_reason: Some("closed_by_merchant".into()),
+                })
+                .await
+                .map_err(ApiError::unavailable)?;
+        }
+        // The customer's code is being charged: the payer may be confirming. It ends by itself
+        // (reversed and closed at its deadline, or succeeded).
+        PaymentStatus::Processing => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "payment is processing at the channel and cannot be closed; it is reversed and closed at its deadline unless the payer completes it",
+            ));
+        }
+        _ => {}
     }
     let row = repo::get(&state.db, merchant.id, id)
         .await?

@@ -265,7 +265,14 @@ pub struct MerchantSettlement {
     pub gross_minor: i64,
     pub refunds_minor: i64,
     pub fees_minor: i64,
+    /// What the day's payments and refunds left on the merchant's payable: gross − refunds − fees.
     pub net_minor: i64,
+    /// What earlier days left unpaid on the payable: negative when a day's refunds exceeded its
+    /// payments (a debt the next payouts take back), positive for postings dated in a day already
+    /// settled.
+    pub carried_minor: i64,
+    /// What is paid to the merchant: `max(0, net_minor + carried_minor)`.
+    pub payout_minor: i64,
     pub entry_id: Option<Uuid>,
     pub payout_file: Option<String>,
 }
@@ -1104,6 +1111,10 @@ async fn run_counts(
 /// The class of the exception opened for a late success (not a bill class: no bill line makes it).
 pub const LATE_SUCCESS: &str = "late_success";
 
+/// The class of the exception opened when the channel reports a payment paid that was marked
+/// `failed` here (a failed state cannot be left: operations refund the payer or complete the sale).
+pub const PAID_WHILE_FAILED: &str = "paid_while_failed";
+
 /// A success the channel reported for a payment we had already closed: the money moved after we
 /// gave up on it. The payment is completed (posted, the merchant told) by the caller; this opens an
 /// exception for operations at once, as an item of the reconciliation run of the channel account
@@ -1111,6 +1122,63 @@ pub const LATE_SUCCESS: &str = "late_success";
 /// reconciled yet, and the day's run keeps the item. Idempotent: ids are derived from the payment.
 pub async fn open_late_success(
     db: &Db,
+    account: ChannelAccountId,
+    payment_id: Uuid,
+    amount_minor: i64,
+    channel_trade_no: Option<String>,
+    paid_at_us: i64,
+) -> anyhow::Result<()> {
+    open_payment_exception(
+        db,
+        PaymentException {
+            class: LATE_SUCCESS,
+            platform_status: "succeeded",
+            note: "the channel reported this payment paid after it was closed here; it was completed as a late success (posted, merchant notified): refund the payer or keep the sale",
+        },
+        account,
+        payment_id,
+        amount_minor,
+        channel_trade_no,
+        paid_at_us,
+    )
+    .await
+}
+
+/// A success the channel reported for a payment marked `failed` here: the payer was charged, the
+/// merchant was told it failed and nothing was posted. Opened at once, like a late success.
+pub async fn open_paid_while_failed(
+    db: &Db,
+    account: ChannelAccountId,
+    payment_id: Uuid,
+    amount_minor: i64,
+    channel_trade_no: Option<String>,
+    paid_at_us: i64,
+) -> anyhow::Result<()> {
+    open_payment_exception(
+        db,
+        PaymentException {
+            class: PAID_WHILE_FAILED,
+            platform_status: "failed",
+            note: "the channel reported this payment paid but it had failed here (nothing posted, the merchant was told it failed): refund the payer",
+        },
+        account,
+        payment_id,
+        amount_minor,
+        channel_trade_no,
+        paid_at_us,
+    )
+    .await
+}
+
+struct PaymentException {
+    class: &'static str,
+    platform_status: &'static str,
+    note: &'static str,
+}
+
+async fn open_payment_exception(
+    db: &Db,
+    what: PaymentException,
     account: ChannelAccountId,
     payment_id: Uuid,
     amount_minor: i64,
@@ -1125,7 +1193,8 @@ pub async fn open_late_success(
     let run = run_id(account, day);
     let out_trade_no = crate::orchestrate::out_trade_no(payment_id);
     let item = v5(&format!(
-        "paymux:recon-item:{run}:{LATE_SUCCESS}:{}",
+        "paymux:recon-item:{run}:{}:{}",
+        what.class,
         record_key(BillKind::Payment, &out_trade_no, None)
     ));
     let now = now_us();
@@ -1133,10 +1202,9 @@ pub async fn open_late_success(
         VALUES ($1, $2, $3, 'open', 0, $4) ON CONFLICT (id) DO NOTHING";
     const ITEM: &str = "INSERT INTO reconciliation_items (id, run_id, class, kind, out_trade_no, \
         channel_trade_no, platform_amount_minor, channel_amount_minor, platform_status, resolution, created_at_us) \
-        VALUES ($1, $2, $3, 'payment', $4, $5, $6, $7, 'succeeded', 'exception', $8) ON CONFLICT (id) DO NOTHING";
+        VALUES ($1, $2, $3, 'payment', $4, $5, $6, $7, $8, 'exception', $9) ON CONFLICT (id) DO NOTHING";
     const EXCEPTION: &str = "INSERT INTO reconciliation_exceptions (item_id, run_id, class, status, note, created_at_us) \
         VALUES ($1, $2, $3, 'open', $4, $5) ON CONFLICT (item_id) DO NOTHING";
-    let note = "the channel reported this payment paid after it was closed here; it was completed as a late success (posted, merchant notified): refund the payer or keep the sale";
     macro_rules! body {
         ($tx:ident) => {{
             sqlx::query(RUN)
@@ -1149,19 +1217,20 @@ pub async fn open_late_success(
             sqlx::query(ITEM)
                 .bind(item)
                 .bind(run)
-                .bind(LATE_SUCCESS)
+                .bind(what.class)
                 .bind(&out_trade_no)
                 .bind(&channel_trade_no)
                 .bind(amount_minor)
                 .bind(amount_minor)
+                .bind(what.platform_status)
                 .bind(now)
                 .execute(&mut *$tx)
                 .await?;
             sqlx::query(EXCEPTION)
                 .bind(item)
                 .bind(run)
-                .bind(LATE_SUCCESS)
-                .bind(note)
+                .bind(what.class)
+                .bind(what.note)
                 .bind(now)
                 .execute(&mut *$tx)
                 .await?;
@@ -1526,7 +1595,7 @@ macro_rules! settle_body {
         for chunk in $new.chunks(CHUNK) {
             let mut qb = QueryBuilder::<$backend>::new(
                 "INSERT INTO merchant_settlements (id, merchant_id, day, currency, gross_minor, refunds_minor, \
-                 fees_minor, net_minor, entry_id, payout_file, created_at_us) ",
+                 fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file, created_at_us) ",
             );
             qb.push_values(chunk, |mut b, (s, _)| {
                 b.push_bind(s.id)
@@ -1537,6 +1606,8 @@ macro_rules! settle_body {
                     .push_bind(s.refunds_minor)
                     .push_bind(s.fees_minor)
                     .push_bind(s.net_minor)
+                    .push_bind(s.carried_minor)
+                    .push_bind(s.payout_minor)
                     .push_bind(s.entry_id)
                     .push_bind(s.payout_file.clone())
                     .push_bind(now);
@@ -1602,7 +1673,7 @@ pub async fn settle_merchants(
         db,
         MerchantSettlement,
         |qb: &mut QueryBuilder<_>| {
-            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
+            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
             .push_bind(day_s.clone());
         }
     );
@@ -1612,27 +1683,34 @@ pub async fn settle_merchants(
         if settled.contains(&m) {
             continue;
         }
-        // The net is what the day's payment and refund entries left on the merchant's payable.
+        // The net is what the day's payment and refund entries left on the merchant's payable; the
+        // payout is what the payable holds at the day's end: every posting dated before it, less
+        // every payout already made (those of later days too, should days be settled out of order,
+        // so nothing is paid twice).
         let payable = chart::merchant_payable(MerchantId::from(m), Currency::Cny)
             .id()
             .into_uuid();
-        let net: Vec<(i64,)> = fetch_all!(db, (i64,), |qb: &mut QueryBuilder<_>| {
-            qb.push("SELECT CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END), 0) AS BIGINT) \
+        let sums: Vec<(i64, i64)> = fetch_all!(db, (i64, i64), |qb: &mut QueryBuilder<_>| {
+            qb.push("SELECT CAST(COALESCE(SUM(CASE WHEN e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
+                .push_bind(start_us)
+                .push(" THEN (CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END) ELSE 0 END), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END), 0) AS BIGINT) \
                  FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ")
                 .push_bind(payable)
-                .push(" AND e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
-                .push_bind(start_us)
-                .push(" AND p.effective_at_us < ")
-                .push_bind(end_us);
+                .push(" AND (p.effective_at_us < ")
+                .push_bind(end_us)
+                .push(" OR e.kind = 'merchant_settlement')");
         });
-        let net = net.first().map_or(0, |n| n.0);
+        let (net, held) = sums.first().copied().unwrap_or((0, 0));
+        let carried = held - net;
+        let payout = held.max(0);
         let id = v5(&format!("settlement:{m}:{day}"));
-        let entry = (net > 0).then(|| {
+        let entry = (payout > 0).then(|| {
             paymux_ledger::rules::merchant_settlement(
                 SettlementId::from_uuid(id),
                 MerchantId::from(m),
                 SETTLEMENT_BANK,
-                Money::cny(net),
+                Money::cny(payout),
                 end_us,
             )
         });
@@ -1647,6 +1725,8 @@ pub async fn settle_merchants(
                 refunds_minor: refunds,
                 fees_minor: gross - refunds - net,
                 net_minor: net,
+                carried_minor: carried,
+                payout_minor: payout,
                 entry_id: entry.as_ref().map(|e| e.id.into_uuid()),
                 payout_file: Some(file.display().to_string()),
             },
@@ -1654,9 +1734,6 @@ pub async fn settle_merchants(
         ));
     }
     if !new.is_empty() {
-        for (s, _) in &new {
-            report::write_payout(&PathBuf::from(s.payout_file.clone().unwrap_or_default()), s)?;
-        }
         match db {
             Db::Sqlite(p) => {
                 let mut tx = p.begin_write().await?;
@@ -1670,15 +1747,22 @@ pub async fn settle_merchants(
             }
         }
     }
-    Ok(fetch_all!(
-        db,
-        MerchantSettlement,
-        |qb: &mut QueryBuilder<_>| {
-            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
+    let rows = fetch_all!(db, MerchantSettlement, |qb: &mut QueryBuilder<_>| {
+        qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
             .push_bind(day_s.clone())
             .push(" ORDER BY merchant_id");
+    });
+    // Payout files are written from the committed rows (a run that lost the race for a row writes
+    // the winner's figures, not its own), and written again by any later run should one be missing.
+    for s in &rows {
+        if let Some(file) = &s.payout_file {
+            let path = PathBuf::from(file);
+            if !path.exists() {
+                report::write_payout(&path, s)?;
+            }
         }
-    ))
+    }
+    Ok(rows)
 }
 
 /// A state for running reconciliation outside `paymux serve` (the CLI): the database, a write

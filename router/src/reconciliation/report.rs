@@ -251,7 +251,7 @@ pub fn day_index_path(data_dir: &Path, day: NaiveDate) -> PathBuf {
 /// The payout file of one merchant and day: a header and one line.
 pub fn write_payout(path: &Path, s: &MerchantSettlement) -> anyhow::Result<()> {
     let body = format!(
-        "settlement_id,merchant_id,day,currency,gross_minor,refunds_minor,fees_minor,net_minor,entry_id\n{},{},{},{},{},{},{},{},{}\n",
+        "settlement_id,merchant_id,day,currency,gross_minor,refunds_minor,fees_minor,net_minor,carried_minor,payout_minor,entry_id\n{},{},{},{},{},{},{},{},{},{},{}\n",
         s.id,
         s.merchant_id,
         s.day,
@@ -260,6 +260,8 @@ pub fn write_payout(path: &Path, s: &MerchantSettlement) -> anyhow::Result<()> {
         s.refunds_minor,
         s.fees_minor,
         s.net_minor,
+        s.carried_minor,
+        s.payout_minor,
         opt(&s.entry_id),
     );
     write_atomic(path, body.as_bytes())

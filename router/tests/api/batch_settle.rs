@@ -209,3 +209,91 @@ async fn a_command_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
         found.body
     );
 }
+
+#[tokio::test]
+async fn a_command_whose_entry_the_ledger_rejects_fails_alone_and_the_rest_of_its_batch_commits() {
+    let app = spawn_app().await;
+    let m = app.merchant("Rejected").await;
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let r = m
+            .create_payment(
+                &json!({"merchant_order_no": format!("l-{n}"), "amount": 100 + n,
+                "currency": "CNY", "subject": "x", "method": "qr_merchant"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let account = paymux_model::ChannelAccountId::from_uuid(Uuid::now_v7());
+    let with_entry = |id: &str, entry_of: &str, amount: i64| {
+        let WriteOp::Settle(mut s) = settle(id, PaymentStatus::Succeeded, &format!("t-{id}"))
+        else {
+            unreachable!()
+        };
+        s.entry = Some(paymux_ledger::rules::payment_succeeded(
+            PaymentId::from(Uuid::parse_str(entry_of).unwrap()),
+            m.creds.merchant_id,
+            account,
+            paymux_model::Money::cny(amount),
+            60,
+            20,
+            1_700_000_000_000_000,
+        ));
+        WriteOp::Settle(s)
+    };
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let batcher = Arc::new(WriteBatcher::start(
+        db.clone(),
+        BatcherConfig {
+            items_max: 1000,
+            linger: Duration::from_millis(300),
+            workers: 1,
+            queue_capacity: 1000,
+        },
+    ));
+    // Six payments with their entries, and a seventh whose entry has the first one's id with
+    // other content: whichever of the two comes second is rejected by the ledger, alone.
+    let mut ops: Vec<WriteOp> = ids[..6]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| with_entry(id, id, 100 + n as i64))
+        .collect();
+    ops.push(with_entry(&ids[6], &ids[0], 999));
+    let handles: Vec<_> = ops
+        .into_iter()
+        .map(|op| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(op).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(h.await.unwrap());
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_err()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(WriteOutcome::Transitioned(true))))
+            .count(),
+        6,
+        "{outcomes:?}"
+    );
+    batcher.shutdown().await;
+    db.close().await;
+    let succeeded = {
+        let mut n = 0;
+        for id in &ids {
+            if m.get_payment(id).await.body["status"] == "succeeded" {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(succeeded, 6);
+}

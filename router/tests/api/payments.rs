@@ -210,7 +210,21 @@ async fn validation_errors_name_the_field() {
             "amount",
         ),
         ("currency", json!("XXX"), "validation_failed", "currency"),
+        // Known codes the channels do not charge in: they would be charged as CNY fen.
+        ("currency", json!("USD"), "validation_failed", "currency"),
+        ("currency", json!("HKD"), "validation_failed", "currency"),
         ("method", json!("teleport"), "validation_failed", "method"),
+        // Methods this endpoint does not pay: nothing would ever charge them.
+        ("method", json!("nfc"), "validation_failed", "method"),
+        ("method", json!("jsapi"), "validation_failed", "method"),
+        (
+            "method",
+            json!("wallet_balance"),
+            "validation_failed",
+            "method",
+        ),
+        ("method", json!("app"), "validation_failed", "method"),
+        ("method", json!("qr_static"), "validation_failed", "method"),
         (
             "merchant_order_no",
             json!(""),

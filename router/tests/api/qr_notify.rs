@@ -132,7 +132,13 @@ async fn a_success_after_close_is_a_late_success_posted_and_flagged() {
     let r = m.create_payment(&body).await;
     let id = r.body["id"].as_str().unwrap().to_string();
     let qr = r.body["qr_code"].as_str().unwrap().to_string();
-    assert_eq!(m.close_payment(&id).await.body["status"], "closed");
+    // Our side gave up on it while the channel still had the order open (as an expiry that could
+    // not reach the channel would); a merchant's close is made at the channel first.
+    app.sql_execute(
+        "UPDATE payments SET status = 'closed', closed_reason = 'expired' WHERE merchant_order_no = 'q-3'",
+    )
+    .await;
+    assert_eq!(m.get_payment(&id).await.body["status"], "closed");
     // The payer had the code open and pays anyway; the channel says the money moved.
     app.http
         .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
@@ -181,6 +187,51 @@ async fn a_success_after_close_is_a_late_success_posted_and_flagged() {
     assert_eq!(late[0]["platform_amount_minor"], 1_200);
     let report = audit(&app).await;
     assert_eq!(report.ledger.entries, 1);
+}
+
+/// A merchant's close is made at the channel first: the payer can no longer pay the order. A code
+/// payment being charged cannot be closed (it ends by itself at its deadline).
+#[tokio::test]
+async fn a_merchant_close_closes_the_order_at_the_channel() {
+    let app = app().await;
+    let m = app.merchant("Bakery").await;
+    let r = m.create_payment(&qr_body("q-close", 1_500, "wechat")).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let closed = m.close_payment(&id).await;
+    assert_eq!(closed.status, 200, "{:?}", closed.body);
+    assert_eq!(closed.body["closed_reason"], "closed_by_merchant");
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": r.body["qr_code"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        paid.status().is_client_error(),
+        "the channel still took the payment: {}",
+        paid.status()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.get_payment(&id).await.body["status"], "closed");
+
+    let p = m
+        .create_payment(&json!({
+            "merchant_order_no": "q-processing", "amount": 800, "currency": "CNY", "subject": "面包",
+            "method": "code_scan", "auth_code": "134567890123451002",
+        }))
+        .await;
+    assert_eq!(p.status, 202, "{:?}", p.body);
+    let refused = m.close_payment(p.body["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (409, "invalid_state"),
+        "{:?}",
+        refused.body
+    );
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 0);
 }
 
 #[tokio::test]

@@ -557,6 +557,116 @@ async fn refunds_are_matched_by_out_refund_no_and_settled_with_their_payments() 
     audit_clean(&app).await;
 }
 
+async fn refund_in_full(m: &MerchantClient, payment: &str, no: &str, amount: i64) {
+    let r = m
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/payments/{payment}/refunds"),
+            Some(&json!({"merchant_refund_no": no, "amount": amount})),
+        )
+        .await;
+    assert!(matches!(r.status.as_u16(), 200..=202), "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    for _ in 0..400 {
+        let r = m
+            .send(reqwest::Method::GET, &format!("/v1/refunds/{id}"), None)
+            .await;
+        if r.body["status"] != "processing" {
+            assert_eq!(r.body["status"], "succeeded", "{:?}", r.body);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("refund {id} never became final");
+}
+
+/// Day 1 is paid out; day 2 refunds more than it takes (its net is negative: nothing is paid, and the
+/// debt is not forgotten); day 3's payout is its net less that debt. The payable ends at zero.
+#[tokio::test]
+async fn a_day_whose_refunds_exceed_its_payments_is_taken_back_from_the_next_payout() {
+    let app = app().await;
+    let m = app.merchant("Book Shop").await;
+    let today = Utc::now().with_timezone(&Shanghai).date_naive();
+    let days = [4, 3, 2].map(|n| today - chrono::Days::new(n));
+    let net = |amount: i64| amount - paymux_ledger::rules::fee_minor(amount, FEE_BPS);
+
+    put_faults(
+        &app,
+        &json!({"clock_offset_secs": offset_to(days[0], 10, 0)}),
+    )
+    .await;
+    let first = code_pay(&m, "c-1", 10_000).await;
+    let s1 = reconcile(&app, days[0]).await.merchant_settlements;
+    assert_eq!(s1.len(), 1, "{s1:#?}");
+    assert_eq!(
+        (s1[0].net_minor, s1[0].carried_minor, s1[0].payout_minor),
+        (net(10_000), 0, net(10_000)),
+        "{s1:#?}"
+    );
+
+    put_faults(
+        &app,
+        &json!({"clock_offset_secs": offset_to(days[1], 10, 0)}),
+    )
+    .await;
+    refund_in_full(&m, &first, "c-1-r", 10_000).await;
+    let s2 = reconcile(&app, days[1]).await.merchant_settlements;
+    assert_eq!(s2.len(), 1, "{s2:#?}");
+    assert_eq!(
+        (
+            s2[0].net_minor,
+            s2[0].carried_minor,
+            s2[0].payout_minor,
+            s2[0].entry_id
+        ),
+        (-net(10_000), 0, 0, None),
+        "{s2:#?}"
+    );
+
+    put_faults(
+        &app,
+        &json!({"clock_offset_secs": offset_to(days[2], 10, 0)}),
+    )
+    .await;
+    code_pay(&m, "c-2", 20_000).await;
+    let s3 = reconcile(&app, days[2]).await.merchant_settlements;
+    assert_eq!(s3.len(), 1, "{s3:#?}");
+    assert_eq!(
+        (s3[0].net_minor, s3[0].carried_minor, s3[0].payout_minor),
+        (net(20_000), -net(10_000), net(20_000) - net(10_000)),
+        "{s3:#?}"
+    );
+    let payout = std::fs::read_to_string(s3[0].payout_file.as_ref().unwrap()).unwrap();
+    assert!(
+        payout.lines().nth(1).unwrap().contains(&format!(
+            ",{},{},{},",
+            net(20_000),
+            -net(10_000),
+            net(20_000) - net(10_000)
+        )),
+        "{payout}"
+    );
+
+    // Everything the merchant earned (day 1's and day 3's nets, less day 2's refund) was paid once:
+    // the payable holds nothing; a rerun of day 3 pays nothing more.
+    let payable =
+        paymux_ledger::chart::merchant_payable(m.creds.merchant_id, paymux_model::Currency::Cny)
+            .code;
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let held = paymux_ledger::queries::balance_by_code(&db.ledger_pool(), &payable)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(held.posted_minor(), 0, "{}", app.backend());
+    let entries = scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await;
+    assert_eq!(reconcile(&app, days[2]).await.merchant_settlements, s3);
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await,
+        entries
+    );
+    audit_clean(&app).await;
+}
+
 #[tokio::test]
 async fn each_account_is_reconciled_at_its_own_time_and_merchants_settle_after_the_last() {
     use crate::ops_api::{get, operator, ops};
@@ -862,5 +972,47 @@ async fn a_closed_payment_paid_at_the_channel_completes_late_and_an_unlisted_car
     // Rerunning that day opens nothing more.
     reconcile(&app, day + chrono::Days::new(2)).await;
     assert_eq!(scalar(&app, open_exceptions).await, 1);
+    audit_clean(&app).await;
+}
+
+/// A success notification for a payment that failed here: failed is final, so the payment stays
+/// failed and nothing is posted, but the money moved: an exception is opened at once.
+#[tokio::test]
+async fn a_success_reported_for_a_failed_payment_opens_an_exception_at_once() {
+    let app = app().await;
+    let m = app.merchant("Tea House").await;
+    let r = m
+        .create_payment(&json!({
+            "merchant_order_no": "r-failed", "amount": 1800, "currency": "CNY", "subject": "Tea",
+            "method": "qr_merchant", "wallet": "wechat",
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // Marked failed here (as a query answer read as a decline would), then paid at the channel.
+    app.sql_execute(
+        "UPDATE payments SET status = 'failed', failure_code = 'X' WHERE merchant_order_no = 'r-failed'",
+    )
+    .await;
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": r.body["qr_code"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    wait_scalar(
+        &app,
+        "SELECT COUNT(*) FROM reconciliation_exceptions WHERE class = 'paid_while_failed' AND status = 'open'",
+        1,
+    )
+    .await;
+    assert_eq!(m.get_payment(&id).await.body["status"], "failed");
+    assert_eq!(
+        scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await,
+        0,
+        "nothing is posted for a failed payment"
+    );
     audit_clean(&app).await;
 }

@@ -110,6 +110,14 @@ async fn partial_refunds_idempotent_and_bounded() {
         )
         .await;
     assert_eq!(bad.status, 422);
+    // An amount near i64::MAX is refused as such (the reservation's sum cannot overflow).
+    let huge = refund(&m, &pid, "rf-huge", i64::MAX).await;
+    assert_eq!(
+        (huge.status.as_u16(), huge.code()),
+        (422, "validation_failed"),
+        "{:?}",
+        huge.body
+    );
     let missing = refund(&m, "0190b1e0-0000-7000-8000-000000000000", "rf-9", 1).await;
     assert_eq!(missing.status, 404);
     let report = audit(&app).await;
@@ -449,4 +457,38 @@ async fn an_alipay_refund_without_an_answer_is_asked_again_and_declined() {
     sandbox_faults(&app, "alipay", json!({})).await;
     refund_again(&app, &m, &pid, "rf-a-2b", 500).await;
     hook.acknowledged("refund.succeeded").await;
+}
+
+/// A refund whose channel never answered outlives its follow-up (which gives up after twenty
+/// deadlines, as one cut short by a restart would): the sweeper finishes it once the channel
+/// answers — the query knows no such refund, so it is sent again with the same number.
+#[tokio::test]
+async fn a_refund_left_processing_after_its_follow_up_gave_up_is_finished_by_the_sweeper() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.code_pay_poll_interval_ms = 50;
+    // The follow-up gives up after 20 × 200 ms; the sweeper looks at refunds unchanged for 300 ms.
+    config.code_pay_deadline_ms = 200;
+    config.processing_recovery_after_ms = 0;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Books").await;
+    let pid = paid(&m, "rf-s-1", 1_000, "134567890123456789").await;
+    sandbox_faults(&app, "wechat", json!({"error_5xx_pct": 100.0})).await;
+    let r = refund(&m, &pid, "rf-s-1a", 400).await;
+    assert!(matches!(r.status.as_u16(), 201 | 202), "{:?}", r.body);
+    assert_eq!(r.body["status"], "processing", "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let still = m
+        .send(Method::GET, &format!("/v1/refunds/{id}"), None)
+        .await;
+    assert_eq!(still.body["status"], "processing", "{:?}", still.body);
+
+    sandbox_faults(&app, "wechat", json!({})).await;
+    let done = wait_refund(&m, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(m.get_payment(&pid).await.body["refunded_amount"], 400);
+    let report = audit(&app).await;
+    assert_eq!(report.ledger.entries, 2, "the payment and its refund, once");
 }

@@ -448,6 +448,76 @@ async fn priority_picks_the_first_and_lowest_cost_the_cheapest_with_the_merchant
     audit(&app).await;
 }
 
+/// A refund returns the fee the payment was charged, not one at the merchant's rate of the day.
+#[tokio::test]
+async fn a_refund_returns_the_fees_booked_with_the_payment_after_the_rate_changed() {
+    let app = app().await;
+    let m = app.merchant("Tea House").await;
+    let p = m
+        .create_payment(&code_body("p-1", "134567890123456789"))
+        .await;
+    assert_eq!(p.body["status"], "succeeded", "{:?}", p.body);
+    let pid = p.body["id"].as_str().unwrap().to_string();
+    let r = admin(
+        &app,
+        Method::PUT,
+        &format!("/merchants/{}/fee-rate", mid(&m)),
+        Some(json!({"fee_rate_bps": 250})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let amount = p.body["amount"].as_i64().unwrap();
+    let r = m
+        .send(
+            Method::POST,
+            &format!("/v1/payments/{pid}/refunds"),
+            Some(&json!({"merchant_refund_no": "rf-1", "amount": amount})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let rid = r.body["id"].as_str().unwrap().to_string();
+    let mut status = Value::Null;
+    for _ in 0..400 {
+        status = m
+            .send(Method::GET, &format!("/v1/refunds/{rid}"), None)
+            .await
+            .body["status"]
+            .clone();
+        if status != "processing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "succeeded");
+
+    // Paid at the configured rate, refunded in full: the fee income and the merchant's payable
+    // both come back to zero (at the new 2.5 % the refund would have taken back more fee than was charged).
+    let db = paymux::startup::open_database(&app.config).await.unwrap();
+    let pool = db.ledger_pool();
+    let cny = paymux_model::Currency::Cny;
+    let income = paymux_ledger::queries::balance_by_code(
+        &pool,
+        &paymux_ledger::chart::platform_fee_income(cny).code,
+    )
+    .await
+    .unwrap();
+    let payable = paymux_ledger::queries::balance_by_code(
+        &pool,
+        &paymux_ledger::chart::merchant_payable(m.creds.merchant_id, cny).code,
+    )
+    .await
+    .unwrap();
+    db.close().await;
+    assert_ne!(app.config.merchant_fee_rate_bps, 250);
+    assert_eq!(
+        (income.posted_minor(), payable.posted_minor()),
+        (0, 0),
+        "{}",
+        app.backend()
+    );
+    audit(&app).await;
+}
+
 #[tokio::test]
 async fn weighted_routes_split_by_weight() {
     let app = app().await;

@@ -499,7 +499,9 @@
         { label: L.gross, num: true, value: function (s) { return yuan(s.gross_minor); } },
         { label: L.refunds, num: true, value: function (s) { return yuan(s.refunds_minor); } },
         { label: L.fees, num: true, value: function (s) { return yuan(s.fees_minor); } },
-        { label: L.net, num: true, value: function (s) { return yuan(s.net_minor) + ' ' + s.currency; } },
+        { label: L.net, num: true, value: function (s) { return yuan(s.net_minor); } },
+        { label: L.carried, num: true, value: function (s) { return yuan(s.carried_minor); } },
+        { label: L.payout, num: true, value: function (s) { return yuan(s.payout_minor) + ' ' + s.currency; } },
       ], page.data);
     });
   };
