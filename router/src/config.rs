@@ -114,6 +114,9 @@ pub struct Config {
     pub webhook_timeout_ms: u64,
     /// Webhooks: multiplies the retry schedule (0 s, 15 s, 1 min, … 24 h); 1 = as documented.
     pub webhook_retry_schedule_scale: f64,
+    /// Webhooks: deliver to loopback, private and link-local addresses too (development; off by
+    /// default so a merchant's `notify_url` cannot reach the platform's own network).
+    pub webhook_allow_private_targets: bool,
     /// Circuit breaker per channel account: opens at this error rate (%) in its 30 s window…
     pub breaker_error_rate_pct: u32,
     /// …once the window holds at least this many calls.
@@ -176,6 +179,7 @@ impl Default for Config {
             webhook_concurrency: 16,
             webhook_timeout_ms: 10_000,
             webhook_retry_schedule_scale: 1.0,
+            webhook_allow_private_targets: false,
             breaker_error_rate_pct: 50,
             breaker_min_calls: 20,
             breaker_open_ms: 30_000,
@@ -228,6 +232,7 @@ const KEYS: &[&str] = &[
     "webhook_concurrency",
     "webhook_timeout_ms",
     "webhook_retry_schedule_scale",
+    "webhook_allow_private_targets",
     "breaker_error_rate_pct",
     "breaker_min_calls",
     "breaker_open_ms",

@@ -223,6 +223,8 @@ pub struct DispatcherConfig {
     pub timeout: Duration,
     /// Multiplies [`RETRY_SCHEDULE_S`] (tests compress it).
     pub retry_scale: f64,
+    /// Deliver to loopback, private and link-local addresses too.
+    pub allow_private_targets: bool,
 }
 
 impl DispatcherConfig {
@@ -237,6 +239,7 @@ impl DispatcherConfig {
             } else {
                 1.0
             },
+            allow_private_targets: c.webhook_allow_private_targets,
         }
     }
 
@@ -295,12 +298,16 @@ pub async fn run(
     config: DispatcherConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("paymux-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        .user_agent(concat!("paymux-webhooks/", env!("CARGO_PKG_VERSION")));
+    if !config.allow_private_targets {
+        // Names are resolved to public addresses only, at connection time (no rebinding between a
+        // check and the request); literal addresses are checked before sending.
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(err) => {
             tracing::error!(error = %err, "webhook dispatcher cannot build its HTTP client");
@@ -410,6 +417,11 @@ impl Dispatcher {
         let started = Instant::now();
         let at_us = now_us();
         let (status, error) = match self.secret(row.merchant_id).await {
+            Ok(Some(_))
+                if !self.config.allow_private_targets && !public_target(&row.notify_url) =>
+            {
+                (None, Some(NOT_PUBLIC.to_string()))
+            }
             Ok(Some(secret)) => {
                 let t = chrono::Utc::now().timestamp();
                 let result = self
@@ -504,6 +516,77 @@ impl Dispatcher {
         match &self.db {
             Db::Sqlite(pool) => run!(pool),
             Db::Postgres(pool) => run!(pool),
+        }
+    }
+}
+
+const NOT_PUBLIC: &str =
+    "notify_url is not a public address (webhook_allow_private_targets is off)";
+
+/// Resolves names to their public addresses only (see [`is_public`]); a name with none fails.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(NOT_PUBLIC.into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether a webhook may go to `url` by its host as written: a literal address must be public, and
+/// `localhost` is not (other names are checked when resolved).
+pub fn public_target(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return false;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => is_public(ip),
+        Err(_) => true,
+    }
+}
+
+/// Not loopback, private, shared (100.64/10), link-local, unique-local, unspecified, broadcast,
+/// multicast or documentation space (IPv4-mapped IPv6 addresses by their IPv4 address).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -667,4 +750,60 @@ pub async fn list_webhooks(
         data: rows.iter().map(WebhookEvent::from).collect(),
         has_more,
     }))
+}
+
+#[cfg(test)]
+mod target_tests {
+    use std::str::FromStr;
+
+    use reqwest::dns::Resolve;
+
+    use super::{PublicOnly, is_public, public_target};
+
+    #[test]
+    fn only_public_addresses_are_webhook_targets() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://localhost/x",
+            "http://LOCALHOST:80/",
+            "http://a.localhost/",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/latest/meta-data",
+            "not a url",
+        ] {
+            assert!(!public_target(url), "{url}");
+        }
+        for url in ["https://shop.example.com/paymux", "http://8.8.8.8/hook"] {
+            assert!(public_target(url), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_public_addresses_only() {
+        let resolved = PublicOnly
+            .resolve(reqwest::dns::Name::from_str("localhost").unwrap())
+            .await;
+        assert!(resolved.is_err(), "localhost resolved to a target");
+    }
 }

@@ -300,6 +300,15 @@ pub async fn create_payment(
 ) -> ApiResult<(StatusCode, Json<Payment>)> {
     let req: CreatePayment = parse_json(&body)?;
     req.validate()?;
+    if let Some(url) = &req.notify_url
+        && !state.config.webhook_allow_private_targets
+        && !crate::webhooks::public_target(url)
+    {
+        return Err(ApiError::validation(
+            "notify_url",
+            "`notify_url` must be a public address: loopback, private and link-local addresses are refused",
+        ));
+    }
     // A code payment is checked against the wallets and routes before anything is written.
     let mut code_route = None;
     let code_wallet = match (&req.auth_code, req.method) {

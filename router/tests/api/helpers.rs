@@ -50,6 +50,8 @@ pub fn test_config(db: &TestDb) -> Config {
             .map(Secret::new),
         demo_merchant: false,
         sweeper_interval_ms: 50,
+        // Webhook receivers of the tests listen on loopback.
+        webhook_allow_private_targets: true,
         // No nightly reconciliation firing in the middle of a test (tests that want it set it).
         reconcile_schedule: "off".into(),
         database_max_connections: 8,

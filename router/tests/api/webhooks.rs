@@ -407,6 +407,7 @@ fn the_retry_schedule_and_the_signature() {
         concurrency: 16,
         timeout: Duration::from_secs(10),
         retry_scale: 1.0,
+        allow_private_targets: false,
     };
     assert_eq!(c.next_attempt_at(1, 0), Some(15_000_000));
     assert_eq!(c.next_attempt_at(2, 0), Some(60_000_000));
@@ -427,4 +428,45 @@ fn the_retry_schedule_and_the_signature() {
             )
         )
     );
+}
+
+/// By default a `notify_url` must be a public address: the platform's own network (loopback,
+/// private, link-local, the cloud metadata address) cannot be reached through webhooks.
+#[tokio::test]
+async fn notify_urls_to_private_addresses_are_refused_by_default() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.webhook_allow_private_targets = false;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Tea House").await;
+    for (n, url) in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:8080/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.5/hook",
+        "http://[::1]/hook",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = m
+            .create_payment(&json!({
+                "merchant_order_no": format!("w-p-{n}"), "amount": 100, "currency": "CNY",
+                "subject": "茶", "method": "qr_merchant", "notify_url": url,
+            }))
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code(), r.body["field"].as_str()),
+            (422, "validation_failed", Some("notify_url")),
+            "{url}: {:?}",
+            r.body
+        );
+    }
+    let ok = m
+        .create_payment(&json!({
+            "merchant_order_no": "w-public", "amount": 100, "currency": "CNY",
+            "subject": "茶", "method": "qr_merchant", "notify_url": "https://shop.example.com/paymux",
+        }))
+        .await;
+    assert_eq!(ok.status, 201, "{:?}", ok.body);
 }
