@@ -72,7 +72,7 @@ async fn burst_passes_then_429_with_retry_after_and_other_merchants_unaffected()
 }
 
 #[tokio::test]
-async fn two_nodes_share_one_budget_in_redis() {
+async fn two_nodes_share_one_budget_in_redis_and_keep_their_own_without_it() {
     let mut first = limited_app().await;
     let second_db = TestDb {
         url: first.db.url.clone(),

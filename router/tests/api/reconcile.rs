@@ -366,7 +366,7 @@ async fn a_day_with_every_fault_reconciles_resolves_settles_and_reruns_unchanged
 }
 
 #[tokio::test]
-async fn the_nightly_run_reconciles_yesterday_on_one_node() {
+async fn the_nightly_run_reconciles_yesterday_once_with_a_second_node_on_postgres() {
     let db = fresh_database().await;
     let mut config = test_config(&db);
     // A first start makes the sandbox keys and migrates, so that the next starts are quick.
