@@ -32,17 +32,21 @@ pub enum NonceStore {
     Redis(redis::aio::ConnectionManager),
 }
 
-/// Most nonces the in-process store holds (about 10 minutes at ~7,000 requests/s). When it is full,
-/// requests are refused (503) rather than a nonce forgotten early, which would let a request be
-/// replayed; deployments with more traffic configure Redis.
-const LOCAL_NONCES_MAX: usize = 4_000_000;
+/// Most nonces the in-process store holds: at most 12.5 minutes of them are kept (see
+/// [`LocalNonces`]), so about 8,000 requests/s. When it is full, requests are refused (503) rather
+/// than a nonce forgotten early, which would let a request be replayed; deployments with more
+/// traffic configure Redis.
+const LOCAL_NONCES_MAX: usize = 6_000_000;
 const NONCE_TTL_SECONDS: u64 = 2 * TIMESTAMP_WINDOW_SECONDS as u64;
 const NONCE_SHARDS: usize = 16;
+/// Generations per nonce lifetime: a nonce is kept between 4 and 5 quarters of its lifetime.
+const NONCE_GENERATIONS: u32 = 4;
 
-/// The in-process nonce store: per shard, the nonces of the current generation and of the one
-/// before. A generation lasts the nonce lifetime, so every nonce is remembered at least that long
-/// (it is dropped at the second rotation after it was recorded), and memory is bounded by
-/// forgetting whole generations, never single nonces.
+/// The in-process nonce store: per shard, the nonces of the current generation and of the four
+/// before it, each generation a quarter of the nonce lifetime, so every nonce is remembered at
+/// least its lifetime (it is dropped by the fifth rotation after it was recorded) and memory is
+/// bounded by forgetting whole generations, never single nonces. Keys are 64 bits of a SHA-256:
+/// two different nonces collide with a chance of about one in 3·10^12 at full capacity.
 pub struct LocalNonces {
     shards: Vec<std::sync::Mutex<NonceShard>>,
     generation: Duration,
@@ -51,8 +55,8 @@ pub struct LocalNonces {
 
 struct NonceShard {
     started: std::time::Instant,
-    current: std::collections::HashSet<u128>,
-    previous: std::collections::HashSet<u128>,
+    /// Newest first; at most `NONCE_GENERATIONS + 1`.
+    sets: std::collections::VecDeque<std::collections::HashSet<u64>>,
 }
 
 impl LocalNonces {
@@ -63,36 +67,40 @@ impl LocalNonces {
                 .map(|_| {
                     std::sync::Mutex::new(NonceShard {
                         started: now,
-                        current: Default::default(),
-                        previous: Default::default(),
+                        sets: std::collections::VecDeque::from([Default::default()]),
                     })
                 })
                 .collect(),
-            generation: lifetime,
+            generation: (lifetime / NONCE_GENERATIONS).max(Duration::from_millis(1)),
             max_per_shard: max.div_ceil(NONCE_SHARDS).max(1),
         }
     }
 
     /// `Ok(true)` the first time `key` is seen within its lifetime; an error when the store is full.
-    pub fn first_use(&self, key: u128, now: std::time::Instant) -> anyhow::Result<bool> {
-        let shard = &self.shards[(key % NONCE_SHARDS as u128) as usize];
+    pub fn first_use(&self, key: u64, now: std::time::Instant) -> anyhow::Result<bool> {
+        let keep = NONCE_GENERATIONS as usize + 1;
+        let shard = &self.shards[(key % NONCE_SHARDS as u64) as usize];
         let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(s.started);
-        if elapsed >= self.generation.saturating_mul(2) {
-            s.current.clear();
-            s.previous.clear();
-            s.started = now;
-        } else if elapsed >= self.generation {
-            s.previous = std::mem::take(&mut s.current);
+        if elapsed >= self.generation {
+            // One new generation per generation length that passed (all of them after a long
+            // quiet spell).
+            let steps = (elapsed.as_nanos() / self.generation.as_nanos()).min(keep as u128);
+            for _ in 0..steps {
+                s.sets.push_front(Default::default());
+            }
+            s.sets.truncate(keep);
             s.started = now;
         }
-        if s.previous.contains(&key) || s.current.contains(&key) {
+        if s.sets.iter().any(|set| set.contains(&key)) {
             return Ok(false);
         }
-        if s.current.len() + s.previous.len() >= self.max_per_shard {
+        if s.sets.iter().map(|set| set.len()).sum::<usize>() >= self.max_per_shard {
             anyhow::bail!("the in-process nonce store is full; configure Redis (`redis_url`)");
         }
-        s.current.insert(key);
+        if let Some(current) = s.sets.front_mut() {
+            current.insert(key);
+        }
         Ok(true)
     }
 }
@@ -113,9 +121,9 @@ impl NonceStore {
                     &ring::digest::SHA256,
                     format!("{key_id}\n{nonce}").as_bytes(),
                 );
-                let mut k = [0u8; 16];
-                k.copy_from_slice(&digest.as_ref()[..16]);
-                store.first_use(u128::from_le_bytes(k), std::time::Instant::now())
+                let mut k = [0u8; 8];
+                k.copy_from_slice(&digest.as_ref()[..8]);
+                store.first_use(u64::from_le_bytes(k), std::time::Instant::now())
             }
             NonceStore::Redis(conn) => {
                 let mut conn = conn.clone();
@@ -273,33 +281,27 @@ mod nonce_tests {
 
     #[test]
     fn a_nonce_is_refused_for_at_least_its_lifetime_then_forgotten() {
+        // Generations of 150 s; a nonce is kept 600–750 s.
         let life = Duration::from_secs(600);
         let store = LocalNonces::new(life, 1_000);
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         assert!(store.first_use(7, t0).unwrap());
         assert!(!store.first_use(7, t0).unwrap());
-        // Across one rotation (at t0 + 600 s) it is still remembered, until its second rotation.
-        assert!(store.first_use(23, t0 + Duration::from_secs(599)).unwrap());
-        assert!(!store.first_use(7, t0 + Duration::from_secs(600)).unwrap());
+        assert!(store.first_use(23, at(149)).unwrap());
+        // Looked at every minute, each stays remembered for its whole lifetime.
+        for s in (60..=720).step_by(60) {
+            assert!(!store.first_use(7, at(s)).unwrap(), "7 at {s} s");
+        }
+        assert!(!store.first_use(23, at(749)).unwrap());
+        // Rotations happened at 180, 360, 540 and 720 s (when looked at); the fifth drops it.
         assert!(
-            !store
-                .first_use(23, t0 + Duration::from_secs(1_100))
-                .unwrap()
+            store.first_use(7, at(870)).unwrap(),
+            "forgotten at its fifth rotation"
         );
-        assert!(!store.first_use(7, t0 + Duration::from_secs(1_199)).unwrap());
-        // 23 was recorded at 599 s: still remembered at 1,199 s (600 s later).
-        assert!(
-            !store
-                .first_use(23, t0 + Duration::from_secs(1_199))
-                .unwrap()
-        );
-        assert!(store.first_use(7, t0 + Duration::from_secs(1_800)).unwrap());
         // A long quiet spell forgets everything at once.
-        assert!(
-            store
-                .first_use(23, t0 + Duration::from_secs(5_000))
-                .unwrap()
-        );
+        assert!(store.first_use(23, at(5_000)).unwrap());
+        assert!(!store.first_use(23, at(5_001)).unwrap());
     }
 
     #[test]

@@ -290,6 +290,20 @@ async fn settle_succeeded(
     channel_trade_no: Option<String>,
     paid_at_us: Option<i64>,
 ) -> ApiResult<()> {
+    settle_succeeded_moved(state, row, route, channel_trade_no, paid_at_us)
+        .await
+        .map(|_| ())
+}
+
+/// [`settle_succeeded`], telling whether this call moved the payment (`false`: it was already
+/// succeeded, or is in a state a success cannot leave, i.e. failed).
+async fn settle_succeeded_moved(
+    state: &AppState,
+    row: &PaymentRow,
+    route: &Route,
+    channel_trade_no: Option<String>,
+    paid_at_us: Option<i64>,
+) -> ApiResult<bool> {
     let payment_id = PaymentId::from(row.id);
     let paid_at_us = paid_at_us.unwrap_or_else(crate::db::now_us);
     let entry = paymux_ledger::rules::payment_succeeded(
@@ -316,8 +330,8 @@ async fn settle_succeeded(
             entry: Some(entry),
         })))
         .await
-        .map_err(ApiError::unavailable)?;
-    Ok(())
+        .map(|o| o == WriteOutcome::Transitioned(true))
+        .map_err(ApiError::unavailable)
 }
 
 pub(crate) async fn settle_failed(
@@ -610,21 +624,24 @@ async fn handle_event(
                 .unwrap_or_else(crate::db::now_us);
             // Failed is final: the payer was charged for a payment the merchant was told failed.
             // Acknowledged (the channel would only send it again), with an exception for operations.
-            if row.status() == PaymentStatus::Failed {
+            let paid_while_failed = || async {
                 tracing::error!(payment_id = %id, "the channel reports a failed payment paid; exception opened");
                 metrics::counter!("paymux_paid_while_failed_total").increment(1);
-                return crate::reconciliation::open_paid_while_failed(
+                crate::reconciliation::open_paid_while_failed(
                     &state.db,
                     route.id,
                     id,
                     row.amount_minor,
-                    trade.channel_trade_no,
+                    trade.channel_trade_no.clone(),
                     paid_at_us,
                 )
                 .await
-                .map_err(|e| format!("open the paid-while-failed exception: {e:#}"));
+                .map_err(|e| format!("open the paid-while-failed exception: {e:#}"))
+            };
+            if row.status() == PaymentStatus::Failed {
+                return paid_while_failed().await;
             }
-            settle_succeeded(
+            let moved = settle_succeeded_moved(
                 state,
                 &row,
                 route,
@@ -633,6 +650,13 @@ async fn handle_event(
             )
             .await
             .map_err(|e| format!("{e:?}"))?;
+            // Failed meanwhile (a query's answer settled it between our read and this success).
+            if !moved
+                && let Ok(Some(now)) = crate::payments::repo::get_any(&state.db, id).await
+                && now.status() == PaymentStatus::Failed
+            {
+                return paid_while_failed().await;
+            }
             if late {
                 let fresh = row.status() == PaymentStatus::Closed;
                 late_success(
@@ -724,7 +748,7 @@ pub async fn refund(state: &AppState, payment: &PaymentRow, row: crate::refunds:
 
 /// Finishes a refund left `processing` (its follow-up ended without an answer, or a restart cut it
 /// short) by what the channel says: a refund the channel does not know is sent again with the same
-/// refund number (and followed up like a new one). `false`: no answer yet, try again later.
+/// refund number. `true` once it is final; `false`: no final answer yet, try again later.
 pub async fn recover_refund(state: &AppState, row: crate::refunds::RefundRow) -> bool {
     use paymux_channels::RefundState;
     let payment = match crate::payments::repo::get_any(&state.db, row.payment_id).await {
@@ -765,11 +789,33 @@ pub async fn recover_refund(state: &AppState, row: crate::refunds::RefundRow) ->
             ),
             RefundState::Processing => return false,
         },
-        // Sent again (the same refund number cannot be applied twice); settled at once, or followed
-        // up again when the channel is still working on it.
+        // Sent again (the same refund number cannot be applied twice); settled when the answer is
+        // final, otherwise queried again at the sweeper's next try.
         Err(paymux_channels::ChannelError::Rejected { code, .. }) if refund_not_found(&code) => {
-            refund(state, &payment, row).await;
-            return true;
+            use paymux_channels::RefundOutcome;
+            let req = paymux_channels::RefundRequest {
+                out_trade_no: out_trade_no(payment.id),
+                out_refund_no: out_trade_no(row.id),
+                refund_amount: Money::cny(row.amount_minor),
+                total_amount: Money::cny(payment.amount_minor),
+                reason: row.reason.clone(),
+                notify_url: None,
+            };
+            match route.refund(&req).await {
+                RefundOutcome::Succeeded { refund } => (
+                    paymux_model::RefundStatus::Succeeded,
+                    refund.channel_refund_no,
+                    refund.succeeded_at,
+                    None,
+                ),
+                RefundOutcome::Failed { code, message } => (
+                    paymux_model::RefundStatus::Failed,
+                    None,
+                    None,
+                    Some((code, message)),
+                ),
+                RefundOutcome::Processing { .. } | RefundOutcome::Unknown { .. } => return false,
+            }
         }
         Err(e) => {
             tracing::warn!(refund_id = %row.id, error = %e, "recovering a refund: no answer from the channel; trying again later");

@@ -64,7 +64,7 @@ async fn recover_stale_refunds(
     concurrency: usize,
     retries: &mut Retries,
 ) {
-    let before = now_us() - recovery_after(&state.config).as_micros() as i64;
+    let before = now_us() - refund_recovery_after(&state.config).as_micros() as i64;
     let rows = match crate::refunds::stale_processing(&state.db, before, batch_max).await {
         Ok(rows) => rows,
         Err(err) => {
@@ -313,6 +313,15 @@ pub fn recovery_after(config: &crate::config::Config) -> Duration {
         .code_pay_deadline_ms
         .saturating_add(config.code_pay_poll_interval_ms.saturating_mul(2));
     Duration::from_millis(config.processing_recovery_after_ms.max(floor))
+}
+
+/// A refund is left to the sweeper once its own follow-up (twenty deadlines) has ended.
+pub fn refund_recovery_after(config: &crate::config::Config) -> Duration {
+    let follow_up = config
+        .code_pay_deadline_ms
+        .saturating_mul(20)
+        .saturating_add(config.code_pay_poll_interval_ms.saturating_mul(2));
+    recovery_after(config).max(Duration::from_millis(follow_up))
 }
 
 async fn recover_stale_processing(

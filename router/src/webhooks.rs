@@ -304,8 +304,9 @@ pub async fn run(
         .user_agent(concat!("paymux-webhooks/", env!("CARGO_PKG_VERSION")));
     if !config.allow_private_targets {
         // Names are resolved to public addresses only, at connection time (no rebinding between a
-        // check and the request); literal addresses are checked before sending.
-        builder = builder.dns_resolver(Arc::new(PublicOnly));
+        // check and the request); literal addresses are checked before sending. No proxy from the
+        // environment either: a proxy would resolve the names itself.
+        builder = builder.dns_resolver(Arc::new(PublicOnly)).no_proxy();
     }
     let http = match builder.build() {
         Ok(c) => c,
@@ -544,10 +545,12 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// Whether a webhook may go to `url` by its host as written: a literal address must be public, and
 /// `localhost` is not (other names are checked when resolved).
 pub fn public_target(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
+    // Parsed as the HTTP client parses it: numeric IPv4 forms such as `2130706433`, `127.1` or
+    // `0x7f.0.0.1` come out as the dotted address they connect to (and reach no resolver).
+    let Ok(url) = reqwest::Url::parse(url) else {
         return false;
     };
-    let Some(host) = uri.host() else {
+    let Some(host) = url.host_str() else {
         return false;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -560,10 +563,11 @@ pub fn public_target(url: &str) -> bool {
     }
 }
 
-/// Not loopback, private, shared (100.64/10), link-local, unique-local, unspecified, broadcast,
-/// multicast or documentation space (IPv4-mapped IPv6 addresses by their IPv4 address).
+/// Not loopback, private, shared (100.64/10), link-local, benchmarking (198.18/15), reserved
+/// (240/4), unique-local or site-local, unspecified, broadcast, multicast or documentation space;
+/// IPv6 addresses that carry an IPv4 address (mapped, compatible, NAT64 `64:ff9b::/96`) by it.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -575,18 +579,29 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18))
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded =
+                |a: u16, b: u16| Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
+            if (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -777,10 +792,21 @@ mod target_tests {
             "fc00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "fec0::1",
+            "198.18.0.1",
+            "240.0.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
         for url in [
@@ -790,6 +816,13 @@ mod target_tests {
             "http://a.localhost/",
             "http://[::1]:8080/",
             "http://169.254.169.254/latest/meta-data",
+            // Numeric forms the HTTP client reads as loopback or the metadata address.
+            "http://2130706433:8080/x",
+            "http://127.1/x",
+            "http://0x7f.0.0.1/x",
+            "http://0177.0.0.1/x",
+            "http://0/x",
+            "http://2852039166/",
             "not a url",
         ] {
             assert!(!public_target(url), "{url}");

@@ -1638,113 +1638,139 @@ macro_rules! settle_body {
     }};
 }
 
+/// The transaction-scoped advisory lock key of merchant settlement on PostgreSQL ("paymuxst").
+const SETTLE_LOCK_KEY: i64 = 0x7061_796d_7578_7374;
+
+/// Reads rows inside a transaction (the settlement's reads must see what the previous settlement
+/// committed, and nothing may commit between them and its own writes).
+macro_rules! tx_fetch {
+    ($tx:ident, $backend:ty, $row:ty, $build:expr) => {{
+        let mut qb = QueryBuilder::<$backend>::new("");
+        $build(&mut qb);
+        qb.build_query_as::<$row>().fetch_all(&mut *$tx).await?
+    }};
+}
+
+/// Computes and writes the day's settlements in the caller's write transaction (see
+/// [`settle_merchants`]).
+macro_rules! settle_all {
+    ($tx:ident, $backend:ty, $post:path, $state:expr, $day:expr) => {{
+        let day: NaiveDate = $day;
+        let (start_us, end_us) = day_bounds_us(day);
+        let day_s = day.to_string();
+        // (merchant, gross, refunds) of the day.
+        let gross: Vec<(Uuid, i64)> = tx_fetch!($tx, $backend, (Uuid, i64), |qb: &mut QueryBuilder<$backend>| {
+            qb.push("SELECT merchant_id, CAST(SUM(amount_minor) AS BIGINT) FROM payments WHERE status = 'succeeded' AND paid_at_us >= ")
+                .push_bind(start_us)
+                .push(" AND paid_at_us < ")
+                .push_bind(end_us)
+                .push(" GROUP BY merchant_id");
+        });
+        let refunds: Vec<(Uuid, i64)> = tx_fetch!($tx, $backend, (Uuid, i64), |qb: &mut QueryBuilder<$backend>| {
+            qb.push("SELECT merchant_id, CAST(SUM(amount_minor) AS BIGINT) FROM refunds WHERE status = 'succeeded' AND succeeded_at_us >= ")
+                .push_bind(start_us)
+                .push(" AND succeeded_at_us < ")
+                .push_bind(end_us)
+                .push(" GROUP BY merchant_id");
+        });
+        let mut merchants: std::collections::BTreeMap<Uuid, (i64, i64)> = Default::default();
+        for (m, g) in gross {
+            merchants.entry(m).or_default().0 = g;
+        }
+        for (m, r) in refunds {
+            merchants.entry(m).or_default().1 = r;
+        }
+        let settled: Vec<(Uuid,)> = tx_fetch!($tx, $backend, (Uuid,), |qb: &mut QueryBuilder<$backend>| {
+            qb.push("SELECT merchant_id FROM merchant_settlements WHERE day = ")
+                .push_bind(day_s.clone());
+        });
+        let settled: HashSet<Uuid> = settled.into_iter().map(|(m,)| m).collect();
+        let mut new = Vec::new();
+        for (m, (gross, refunds)) in merchants {
+            if settled.contains(&m) {
+                continue;
+            }
+            // The net is what the day's payment and refund entries left on the merchant's payable;
+            // the payout is what the payable holds at the day's end: every posting dated before
+            // it, less every payout already made (those of later days too, should days be settled
+            // out of order, so nothing is paid twice).
+            let payable = chart::merchant_payable(MerchantId::from(m), Currency::Cny)
+                .id()
+                .into_uuid();
+            let sums: Vec<(i64, i64)> = tx_fetch!($tx, $backend, (i64, i64), |qb: &mut QueryBuilder<$backend>| {
+                qb.push("SELECT CAST(COALESCE(SUM(CASE WHEN e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
+                    .push_bind(start_us)
+                    .push(" THEN (CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END) ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END), 0) AS BIGINT) \
+                     FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ")
+                    .push_bind(payable)
+                    .push(" AND (p.effective_at_us < ")
+                    .push_bind(end_us)
+                    .push(" OR e.kind = 'merchant_settlement')");
+            });
+            let (net, held) = sums.first().copied().unwrap_or((0, 0));
+            let carried = held - net;
+            let payout = held.max(0);
+            let id = v5(&format!("settlement:{m}:{day}"));
+            let entry = (payout > 0).then(|| {
+                paymux_ledger::rules::merchant_settlement(
+                    SettlementId::from_uuid(id),
+                    MerchantId::from(m),
+                    SETTLEMENT_BANK,
+                    Money::cny(payout),
+                    end_us,
+                )
+            });
+            let file = report::payout_path(&$state.config.data_dir, day, m);
+            new.push((
+                MerchantSettlement {
+                    id,
+                    merchant_id: m,
+                    day: day_s.clone(),
+                    currency: "CNY".into(),
+                    gross_minor: gross,
+                    refunds_minor: refunds,
+                    fees_minor: gross - refunds - net,
+                    net_minor: net,
+                    carried_minor: carried,
+                    payout_minor: payout,
+                    entry_id: entry.as_ref().map(|e| e.id.into_uuid()),
+                    payout_file: Some(file.display().to_string()),
+                },
+                entry,
+            ));
+        }
+        if !new.is_empty() {
+            settle_body!($tx, $backend, $post, &new);
+        }
+    }};
+}
+
 /// Merchant settlement (T+1) of `day`: per merchant, what its payments and refunds of the day left
-/// on its payable account; one row, entry and payout file per (merchant, day), however often run.
+/// on its payable account, and what is paid out; one row, entry and payout file per (merchant, day),
+/// however often run. Everything is read and written in one write transaction (on PostgreSQL under
+/// an advisory lock), so two settlements at once — the CLI and the nightly run, or two days — never
+/// both pay the same money.
 pub async fn settle_merchants(
     state: &AppState,
     day: NaiveDate,
 ) -> anyhow::Result<Vec<MerchantSettlement>> {
     let db = &state.db;
-    let (start_us, end_us) = day_bounds_us(day);
     let day_s = day.to_string();
-    // (merchant, gross, refunds) of the day.
-    let gross: Vec<(Uuid, i64)> = fetch_all!(db, (Uuid, i64), |qb: &mut QueryBuilder<_>| {
-        qb.push("SELECT merchant_id, CAST(SUM(amount_minor) AS BIGINT) FROM payments WHERE status = 'succeeded' AND paid_at_us >= ")
-            .push_bind(start_us)
-            .push(" AND paid_at_us < ")
-            .push_bind(end_us)
-            .push(" GROUP BY merchant_id");
-    });
-    let refunds: Vec<(Uuid, i64)> = fetch_all!(db, (Uuid, i64), |qb: &mut QueryBuilder<_>| {
-        qb.push("SELECT merchant_id, CAST(SUM(amount_minor) AS BIGINT) FROM refunds WHERE status = 'succeeded' AND succeeded_at_us >= ")
-            .push_bind(start_us)
-            .push(" AND succeeded_at_us < ")
-            .push_bind(end_us)
-            .push(" GROUP BY merchant_id");
-    });
-    let mut merchants: std::collections::BTreeMap<Uuid, (i64, i64)> = Default::default();
-    for (m, g) in gross {
-        merchants.entry(m).or_default().0 = g;
-    }
-    for (m, r) in refunds {
-        merchants.entry(m).or_default().1 = r;
-    }
-    let existing: Vec<MerchantSettlement> = fetch_all!(
-        db,
-        MerchantSettlement,
-        |qb: &mut QueryBuilder<_>| {
-            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
-            .push_bind(day_s.clone());
+    match db {
+        Db::Sqlite(p) => {
+            let mut tx = p.begin_write().await?;
+            settle_all!(tx, sqlx::Sqlite, paymux_ledger::post_sqlite, state, day);
+            tx.commit().await?;
         }
-    );
-    let settled: HashSet<Uuid> = existing.iter().map(|s| s.merchant_id).collect();
-    let mut new = Vec::new();
-    for (m, (gross, refunds)) in merchants {
-        if settled.contains(&m) {
-            continue;
-        }
-        // The net is what the day's payment and refund entries left on the merchant's payable; the
-        // payout is what the payable holds at the day's end: every posting dated before it, less
-        // every payout already made (those of later days too, should days be settled out of order,
-        // so nothing is paid twice).
-        let payable = chart::merchant_payable(MerchantId::from(m), Currency::Cny)
-            .id()
-            .into_uuid();
-        let sums: Vec<(i64, i64)> = fetch_all!(db, (i64, i64), |qb: &mut QueryBuilder<_>| {
-            qb.push("SELECT CAST(COALESCE(SUM(CASE WHEN e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
-                .push_bind(start_us)
-                .push(" THEN (CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END) ELSE 0 END), 0) AS BIGINT), \
-                 CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END), 0) AS BIGINT) \
-                 FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ")
-                .push_bind(payable)
-                .push(" AND (p.effective_at_us < ")
-                .push_bind(end_us)
-                .push(" OR e.kind = 'merchant_settlement')");
-        });
-        let (net, held) = sums.first().copied().unwrap_or((0, 0));
-        let carried = held - net;
-        let payout = held.max(0);
-        let id = v5(&format!("settlement:{m}:{day}"));
-        let entry = (payout > 0).then(|| {
-            paymux_ledger::rules::merchant_settlement(
-                SettlementId::from_uuid(id),
-                MerchantId::from(m),
-                SETTLEMENT_BANK,
-                Money::cny(payout),
-                end_us,
-            )
-        });
-        let file = report::payout_path(&state.config.data_dir, day, m);
-        new.push((
-            MerchantSettlement {
-                id,
-                merchant_id: m,
-                day: day_s.clone(),
-                currency: "CNY".into(),
-                gross_minor: gross,
-                refunds_minor: refunds,
-                fees_minor: gross - refunds - net,
-                net_minor: net,
-                carried_minor: carried,
-                payout_minor: payout,
-                entry_id: entry.as_ref().map(|e| e.id.into_uuid()),
-                payout_file: Some(file.display().to_string()),
-            },
-            entry,
-        ));
-    }
-    if !new.is_empty() {
-        match db {
-            Db::Sqlite(p) => {
-                let mut tx = p.begin_write().await?;
-                settle_body!(tx, sqlx::Sqlite, paymux_ledger::post_sqlite, &new);
-                tx.commit().await?;
-            }
-            Db::Postgres(p) => {
-                let mut tx = p.begin_write().await?;
-                settle_body!(tx, sqlx::Postgres, paymux_ledger::post_postgres, &new);
-                tx.commit().await?;
-            }
+        Db::Postgres(p) => {
+            let mut tx = p.begin_write().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SETTLE_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+            settle_all!(tx, sqlx::Postgres, paymux_ledger::post_postgres, state, day);
+            tx.commit().await?;
         }
     }
     let rows = fetch_all!(db, MerchantSettlement, |qb: &mut QueryBuilder<_>| {

@@ -584,6 +584,17 @@ async fn refund_in_full(m: &MerchantClient, payment: &str, no: &str, amount: i64
 /// debt is not forgotten); day 3's payout is its net less that debt. The payable ends at zero.
 #[tokio::test]
 async fn a_day_whose_refunds_exceed_its_payments_is_taken_back_from_the_next_payout() {
+    refund_heavy_days(false).await;
+}
+
+/// The same days, day 3 settled before day 2: day 3 pays its net less day 2's debt, day 2 pays
+/// nothing; the total paid is still exactly what was earned.
+#[tokio::test]
+async fn days_settled_out_of_order_pay_everything_once() {
+    refund_heavy_days(true).await;
+}
+
+async fn refund_heavy_days(day_3_first: bool) {
     let app = app().await;
     let m = app.merchant("Book Shop").await;
     let today = Utc::now().with_timezone(&Shanghai).date_naive();
@@ -610,25 +621,22 @@ async fn a_day_whose_refunds_exceed_its_payments_is_taken_back_from_the_next_pay
     )
     .await;
     refund_in_full(&m, &first, "c-1-r", 10_000).await;
-    let s2 = reconcile(&app, days[1]).await.merchant_settlements;
-    assert_eq!(s2.len(), 1, "{s2:#?}");
-    assert_eq!(
-        (
-            s2[0].net_minor,
-            s2[0].carried_minor,
-            s2[0].payout_minor,
-            s2[0].entry_id
-        ),
-        (-net(10_000), 0, 0, None),
-        "{s2:#?}"
-    );
-
     put_faults(
         &app,
         &json!({"clock_offset_secs": offset_to(days[2], 10, 0)}),
     )
     .await;
     code_pay(&m, "c-2", 20_000).await;
+    let settle_day_2 = || async {
+        let s2 = reconcile(&app, days[1]).await.merchant_settlements;
+        assert_eq!(s2.len(), 1, "{s2:#?}");
+        s2
+    };
+    let s2 = if day_3_first {
+        None
+    } else {
+        Some(settle_day_2().await)
+    };
     let s3 = reconcile(&app, days[2]).await.merchant_settlements;
     assert_eq!(s3.len(), 1, "{s3:#?}");
     assert_eq!(
@@ -636,6 +644,27 @@ async fn a_day_whose_refunds_exceed_its_payments_is_taken_back_from_the_next_pay
         (net(20_000), -net(10_000), net(20_000) - net(10_000)),
         "{s3:#?}"
     );
+    match s2 {
+        Some(s2) => assert_eq!(
+            (
+                s2[0].net_minor,
+                s2[0].carried_minor,
+                s2[0].payout_minor,
+                s2[0].entry_id
+            ),
+            (-net(10_000), 0, 0, None),
+            "{s2:#?}"
+        ),
+        // Day 3 already paid out day 1's and day 3's nets less day 2's refund: nothing is left.
+        None => {
+            let s2 = settle_day_2().await;
+            assert_eq!(
+                (s2[0].net_minor, s2[0].payout_minor, s2[0].entry_id),
+                (-net(10_000), 0, None),
+                "{s2:#?}"
+            );
+        }
+    }
     let payout = std::fs::read_to_string(s3[0].payout_file.as_ref().unwrap()).unwrap();
     assert!(
         payout.lines().nth(1).unwrap().contains(&format!(
@@ -1015,4 +1044,85 @@ async fn a_success_reported_for_a_failed_payment_opens_an_exception_at_once() {
         "nothing is posted for a failed payment"
     );
     audit_clean(&app).await;
+}
+
+/// A notification for a payment that has no channel account yet (a payment link not opened in a
+/// wallet) is accepted only from one of its merchant's accounts: another merchant's account cannot
+/// settle it (and book it on itself).
+#[tokio::test]
+async fn a_notification_from_another_merchants_account_settles_nothing() {
+    let app = app().await;
+    let a = app.merchant("Tea A").await;
+    let b = app.merchant("Tea B").await;
+    let r = a
+        .create_payment(&json!({
+            "merchant_order_no": "link-a", "amount": 1200, "currency": "CNY", "subject": "Tea",
+            "method": "qr_merchant",
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // B's WeChat sandbox account, and an order in A's payment's name at the sandbox that notifies it.
+    let db = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
+    let sql = "SELECT id FROM channel_accounts WHERE merchant_id = $1 AND kind = 'wechat_v3'";
+    let merchant_b = uuid::Uuid::from(b.creds.merchant_id);
+    let account_b: uuid::Uuid = match &db {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql)
+            .bind(merchant_b)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql)
+            .bind(merchant_b)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    };
+    db.close().await;
+    let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
+        .await
+        .unwrap();
+    let cfg = sb.wechat.account().client_config(
+        &format!("{}/sandbox/wechat", app.base),
+        Some(format!("{}/notify/{account_b}", app.base)),
+    );
+    let wechat = paymux_channels::wechat::WechatPay::new(cfg).unwrap();
+    let created = paymux_channels::Channel::create_order(
+        &wechat,
+        &paymux_channels::CreateOrder {
+            order: paymux_channels::OrderRequest {
+                out_trade_no: hex(&id),
+                amount: paymux_model::Money::cny(1200),
+                subject: "not B's".into(),
+                notify_url: None,
+                expires_at: None,
+                client_ip: None,
+                store_id: None,
+                terminal_id: None,
+            },
+            kind: paymux_channels::CreateKind::Qr,
+        },
+    )
+    .await
+    .unwrap();
+    let paymux_channels::CreatedOrder::Qr { code_url } = created else {
+        panic!("{created:?}")
+    };
+    let paid = app
+        .http
+        .post(format!("{}/sandbox/wechat/sandbox/pay", app.base))
+        .json(&json!({"code_url": code_url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    // The notification (and the sandbox's retries of it) arrive and are refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = a.get_payment(&id).await.body;
+    assert_eq!(
+        (p["status"].as_str(), p["channel_account_id"].as_str()),
+        (Some("created"), None),
+        "{p}"
+    );
+    assert_eq!(scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await, 0);
 }

@@ -445,6 +445,7 @@ async fn notify_urls_to_private_addresses_are_refused_by_default() {
         "http://169.254.169.254/latest/meta-data",
         "http://10.0.0.5/hook",
         "http://[::1]/hook",
+        "http://2130706433:8080/hook",
     ]
     .into_iter()
     .enumerate()
