@@ -514,24 +514,6 @@ pub async fn submit(
         Ok(r) => r,
         Err(page) => return page,
     };
-    if let Err(wait) = state.limiter.check(row.merchant_id).await {
-        let secs = crate::ratelimit::retry_after_seconds(wait);
-        let mut r = message(
-            StatusCode::TOO_MANY_REQUESTS,
-            lang,
-            large,
-            "error",
-            ("请稍后再试", "付款请求过多，请稍后再试。"),
-            (
-                "Please try again",
-                "Too many payment requests; try again shortly.",
-            ),
-        );
-        if let Ok(v) = secs.to_string().parse() {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
-    }
     let name = merchant_name(&state.db, row.merchant_id)
         .await
         .unwrap_or_default();
@@ -604,6 +586,26 @@ pub async fn submit(
     let Some(auth_url) = route.channel.payer_auth_url(&redirect, &sealed) else {
         return apps_page(lang, large, &name, &row, Some(wallet), &apps);
     };
+    // Anonymous requests write a payment: limited per code (a till's code sees a few payers a
+    // minute), apart from the merchant's signed API budget; a refused request above wrote nothing.
+    if let Err(wait) = state.cashier_limiter.check(row.id).await {
+        let secs = crate::ratelimit::retry_after_seconds(wait);
+        let mut r = message(
+            StatusCode::TOO_MANY_REQUESTS,
+            lang,
+            large,
+            "error",
+            ("请稍后再试", "付款请求过多，请稍后再试。"),
+            (
+                "Please try again",
+                "Too many payment requests; try again shortly.",
+            ),
+        );
+        if let Ok(v) = secs.to_string().parse() {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let now = now_us();
     let subject = row
         .description
@@ -754,8 +756,12 @@ pub async fn authorized(
         row.id,
         state.paylinks.token(payment.id)
     );
-    if payment.status() != PaymentStatus::Created || payment.channel_account_id.is_some() {
-        // Already on its way (a reload, the back button): its result.
+    if payment.status() != PaymentStatus::Created
+        || payment.channel_account_id.is_some()
+        || payment.expires_at_us <= now_us()
+    {
+        // Already on its way (a reload, the back button), or past its expiry (the sweeper closes
+        // it; no order is made at the channel for it any more): its result.
         return (StatusCode::SEE_OTHER, [(header::LOCATION, result_url)]).into_response();
     }
     let Some(route) = state

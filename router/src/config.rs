@@ -75,6 +75,11 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// Requests a merchant may send at once above the sustained rate (the bucket size).
     pub rate_limit_burst: u32,
+    /// Payments the one-code cashier creates per second for one code (anonymous requests); `0`
+    /// disables the limit.
+    pub cashier_rate_limit_per_second: u32,
+    /// …and at once above that rate.
+    pub cashier_rate_limit_burst: u32,
     /// Log format: `text` or `json`.
     pub log_format: String,
     /// The merchant fee rate in basis points (60 = 0.6%), posted to the ledger with every payment.
@@ -162,6 +167,8 @@ impl Default for Config {
             sweeper_channel_concurrency: 16,
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
+            cashier_rate_limit_per_second: 5,
+            cashier_rate_limit_burst: 20,
             log_format: "text".into(),
             merchant_fee_rate_bps: 60,
             code_pay_poll_interval_ms: 5_000,
@@ -216,6 +223,8 @@ const KEYS: &[&str] = &[
     "sweeper_channel_concurrency",
     "rate_limit_per_second",
     "rate_limit_burst",
+    "cashier_rate_limit_per_second",
+    "cashier_rate_limit_burst",
     "log_format",
     "merchant_fee_rate_bps",
     "code_pay_poll_interval_ms",

@@ -74,6 +74,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<config::Secret>>,
     /// Per-merchant request rate limits on `/v1/*`.
     pub limiter: ratelimit::RateLimiter,
+    /// Per static code: the payments the one-code cashier creates for anonymous payers.
+    pub cashier_limiter: ratelimit::RateLimiter,
     /// Payment links `/p/{token}` (C2B without a wallet).
     pub paylinks: Arc<paylink::PayLinks>,
 }

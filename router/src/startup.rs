@@ -99,6 +99,11 @@ impl Application {
             Some(conn) => NonceStore::Redis(conn.clone()),
             None => NonceStore::local(),
         };
+        let cashier_limiter = crate::ratelimit::RateLimiter::new(
+            config.cashier_rate_limit_per_second,
+            config.cashier_rate_limit_burst,
+            redis.clone(),
+        );
         let limiter = crate::ratelimit::RateLimiter::new(
             config.rate_limit_per_second,
             config.rate_limit_burst,
@@ -181,6 +186,7 @@ impl Application {
             secrets: secrets.clone(),
             admin_token: admin_token.map(Arc::new),
             limiter,
+            cashier_limiter,
             paylinks: Arc::new(crate::paylink::PayLinks::new(
                 &secrets,
                 &config.public_base_url(addr),

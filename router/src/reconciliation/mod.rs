@@ -1842,6 +1842,7 @@ pub async fn standalone_state(
         secrets,
         admin_token: None,
         limiter: crate::ratelimit::RateLimiter::new(0, 0, None),
+        cashier_limiter: crate::ratelimit::RateLimiter::new(0, 0, None),
     };
     Ok((state, sandboxes))
 }

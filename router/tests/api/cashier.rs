@@ -545,3 +545,39 @@ async fn a_payer_who_cancels_in_the_wallet_sees_the_payment_closed_and_nothing_i
     let report = audit(&app).await;
     assert_eq!((report.succeeded_payments, report.ledger.entries), (0, 0));
 }
+
+/// Anonymous payers create payments through a code: limited per code, apart from the merchant's
+/// signed API budget; a refused request (a bad amount) uses no budget and writes nothing.
+#[tokio::test]
+async fn cashier_payments_are_limited_per_code_not_from_the_merchants_api_budget() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.cashier_rate_limit_per_second = 1;
+    config.cashier_rate_limit_burst = 2;
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 3;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Canteen").await;
+    let code = new_code(&m, json!({"store_id": "s1"})).await;
+    let other = new_code(&m, json!({"store_id": "s2"})).await;
+    let wechat = Payer::new(WECHAT_UA, "zh-CN");
+    let submit = |url: String, amount: &'static str| {
+        let wechat = &wechat;
+        async move {
+            wechat
+                .post_form(&format!("{url}/pay"), &[("amount".into(), amount.into())])
+                .await
+        }
+    };
+    let bad = submit(code.clone(), "abc").await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    for _ in 0..2 {
+        let ok = submit(code.clone(), "1.00").await;
+        assert_eq!(ok.status, 303, "{}", ok.text);
+    }
+    let limited = submit(code.clone(), "1.00").await;
+    assert_eq!(limited.status, 429, "{}", limited.text);
+    // Another code of the same merchant has its own budget, and the merchant's API is untouched.
+    assert_eq!(submit(other.clone(), "1.00").await.status, 303);
+    assert_eq!(payments(&m).await.len(), 3);
+}
