@@ -614,7 +614,15 @@ async fn notifications_verified_tampered_and_duplicated() {
     env.wait_for(|ns| (!ns.is_empty()).then_some(())).await;
     let body = env.raw.lock().unwrap()[0].clone();
     let headers = http::HeaderMap::new();
-    assert!(up.verify_notification(&headers, &body).is_ok());
+    let verified = up.verify_notification(&headers, &body).unwrap();
+    match &verified.event {
+        NotificationEvent::Payment { trade } => {
+            assert_eq!(trade.out_trade_no, out, "{verified:?}");
+            assert_eq!(trade.amount_minor, Some(77), "{verified:?}");
+            assert_eq!(trade.state, TradeState::Succeeded, "{verified:?}");
+        }
+        other => panic!("not a payment: {other:?}"),
+    }
     // Tampered amount: the signature fails.
     let mut fields = decode_form(&body).unwrap();
     fields.insert("txnAmt".into(), "7700".into());

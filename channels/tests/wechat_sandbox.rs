@@ -570,7 +570,15 @@ async fn notifications_tampered_stale_and_duplicated() {
     env.wallet_pay(&code_url).await;
     env.wait_for(|ns| (!ns.is_empty()).then_some(())).await;
     let (headers, body) = env.raw.lock().unwrap()[0].clone();
-    assert!(wx.verify_notification(&headers, &body).is_ok());
+    let verified = wx.verify_notification(&headers, &body).unwrap();
+    match &verified.event {
+        NotificationEvent::Payment { trade } => {
+            assert_eq!(trade.out_trade_no, out, "{verified:?}");
+            assert_eq!(trade.amount_minor, Some(77), "{verified:?}");
+            assert_eq!(trade.state, TradeState::Succeeded, "{verified:?}");
+        }
+        other => panic!("not a payment: {other:?}"),
+    }
     // Tampered body: the signature fails.
     let mut tampered = body.to_vec();
     let i = tampered.iter().position(|b| *b == b'T').unwrap();
