@@ -222,3 +222,50 @@ async fn secrets_are_encrypted_at_rest() {
         "secret stored in clear"
     );
 }
+
+#[tokio::test]
+async fn a_body_declared_as_another_media_type_is_refused_with_415() {
+    let app = spawn_app().await;
+    let m = app.merchant("Media").await;
+    let body = serde_json::to_vec(&payment_body("mt-1", 100)).unwrap();
+    let url = format!("{}/v1/payments", app.base);
+    let signed = |content_type: &'static str| {
+        let auth = paymux_model::auth::authorization_header(
+            &m.creds.key_id,
+            m.creds.key_secret.as_bytes(),
+            "POST",
+            "/v1/payments",
+            chrono::Utc::now().timestamp(),
+            &nonce(),
+            &body,
+        );
+        app.http
+            .post(&url)
+            .header("authorization", auth)
+            .header("content-type", content_type)
+            .body(body.clone())
+    };
+    for ct in ["application/x-www-form-urlencoded", "text/plain"] {
+        let r = reply(signed(ct).send().await.unwrap()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{ct}"
+        );
+    }
+    let r = reply(
+        signed("application/json; charset=utf-8")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // Nothing was written for the refused ones.
+    assert_eq!(
+        m.find_by_order_no("mt-1").await.body["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
