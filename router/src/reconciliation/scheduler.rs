@@ -149,12 +149,28 @@ async fn with_lock<T>(
                 tracing::debug!("nightly reconciliation runs on another node");
                 return Ok(None);
             }
-            let result = work.await;
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(LOCK_KEY)
-                .execute(&mut *conn)
-                .await;
-            result.map(Some)
+            // The lock belongs to this connection's session: if it cannot be released (the work
+            // panicked, or the unlock failed), the connection is closed instead of going back to
+            // the pool still holding it, which would stop every node's nightly run.
+            use futures::FutureExt;
+            let result = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+            let unlocked: Result<bool, sqlx::Error> = match &result {
+                Ok(_) => {
+                    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                        .bind(LOCK_KEY)
+                        .fetch_one(&mut *conn)
+                        .await
+                }
+                Err(_) => Ok(false),
+            };
+            if !matches!(unlocked, Ok(true)) {
+                tracing::warn!(unlock = ?unlocked.as_ref().map_err(|e| e.to_string()), "nightly lock not released normally; closing its connection");
+                let _ = sqlx::Connection::close(conn.detach()).await;
+            }
+            match result {
+                Ok(r) => r.map(Some),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
     }
 }
