@@ -819,3 +819,66 @@ async fn a_hold_made_and_released_by_another_writer_fails_the_pipelined_check() 
         }
     }
 }
+
+/// The same payment of a wallet's whole balance submitted by many callers at once, one batch each,
+/// several batches in flight: one caller gets `created`, every other `exists` — never
+/// `exceeds_credits` from a copy planned against the balance the first copy spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_spending_entry_in_several_batches_in_flight_is_never_rejected_by_its_own_copy() {
+    use paymux_model::WalletUserId;
+
+    for t in pools().await {
+        let config = LedgerConfig {
+            batch_entries_max: 1,
+            committers: 4,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(t.pool.clone(), config);
+        let [alice, bob, carol] = [
+            WalletUserId::new(),
+            WalletUserId::new(),
+            WalletUserId::new(),
+        ];
+        let top_up = rules::wallet_top_up(uuid::Uuid::now_v7(), alice, "icbc", Money::cny(100), 1);
+        assert_eq!(
+            ledger.post(vec![top_up]).await.unwrap(),
+            vec![EntryResult::Created]
+        );
+        let all = rules::wallet_transfer(uuid::Uuid::now_v7(), alice, bob, Money::cny(100), 2);
+        let mut calls = Vec::new();
+        for i in 0..24 {
+            let ledger = ledger.clone();
+            let entry = if i % 2 == 0 {
+                all.clone()
+            } else {
+                rules::wallet_top_up(uuid::Uuid::now_v7(), carol, "icbc", Money::cny(1), 3)
+            };
+            calls.push(tokio::spawn(async move { ledger.post(vec![entry]).await }));
+        }
+        let mut created = 0;
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.await.unwrap().unwrap();
+            if i % 2 == 0 {
+                assert!(
+                    matches!(r[0], EntryResult::Created | EntryResult::Exists),
+                    "{}: {r:?}",
+                    name(&t.pool)
+                );
+                created += usize::from(r[0] == EntryResult::Created);
+            } else {
+                assert_eq!(r, vec![EntryResult::Created], "{}", name(&t.pool));
+            }
+        }
+        assert_eq!(created, 1, "{}", name(&t.pool));
+        let wallet = chart::wallet_balance(alice, Currency::Cny);
+        let b = balance_by_code(&t.pool, &wallet.code).await.unwrap();
+        assert_eq!(
+            (b.debits_posted, b.credits_posted),
+            (100, 100),
+            "{}",
+            name(&t.pool)
+        );
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report}", name(&t.pool));
+    }
+}

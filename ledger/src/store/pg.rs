@@ -388,11 +388,28 @@ pub async fn post_known(
     } else {
         pendings_map(legs, load_pendings(conn, &needs.pending_ids).await?)?
     };
+    let read_early = early_heads.is_some();
     let existing = match early_heads {
         Some(heads) => heads,
         None => heads_map(load_heads(conn, &needs.entry_ids).await?),
     };
-    let plan = engine::plan(entries, accounts, pendings, existing, opts, now);
+    let mut plan = engine::plan(entries, accounts, pendings, existing, opts, now);
+    // Heads read before the locks may miss an entry another writer committed while this batch
+    // waited for them; an entry planned `created` then fails its insert (a retryable unique
+    // violation), but one rejected (the other copy spent the balance it needed, posted the
+    // pending entry it names) would be answered wrongly. Rejections are planned again from
+    // everything read anew under the locks.
+    if read_early && plan.results.iter().any(|r| !r.is_ok()) {
+        let accounts = accounts_map(lock_accounts(conn, &lock).await?)?;
+        let pendings = if needs.pending_ids.is_empty() {
+            HashMap::new()
+        } else {
+            let legs = load_legs(conn, &needs.pending_ids).await?;
+            pendings_map(legs, load_pendings(conn, &needs.pending_ids).await?)?
+        };
+        let existing = heads_map(load_heads(conn, &needs.entry_ids).await?);
+        plan = engine::plan(entries, accounts, pendings, existing, opts, now);
+    }
     write(conn, &plan).await?;
     for a in &plan.accounts {
         if let Some(slot) = locked.get_mut(&a.id) {

@@ -319,6 +319,9 @@ pub async fn post(
         planned.remember(batch, &posted.balances);
         return Ok(posted);
     }
+    // Failed checks so far: one more by the time this batch may lock means a batch it may have
+    // planned on top of is posted again after it (see below).
+    let failures_seen = planned.stats.checks_failed.load(Ordering::SeqCst);
     let missing = planned.overlay(&lock, &mut accounts);
     if !missing.is_empty() {
         accounts.extend(accounts_map(pg::read_accounts(&mut tx, &missing).await?)?);
@@ -337,6 +340,17 @@ pub async fn post(
         PostOptions::default(),
         now,
     );
+    // A rejection may come from heads or balances another copy of the same entry changed in a
+    // batch that committed meanwhile (read before this batch's turn): rejections are answered from
+    // what the locks-first path reads under its locks.
+    if plan.results.iter().any(|r| !r.is_ok()) {
+        tx.rollback().await?;
+        planned.stats.locked_first.fetch_add(1, Ordering::Relaxed);
+        turn.wait_locked().await;
+        let posted = classic(pool, entries, known).await?;
+        planned.remember(batch, &posted.balances);
+        return Ok(posted);
+    }
     let seqs = if plan.postings.is_empty() {
         Vec::new()
     } else {
@@ -374,21 +388,28 @@ pub async fn post(
 
     pg::insert_rows(&mut tx, &plan, Some(&seqs)).await?;
     turn.wait_locked().await;
+    // A batch before this one failed its check since this one planned: this one may have planned
+    // on top of it, and its repost (the same balances, the same versions) would let this one's
+    // check pass with postings ordered before the repost's. It is posted again too.
+    let overtaken = planned.stats.checks_failed.load(Ordering::SeqCst) != failures_seen;
     // Balances first, then pending entries: the order in which the locks-first path takes them.
-    let held = pg::update_balances(&mut tx, &after, Some(&expected)).await?
+    let held = !overtaken
+        && pg::update_balances(&mut tx, &after, Some(&expected)).await?
         && pg::update_pendings(&mut tx, &plan, Some(&pending_before)).await?
         && check_pendings(&mut tx, &plan, &pending_before).await?;
-    turn.give_locked();
     if !held {
-        tx.rollback().await?;
-        planned.stats.checks_failed.fetch_add(1, Ordering::Relaxed);
+        // Recorded before the next batch may lock, so it sees this failure.
+        planned.stats.checks_failed.fetch_add(1, Ordering::SeqCst);
         planned
             .locks_first_through
             .fetch_max(batch + LOCKS_FIRST_AFTER_FAILED_CHECK, Ordering::Relaxed);
         // Forget the balances now; the ids stay in flight until the batch is posted again, so a
-        // later batch naming one of them waits for this one's outcome. Batches planned on top of
-        // this one fail their check the same way and post again too.
+        // later batch naming one of them waits for this one's outcome.
         planned.forget(batch, &pending.accounts, &[]);
+    }
+    turn.give_locked();
+    if !held {
+        tx.rollback().await?;
         let posted = classic(pool, entries, known).await?;
         planned.remember(batch, &posted.balances);
         pending.committed = true;
