@@ -343,7 +343,14 @@ pub async fn run_day(
         accounts,
         merchant_settlements,
     };
-    report::write_day_index(&state.config.data_dir, &report)?;
+    // The index lists every account's report of the day and the day's settlements, whichever
+    // run made them.
+    let settlements = if report.merchant_settlements.is_empty() {
+        day_settlements(&state.db, day).await?
+    } else {
+        report.merchant_settlements.clone()
+    };
+    report::write_day_index(&state.config.data_dir, day, &settlements)?;
     Ok(report)
 }
 
@@ -1778,7 +1785,6 @@ pub async fn settle_merchants(
     day: NaiveDate,
 ) -> anyhow::Result<Vec<MerchantSettlement>> {
     let db = &state.db;
-    let day_s = day.to_string();
     match db {
         Db::Sqlite(p) => {
             let mut tx = p.begin_write().await?;
@@ -1795,11 +1801,7 @@ pub async fn settle_merchants(
             tx.commit().await?;
         }
     }
-    let rows = fetch_all!(db, MerchantSettlement, |qb: &mut QueryBuilder<_>| {
-        qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
-            .push_bind(day_s.clone())
-            .push(" ORDER BY merchant_id");
-    });
+    let rows = day_settlements(db, day).await?;
     // Payout files are written from the committed rows (a run that lost the race for a row writes
     // the winner's figures, not its own), and written again by any later run should one be missing.
     for s in &rows {
@@ -1811,6 +1813,20 @@ pub async fn settle_merchants(
         }
     }
     Ok(rows)
+}
+
+/// The merchant settlements of `day`, by merchant.
+async fn day_settlements(db: &Db, day: NaiveDate) -> anyhow::Result<Vec<MerchantSettlement>> {
+    let day_s = day.to_string();
+    Ok(fetch_all!(
+        db,
+        MerchantSettlement,
+        |qb: &mut QueryBuilder<_>| {
+            qb.push("SELECT id, merchant_id, day, currency, gross_minor, refunds_minor, fees_minor, net_minor, carried_minor, payout_minor, entry_id, payout_file FROM merchant_settlements WHERE day = ")
+            .push_bind(day_s.clone())
+            .push(" ORDER BY merchant_id");
+        }
+    ))
 }
 
 /// A state for running reconciliation outside `paymux serve` (the CLI): the database, a write

@@ -208,27 +208,66 @@ fn account_html(r: &AccountReport) -> anyhow::Result<String> {
     Ok(h)
 }
 
-/// `reports/<day>/index.html`: every account of the day, with the nets by channel account.
-pub fn write_day_index(data_dir: &Path, d: &DayReport) -> anyhow::Result<()> {
-    let labels: Vec<String> = d.accounts.iter().map(|a| a.channel.clone()).collect();
-    let nets: Vec<i64> = d.accounts.iter().map(|a| a.channel_net_minor).collect();
-    let items: Vec<i64> = d.accounts.iter().map(|a| a.items.len() as i64).collect();
+/// One account's line in the day's index, from its `report.json`.
+struct IndexRow {
+    account: String,
+    channel: String,
+    status: String,
+    net_minor: i64,
+    items: usize,
+}
+
+/// Every account of the day that has a report on disk (each run writes its own, so a run of one
+/// account still indexes the others'), by channel name.
+fn day_rows(data_dir: &Path, day: NaiveDate) -> Vec<IndexRow> {
+    let dir = data_dir.join("reports").join(day.to_string());
+    let mut rows: Vec<IndexRow> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("report.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|v| IndexRow {
+            account: v["channel_account_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            channel: v["channel"].as_str().unwrap_or_default().to_string(),
+            status: v["status"].as_str().unwrap_or_default().to_string(),
+            net_minor: v["channel_net_minor"].as_i64().unwrap_or_default(),
+            items: v["items"].as_array().map_or(0, Vec::len),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.channel, &a.account).cmp(&(&b.channel, &b.account)));
+    rows
+}
+
+/// `reports/<day>/index.html`: every account of the day (from the reports on disk), with the nets
+/// by channel account, and the day's merchant settlements.
+pub fn write_day_index(
+    data_dir: &Path,
+    day: NaiveDate,
+    settlements: &[MerchantSettlement],
+) -> anyhow::Result<()> {
+    let rows = day_rows(data_dir, day);
+    let labels: Vec<String> = rows.iter().map(|a| a.channel.clone()).collect();
+    let nets: Vec<i64> = rows.iter().map(|a| a.net_minor).collect();
+    let items: Vec<i64> = rows.iter().map(|a| a.items as i64).collect();
     let mut h = String::new();
     write!(
         h,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Reconciliation {day}</title></head>\
          <body style=\"font-family:sans-serif;margin:2em\"><h1>Reconciliation of {day}</h1><ul>",
-        day = d.day
     )?;
-    for a in &d.accounts {
+    for a in &rows {
         write!(
             h,
             "<li><a href=\"{id}/report.html\">{ch}</a>: {st}, net {net} CNY, {n} items</li>",
-            id = a.channel_account_id,
+            id = html_escape(&a.account),
             ch = html_escape(&a.channel),
             st = html_escape(&a.status),
-            net = yuan(a.channel_net_minor),
-            n = a.items.len(),
+            net = yuan(a.net_minor),
+            n = a.items,
         )?;
     }
     h.push_str("</ul>");
@@ -242,23 +281,25 @@ pub fn write_day_index(data_dir: &Path, d: &DayReport) -> anyhow::Result<()> {
         &labels,
         &items,
     )?);
-    if !d.merchant_settlements.is_empty() {
+    if !settlements.is_empty() {
         h.push_str("<h2>Merchant settlements</h2><ul>");
-        for s in &d.merchant_settlements {
+        for s in settlements {
             write!(
                 h,
-                "<li>{m}: gross {g}, refunds {r}, fees {f}, net {n} CNY</li>",
+                "<li>{m}: gross {g}, refunds {r}, fees {f}, net {n}, carried {c}, payout {p} CNY</li>",
                 m = s.merchant_id,
                 g = yuan(s.gross_minor),
                 r = yuan(s.refunds_minor),
                 f = yuan(s.fees_minor),
                 n = yuan(s.net_minor),
+                c = yuan(s.carried_minor),
+                p = yuan(s.payout_minor),
             )?;
         }
         h.push_str("</ul>");
     }
     h.push_str("</body></html>\n");
-    write_atomic(&day_index_path(data_dir, d.day), h.as_bytes())
+    write_atomic(&day_index_path(data_dir, day), h.as_bytes())
 }
 
 /// `reports/<day>/index.html` under the data directory.

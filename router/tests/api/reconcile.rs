@@ -837,6 +837,24 @@ async fn each_account_is_reconciled_at_its_own_time_and_merchants_settle_after_t
         "each account once"
     );
     assert_eq!(scalar(&app, &settlements).await, 1);
+    // The day's index lists every account, though each was reconciled by a run of its own, and
+    // the settlement the last of them made.
+    let index = std::fs::read_to_string(
+        app.db
+            .dir
+            .path()
+            .join("reports")
+            .join(yesterday.to_string())
+            .join("index.html"),
+    )
+    .unwrap();
+    for id in std::iter::once(&wechat).chain(&others) {
+        assert!(
+            index.contains(&format!("{id}/report.html")),
+            "{id}: {index}"
+        );
+    }
+    assert!(index.contains("Merchant settlements"), "{index}");
 
     // Back to the configured time; every change is in the audit log.
     let r = ops(
