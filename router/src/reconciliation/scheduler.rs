@@ -7,7 +7,7 @@
 //! On PostgreSQL the work holds a session advisory lock, and a node that gets the lock after another
 //! finished finds the accounts' runs completed and does nothing, so each account is reconciled on
 //! exactly one node; SQLite is a single node. A failed run (the bill not there yet, the channel
-//! down) is tried again after [`RETRY_AFTER`].
+//! down) is tried again after [`RETRY_AFTER`], for [`CATCH_UP_DAYS`] more days after its own.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ const LOCK_KEY: i64 = 0x7061_796d_7578_7263;
 const TICK: Duration = Duration::from_secs(2);
 /// How long after a failed run an account is tried again (the same day).
 pub const RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Days before yesterday whose failed runs are still tried again (a bill that came days late, a
+/// channel down over midnight), oldest first, so that no day is left behind at midnight.
+pub const CATCH_UP_DAYS: u64 = 3;
 
 /// `HH:MM` or `HH:MM:SS`; empty or `off` disables the scheduler.
 pub fn parse_schedule(s: &str) -> anyhow::Result<Option<NaiveTime>> {
@@ -92,44 +95,86 @@ async fn tick(
         .await
         .map_err(|e| anyhow::anyhow!("reading reconciliation schedules: {}", e.detail))?;
     let (day, _) = due(default_at, now);
-    failed_at.retain(|(d, _), _| *d == day);
+    let oldest = day - chrono::Days::new(CATCH_UP_DAYS);
+    failed_at.retain(|(d, _), _| *d >= oldest);
     let accounts: Vec<Uuid> = state.routes.all().iter().map(|r| r.id.into()).collect();
-    let done = completed_accounts(&state.db, day).await?;
-    let due_now: Vec<Uuid> = accounts
-        .iter()
-        .copied()
-        .filter(|a| due(own.get(a).copied().unwrap_or(default_at), now).1)
-        .filter(|a| !done.contains(a))
-        .filter(|a| {
-            failed_at
-                .get(&(day, *a))
-                .is_none_or(|t| t.elapsed() >= RETRY_AFTER)
-        })
+    let retry_ok = |d: NaiveDate, a: Uuid, failed_at: &HashMap<(NaiveDate, Uuid), Instant>| {
+        failed_at
+            .get(&(d, a))
+            .is_none_or(|t| t.elapsed() >= RETRY_AFTER)
+    };
+    // Earlier days whose run failed, oldest first; then yesterday's accounts whose time has come.
+    let mut due_now: Vec<(NaiveDate, Uuid)> = failed_runs(&state.db, oldest, day)
+        .await?
+        .into_iter()
+        .filter(|(d, a)| accounts.contains(a) && retry_ok(*d, *a, failed_at))
         .collect();
+    let done = completed_accounts(&state.db, day).await?;
+    due_now.extend(
+        accounts
+            .iter()
+            .copied()
+            .filter(|a| due(own.get(a).copied().unwrap_or(default_at), now).1)
+            .filter(|a| !done.contains(a))
+            .filter(|a| retry_ok(day, *a, failed_at))
+            .map(|a| (day, a)),
+    );
     if due_now.is_empty() {
         return Ok(());
     }
     let outcome = with_lock(state, async {
-        let done = completed_accounts(&state.db, day).await?;
         let mut failed = Vec::new();
-        for account in due_now.iter().filter(|a| !done.contains(a)) {
+        for (d, account) in &due_now {
+            if completed_accounts(&state.db, *d).await?.contains(account) {
+                continue;
+            }
             let report =
-                super::run_day(state, day, Some(ChannelAccountId::from(*account)), &|_| {})
-                    .await?;
+                super::run_day(state, *d, Some(ChannelAccountId::from(*account)), &|_| {}).await?;
             let ok = report.is_ok();
-            tracing::info!(%day, channel_account_id = %account, ok,
+            tracing::info!(day = %d, channel_account_id = %account, ok,
                 settled_merchants = report.merchant_settlements.len(), "nightly reconciliation of an account");
             if !ok {
-                failed.push(*account);
+                failed.push((*d, *account));
             }
         }
         Ok::<_, anyhow::Error>(failed)
     })
     .await?;
-    for account in outcome.unwrap_or_default() {
-        failed_at.insert((day, account), Instant::now());
+    for key in outcome.unwrap_or_default() {
+        failed_at.insert(key, Instant::now());
     }
     Ok(())
+}
+
+/// `(day, account)` of the runs that failed on a day from `from` up to (not including) `until`,
+/// oldest first.
+async fn failed_runs(
+    db: &Db,
+    from: NaiveDate,
+    until: NaiveDate,
+) -> anyhow::Result<Vec<(NaiveDate, Uuid)>> {
+    const SQL: &str = "SELECT day, channel_account_id FROM reconciliation_runs \
+        WHERE status = 'failed' AND day >= $1 AND day < $2 ORDER BY day, channel_account_id";
+    let rows: Vec<(String, Uuid)> = match db {
+        Db::Sqlite(p) => {
+            sqlx::query_as(SQL)
+                .bind(from.to_string())
+                .bind(until.to_string())
+                .fetch_all(p)
+                .await?
+        }
+        Db::Postgres(p) => {
+            sqlx::query_as(SQL)
+                .bind(from.to_string())
+                .bind(until.to_string())
+                .fetch_all(p)
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(d, a)| Some((d.parse().ok()?, a)))
+        .collect())
 }
 
 /// Runs `work` holding the nightly lock (PostgreSQL), or `None` when another node holds it.

@@ -1144,3 +1144,49 @@ async fn a_notification_from_another_merchants_account_settles_nothing() {
     );
     assert_eq!(scalar(&app, "SELECT COUNT(*) FROM ledger_entries").await, 0);
 }
+
+/// A day whose run failed is tried again by the nightly scheduler on the following days too, not
+/// only until its own midnight.
+#[tokio::test]
+async fn a_run_that_failed_days_ago_is_tried_again_by_the_scheduler() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.reconcile_schedule = "00:00:00".into();
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Catch up").await;
+    let db = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
+    let sql = "SELECT id FROM channel_accounts WHERE merchant_id = $1 AND kind = 'wechat_v3'";
+    let merchant = uuid::Uuid::from(m.creds.merchant_id);
+    let account: uuid::Uuid = match &db {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql)
+            .bind(merchant)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql)
+            .bind(merchant)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    };
+    db.close().await;
+    let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(3);
+    let run =
+        paymux::reconciliation::run_id(paymux_model::ChannelAccountId::from_uuid(account), day);
+    app.sql_execute(&format!(
+        "INSERT INTO reconciliation_runs (id, channel_account_id, day, status, attempts, error, started_at_us) \
+         VALUES ({}, {}, '{day}', 'failed', 1, 'the bill was not ready', 0)",
+        uuid_literal(&app, &run.to_string()),
+        uuid_literal(&app, &account.to_string()),
+    ))
+    .await;
+    wait_scalar(
+        &app,
+        &format!(
+            "SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{day}' AND status = 'completed'"
+        ),
+        1,
+    )
+    .await;
+}
