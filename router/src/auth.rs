@@ -188,28 +188,6 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
-    // Request bodies are JSON: another declared media type is refused before anything else.
-    if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE)
-        && matches!(
-            parts.method,
-            axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
-        )
-    {
-        let essence = ct
-            .to_str()
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON (Content-Type: application/json)",
-            ));
-        }
-    }
     let header = match parts.headers.get(AUTHORIZATION) {
         None => {
             return Err(deny(
@@ -256,6 +234,30 @@ pub async fn authenticate(
                 ),
             )
         })?;
+    // Request bodies are JSON: a body declared as another media type is refused (an empty one,
+    // as a body-less POST sends it, whatever its declared type, is not).
+    if !body.is_empty()
+        && let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE)
+        && matches!(
+            parts.method,
+            axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+        )
+    {
+        let essence = ct
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the request body must be JSON (Content-Type: application/json)",
+            ));
+        }
+    }
     let path_and_query = parts
         .extensions
         .get::<OriginalUri>()

@@ -1058,8 +1058,6 @@ pub async fn status(
     status_json(&state, &p).await
 }
 
-/// `{"status"}` of a polled payment; one still waiting a few seconds after its order was attached
-/// is asked about at its channel (settled if paid there).
 /// At most one channel query per payment this often, however often its result page is polled
 /// (the status endpoint is public: the merchant's query quota at the channel is not).
 const QUERY_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
@@ -1075,13 +1073,15 @@ fn recently_queried() -> &'static moka::sync::Cache<Uuid, ()> {
     })
 }
 
+/// `{"status"}` of a polled payment; one still waiting a few seconds after its order was attached
+/// is asked about at its channel (settled if paid there), at most every [`QUERY_EVERY`].
 pub(crate) async fn status_json(state: &AppState, p: &PaymentRow) -> Response {
     let mut status = p.status();
     if status == PaymentStatus::Created
         && now_us() - p.updated_at_us > QUERY_AFTER_US
-        && recently_queried().entry(p.id).or_insert(()).is_fresh()
         && let Some(account) = p.channel_account_id
         && let Some(route) = state.routes.account(ChannelAccountId::from(account)).await
+        && recently_queried().entry(p.id).or_insert(()).is_fresh()
         && let Ok(trade) = route.query(&crate::orchestrate::out_trade_no(p.id)).await
         && trade.state == paymux_channels::TradeState::Succeeded
     {

@@ -99,7 +99,7 @@ pub fn heads_map(raw: Vec<RawHead>) -> HashMap<Uuid, StoredHead> {
 }
 
 /// A pending entry's legs (read before locking: legs never change).
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RawLeg {
     pub entry_id: Uuid,
     pub account_id: Uuid,

@@ -369,6 +369,8 @@ pub async fn post_known(
         load_legs(conn, &needs.pending_ids).await?
     };
     let lock = lock_set(&needs.account_ids, &legs);
+    // Kept for planning again (below): the same legs, so the same locks cover them.
+    let legs_again = (known.is_some() && !legs.is_empty()).then(|| legs.clone());
     let early_heads = if known.is_some() {
         Some(heads_map(load_heads(conn, &needs.entry_ids).await?))
     } else {
@@ -401,11 +403,10 @@ pub async fn post_known(
     // everything read anew under the locks.
     if read_early && plan.results.iter().any(|r| !r.is_ok()) {
         let accounts = accounts_map(lock_accounts(conn, &lock).await?)?;
-        let pendings = if needs.pending_ids.is_empty() {
-            HashMap::new()
-        } else {
-            let legs = load_legs(conn, &needs.pending_ids).await?;
-            pendings_map(legs, load_pendings(conn, &needs.pending_ids).await?)?
+        // A pending entry whose legs changed meanwhile is a retryable concurrent change here.
+        let pendings = match legs_again {
+            Some(legs) => pendings_map(legs, load_pendings(conn, &needs.pending_ids).await?)?,
+            None => HashMap::new(),
         };
         let existing = heads_map(load_heads(conn, &needs.entry_ids).await?);
         plan = engine::plan(entries, accounts, pendings, existing, opts, now);

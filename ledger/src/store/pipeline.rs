@@ -246,7 +246,13 @@ impl Drop for Pending<'_> {
         if self.committed {
             self.planned.finish(self.batch, &self.ids);
         } else {
+            // Ended by an error after planning: batches planned on top of it are posted again,
+            // as after a failed check.
             self.planned.forget(self.batch, &self.accounts, &self.ids);
+            self.planned
+                .stats
+                .checks_failed
+                .fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -398,14 +404,15 @@ pub async fn post(
         && pg::update_pendings(&mut tx, &plan, Some(&pending_before)).await?
         && check_pendings(&mut tx, &plan, &pending_before).await?;
     if !held {
-        // Recorded before the next batch may lock, so it sees this failure.
+        // Forget the balances now; the ids stay in flight until the batch is posted again, so a
+        // later batch naming one of them waits for this one's outcome. Then the failure is
+        // counted, before the next batch may lock, so that it sees it: a batch that read the count
+        // before this can only have overlaid these balances before they were forgotten.
+        planned.forget(batch, &pending.accounts, &[]);
         planned.stats.checks_failed.fetch_add(1, Ordering::SeqCst);
         planned
             .locks_first_through
             .fetch_max(batch + LOCKS_FIRST_AFTER_FAILED_CHECK, Ordering::Relaxed);
-        // Forget the balances now; the ids stay in flight until the batch is posted again, so a
-        // later batch naming one of them waits for this one's outcome.
-        planned.forget(batch, &pending.accounts, &[]);
     }
     turn.give_locked();
     if !held {

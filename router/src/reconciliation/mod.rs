@@ -1428,7 +1428,7 @@ macro_rules! write_body {
             // then) is closed with it, so nobody acts on a difference that is gone.
             let mut qb = QueryBuilder::<$backend>::new(
                 "UPDATE reconciliation_exceptions SET status = 'resolved', resolution = 'channel_corrected', \
-                 note = 'completed by a later reconciliation run', resolved_at_us = ",
+                 note = COALESCE(note, 'completed by a later reconciliation run'), resolved_at_us = ",
             );
             qb.push_bind(now).push(" WHERE status IN ('open', 'assigned') AND item_id IN (");
             let mut sep = qb.separated(", ");

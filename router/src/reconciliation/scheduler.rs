@@ -128,8 +128,18 @@ async fn tick(
             if completed_accounts(&state.db, *d).await?.contains(account) {
                 continue;
             }
+            // One day's error (a lasting one on an old day) does not hold up the others.
             let report =
-                super::run_day(state, *d, Some(ChannelAccountId::from(*account)), &|_| {}).await?;
+                match super::run_day(state, *d, Some(ChannelAccountId::from(*account)), &|_| {})
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(day = %d, channel_account_id = %account, error = %format!("{e:#}"), "nightly reconciliation of an account");
+                        failed.push((*d, *account));
+                        continue;
+                    }
+                };
             let ok = report.is_ok();
             tracing::info!(day = %d, channel_account_id = %account, ok,
                 settled_merchants = report.merchant_settlements.len(), "nightly reconciliation of an account");

@@ -261,6 +261,28 @@ async fn a_body_declared_as_another_media_type_is_refused_with_415() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // A body-less POST is not refused for what it declares (as `curl -d ''` declares a form).
+    let path = "/v1/payments/0190b1e0-0000-7000-8000-000000000000/close";
+    let auth = paymux_model::auth::authorization_header(
+        &m.creds.key_id,
+        m.creds.key_secret.as_bytes(),
+        "POST",
+        path,
+        chrono::Utc::now().timestamp(),
+        &nonce(),
+        b"",
+    );
+    let r = reply(
+        app.http
+            .post(format!("{}{path}", app.base))
+            .header("authorization", auth)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
     // Nothing was written for the refused ones.
     assert_eq!(
         m.find_by_order_no("mt-1").await.body["data"]

@@ -571,13 +571,22 @@ async fn cashier_payments_are_limited_per_code_not_from_the_merchants_api_budget
     };
     let bad = submit(code.clone(), "abc").await;
     assert_eq!(bad.status, 422, "{}", bad.text);
-    for _ in 0..2 {
-        let ok = submit(code.clone(), "1.00").await;
-        assert_eq!(ok.status, 303, "{}", ok.text);
+    // Five at once against a burst of two (a slow machine may refill one more within the second).
+    let mut accepted = 0;
+    let mut limited = 0;
+    for _ in 0..5 {
+        let r = submit(code.clone(), "1.00").await;
+        match r.status {
+            303 => accepted += 1,
+            429 => limited += 1,
+            other => panic!("{other}: {}", r.text),
+        }
     }
-    let limited = submit(code.clone(), "1.00").await;
-    assert_eq!(limited.status, 429, "{}", limited.text);
+    assert!(
+        accepted >= 2 && limited >= 2,
+        "{accepted} accepted, {limited} limited"
+    );
     // Another code of the same merchant has its own budget, and the merchant's API is untouched.
     assert_eq!(submit(other.clone(), "1.00").await.status, 303);
-    assert_eq!(payments(&m).await.len(), 3);
+    assert_eq!(payments(&m).await.len(), accepted + 1);
 }
