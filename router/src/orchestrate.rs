@@ -570,8 +570,9 @@ async fn late_success(
         tracing::error!(payment_id = %id, "late success: the channel was paid after the payment closed; posted, exception opened");
         metrics::counter!("paymux_late_success_total").increment(1);
     }
-    crate::reconciliation::open_late_success(
+    crate::reconciliation::open_payment_exception(
         &state.db,
+        &crate::reconciliation::LATE_SUCCESS_EXCEPTION,
         route.id,
         id,
         amount_minor,
@@ -627,8 +628,9 @@ async fn handle_event(
             let paid_while_failed = || async {
                 tracing::error!(payment_id = %id, "the channel reports a failed payment paid; exception opened");
                 metrics::counter!("paymux_paid_while_failed_total").increment(1);
-                crate::reconciliation::open_paid_while_failed(
+                crate::reconciliation::open_payment_exception(
                     &state.db,
+                    &crate::reconciliation::PAID_WHILE_FAILED_EXCEPTION,
                     route.id,
                     id,
                     row.amount_minor,

@@ -72,19 +72,38 @@ async fn recover_stale_refunds(
             return;
         }
     };
-    let now = Instant::now();
-    let due: Vec<crate::refunds::RefundRow> = rows
-        .into_iter()
-        .filter(|r| retries.due(r.id, now))
-        .collect();
-    if due.is_empty() {
-        return;
+    let finished = finish_due(
+        rows.into_iter().map(|r| (r.id, r)),
+        retries,
+        concurrency,
+        |r| orchestrate::recover_refund(state, r),
+    )
+    .await;
+    if finished > 0 {
+        metrics::counter!("paymux_refunds_recovered_total").increment(finished);
+        tracing::info!(finished, "refunds left processing finished by the sweeper");
     }
+}
+
+/// Runs `finish` on the rows whose retry is due, `concurrency` at a time; a row that finished is
+/// forgotten, one that did not is tried again after its back-off. Returns how many finished.
+async fn finish_due<R, Fut>(
+    rows: impl Iterator<Item = (Uuid, R)>,
+    retries: &mut Retries,
+    concurrency: usize,
+    finish: impl Fn(R) -> Fut,
+) -> u64
+where
+    Fut: std::future::Future<Output = bool>,
+{
+    let now = Instant::now();
+    let due: Vec<(Uuid, R)> = rows.filter(|(id, _)| retries.due(*id, now)).collect();
+    if due.is_empty() {
+        return 0;
+    }
+    let finish = &finish;
     let results: Vec<(Uuid, bool)> = futures::stream::iter(due)
-        .map(|row| async move {
-            let id = row.id;
-            (id, orchestrate::recover_refund(state, row).await)
-        })
+        .map(|(id, row)| async move { (id, finish(row).await) })
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -97,10 +116,7 @@ async fn recover_stale_refunds(
             retries.later(id, now);
         }
     }
-    if finished > 0 {
-        metrics::counter!("paymux_refunds_recovered_total").increment(finished);
-        tracing::info!(finished, "refunds left processing finished by the sweeper");
-    }
+    finished
 }
 
 /// Payments without a channel order. Keeps going while full batches come back, so a backlog drains
@@ -338,31 +354,13 @@ async fn recover_stale_processing(
             return;
         }
     };
-    let now = Instant::now();
-    let due: Vec<PaymentRow> = rows
-        .into_iter()
-        .filter(|r| retries.due(r.id, now))
-        .collect();
-    if due.is_empty() {
-        return;
-    }
-    let results: Vec<(Uuid, bool)> = futures::stream::iter(due)
-        .map(|row| async move {
-            let id = row.id;
-            (id, recover(state, row).await)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut finished = 0u64;
-    for (id, done) in results {
-        if done {
-            finished += 1;
-            retries.done(id);
-        } else {
-            retries.later(id, now);
-        }
-    }
+    let finished = finish_due(
+        rows.into_iter().map(|r| (r.id, r)),
+        retries,
+        concurrency,
+        |r| recover(state, r),
+    )
+    .await;
     if finished > 0 {
         metrics::counter!("paymux_payments_recovered_total").increment(finished);
         tracing::info!(

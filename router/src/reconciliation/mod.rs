@@ -1131,70 +1131,36 @@ pub const LATE_SUCCESS: &str = "late_success";
 /// `failed` here (a failed state cannot be left: operations refund the payer or complete the sale).
 pub const PAID_WHILE_FAILED: &str = "paid_while_failed";
 
-/// A success the channel reported for a payment we had already closed: the money moved after we
-/// gave up on it. The payment is completed (posted, the merchant told) by the caller; this opens an
-/// exception for operations at once, as an item of the reconciliation run of the channel account
-/// and the day it was paid — the run row is created (`open`, no attempts) when that day has not been
-/// reconciled yet, and the day's run keeps the item. Idempotent: ids are derived from the payment.
-pub async fn open_late_success(
-    db: &Db,
-    account: ChannelAccountId,
-    payment_id: Uuid,
-    amount_minor: i64,
-    channel_trade_no: Option<String>,
-    paid_at_us: i64,
-) -> anyhow::Result<()> {
-    open_payment_exception(
-        db,
-        PaymentException {
-            class: LATE_SUCCESS,
-            platform_status: "succeeded",
-            note: "the channel reported this payment paid after it was closed here; it was completed as a late success (posted, merchant notified): refund the payer or keep the sale",
-        },
-        account,
-        payment_id,
-        amount_minor,
-        channel_trade_no,
-        paid_at_us,
-    )
-    .await
-}
-
-/// A success the channel reported for a payment marked `failed` here: the payer was charged, the
-/// merchant was told it failed and nothing was posted. Opened at once, like a late success.
-pub async fn open_paid_while_failed(
-    db: &Db,
-    account: ChannelAccountId,
-    payment_id: Uuid,
-    amount_minor: i64,
-    channel_trade_no: Option<String>,
-    paid_at_us: i64,
-) -> anyhow::Result<()> {
-    open_payment_exception(
-        db,
-        PaymentException {
-            class: PAID_WHILE_FAILED,
-            platform_status: "failed",
-            note: "the channel reported this payment paid but it had failed here (nothing posted, the merchant was told it failed): refund the payer",
-        },
-        account,
-        payment_id,
-        amount_minor,
-        channel_trade_no,
-        paid_at_us,
-    )
-    .await
-}
-
-struct PaymentException {
+/// An exception opened at once for a payment, outside a reconciliation run's own findings.
+pub struct PaymentException {
     class: &'static str,
     platform_status: &'static str,
     note: &'static str,
 }
 
-async fn open_payment_exception(
+/// A success the channel reported for a payment we had already closed: the money moved after we
+/// gave up on it. The payment is completed (posted, the merchant told) by the caller.
+pub const LATE_SUCCESS_EXCEPTION: PaymentException = PaymentException {
+    class: LATE_SUCCESS,
+    platform_status: "succeeded",
+    note: "the channel reported this payment paid after it was closed here; it was completed as a late success (posted, merchant notified): refund the payer or keep the sale",
+};
+
+/// A success the channel reported for a payment marked `failed` here: the payer was charged, the
+/// merchant was told it failed and nothing was posted.
+pub const PAID_WHILE_FAILED_EXCEPTION: PaymentException = PaymentException {
+    class: PAID_WHILE_FAILED,
+    platform_status: "failed",
+    note: "the channel reported this payment paid but it had failed here (nothing posted, the merchant was told it failed): refund the payer",
+};
+
+/// Opens the exception `what` for a payment, as an item of the reconciliation run of the channel
+/// account and the day it was paid — the run row is created (`open`, no attempts) when that day has
+/// not been reconciled yet, and the day's run keeps the item. Idempotent: ids are derived from the
+/// payment.
+pub async fn open_payment_exception(
     db: &Db,
-    what: PaymentException,
+    what: &PaymentException,
     account: ChannelAccountId,
     payment_id: Uuid,
     amount_minor: i64,
@@ -1714,30 +1680,38 @@ macro_rules! settle_all {
                 .push_bind(day_s.clone());
         });
         let settled: HashSet<Uuid> = settled.into_iter().map(|(m,)| m).collect();
-        let mut new = Vec::new();
-        for (m, (gross, refunds)) in merchants {
-            if settled.contains(&m) {
-                continue;
-            }
-            // The net is what the day's payment and refund entries left on the merchant's payable;
-            // the payout is what the payable holds at the day's end: every posting dated before
-            // it, less every payout already made (those of later days too, should days be settled
-            // out of order, so nothing is paid twice).
-            let payable = chart::merchant_payable(MerchantId::from(m), Currency::Cny)
+        merchants.retain(|m, _| !settled.contains(m));
+        // Per merchant's payable account: the net is what the day's payment and refund entries
+        // left on it; the payout is what it holds at the day's end: every posting dated before it,
+        // less every payout already made (those of later days too, should days be settled out of
+        // order, so nothing is paid twice). One grouped statement per chunk of merchants.
+        let payable_of = |m: Uuid| {
+            chart::merchant_payable(MerchantId::from(m), Currency::Cny)
                 .id()
-                .into_uuid();
-            let sums: Vec<(i64, i64)> = tx_fetch!($tx, $backend, (i64, i64), |qb: &mut QueryBuilder<$backend>| {
-                qb.push("SELECT CAST(COALESCE(SUM(CASE WHEN e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
+                .into_uuid()
+        };
+        let payables: Vec<Uuid> = merchants.keys().map(|m| payable_of(*m)).collect();
+        let mut sums: HashMap<Uuid, (i64, i64)> = HashMap::new();
+        for chunk in payables.chunks(CHUNK) {
+            let rows: Vec<(Uuid, i64, i64)> = tx_fetch!($tx, $backend, (Uuid, i64, i64), |qb: &mut QueryBuilder<$backend>| {
+                qb.push("SELECT p.account_id, CAST(COALESCE(SUM(CASE WHEN e.kind IN ('payment', 'refund') AND p.effective_at_us >= ")
                     .push_bind(start_us)
                     .push(" THEN (CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END) ELSE 0 END), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(CASE WHEN p.is_credit THEN p.amount_minor ELSE -p.amount_minor END), 0) AS BIGINT) \
-                     FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id = ")
-                    .push_bind(payable)
-                    .push(" AND (p.effective_at_us < ")
+                     FROM ledger_postings p JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") AND (p.effective_at_us < ")
                     .push_bind(end_us)
-                    .push(" OR e.kind = 'merchant_settlement')");
+                    .push(" OR e.kind = 'merchant_settlement') GROUP BY p.account_id");
             });
-            let (net, held) = sums.first().copied().unwrap_or((0, 0));
+            sums.extend(rows.into_iter().map(|(a, net, held)| (a, (net, held))));
+        }
+        let mut new = Vec::new();
+        for (m, (gross, refunds)) in merchants {
+            let (net, held) = sums.get(&payable_of(m)).copied().unwrap_or((0, 0));
             let carried = held - net;
             let payout = held.max(0);
             let id = v5(&format!("settlement:{m}:{day}"));

@@ -1081,22 +1081,7 @@ async fn a_notification_from_another_merchants_account_settles_nothing() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
     // B's WeChat sandbox account, and an order in A's payment's name at the sandbox that notifies it.
-    let db = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
-    let sql = "SELECT id FROM channel_accounts WHERE merchant_id = $1 AND kind = 'wechat_v3'";
-    let merchant_b = uuid::Uuid::from(b.creds.merchant_id);
-    let account_b: uuid::Uuid = match &db {
-        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql)
-            .bind(merchant_b)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql)
-            .bind(merchant_b)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-    };
-    db.close().await;
+    let account_b = wechat_account_of(&app, &b).await;
     let sb = paymux_channels::sandbox::Sandboxes::start(app.config.sandbox_options())
         .await
         .unwrap();
@@ -1155,22 +1140,7 @@ async fn a_run_that_failed_days_ago_is_tried_again_by_the_scheduler() {
     config.reconcile_schedule = "00:00:00".into();
     let app = spawn_with(db, config).await;
     let m = app.merchant("Catch up").await;
-    let db = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
-    let sql = "SELECT id FROM channel_accounts WHERE merchant_id = $1 AND kind = 'wechat_v3'";
-    let merchant = uuid::Uuid::from(m.creds.merchant_id);
-    let account: uuid::Uuid = match &db {
-        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql)
-            .bind(merchant)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql)
-            .bind(merchant)
-            .fetch_one(p)
-            .await
-            .unwrap(),
-    };
-    db.close().await;
+    let account = wechat_account_of(&app, &m).await;
     let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(3);
     let run =
         paymux::reconciliation::run_id(paymux_model::ChannelAccountId::from_uuid(account), day);
@@ -1189,4 +1159,17 @@ async fn a_run_that_failed_days_ago_is_tried_again_by_the_scheduler() {
         1,
     )
     .await;
+}
+
+/// The merchant's WeChat sandbox channel account.
+async fn wechat_account_of(app: &TestApp, m: &MerchantClient) -> uuid::Uuid {
+    let sql = "SELECT id FROM channel_accounts WHERE merchant_id = $1 AND kind = 'wechat_v3'";
+    let merchant = uuid::Uuid::from(m.creds.merchant_id);
+    let db = paymux::db::Db::connect(&app.db.url, 2).await.unwrap();
+    let account = match &db {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(sql).bind(merchant).fetch_one(p).await,
+        paymux::db::Db::Postgres(p) => sqlx::query_scalar(sql).bind(merchant).fetch_one(p).await,
+    };
+    db.close().await;
+    account.unwrap()
 }
