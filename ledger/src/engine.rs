@@ -367,6 +367,17 @@ pub fn plan_expiry(
     Ok(plan)
 }
 
+/// Whether a string or key anywhere in `value` contains U+0000.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 fn side_amounts(postings: &[NewPosting]) -> Option<EntryResult> {
     if postings.iter().any(|p| p.amount.amount_minor() <= 0) {
         return Some(EntryResult::AmountMustBePositive);
@@ -428,6 +439,9 @@ impl Applier {
         }
         if let Some(r) = side_amounts(&e.postings) {
             return r;
+        }
+        if holds_nul(&e.metadata) {
+            return EntryResult::MetadataInvalid;
         }
         // Accounts.
         for (p, account_id) in e.postings.iter().zip(&ids) {

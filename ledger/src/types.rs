@@ -324,6 +324,9 @@ pub enum EntryResult {
     VoidMustHaveNoPostings,
     /// Debits differ from credits in some currency.
     Unbalanced,
+    /// The metadata holds a NUL character (`\u0000`) in a string or a key, which PostgreSQL's
+    /// `jsonb` cannot store; refused on every backend alike.
+    MetadataInvalid,
     AccountNotFound,
     /// A posting's currency is not its account's currency.
     CurrencyMismatch,

@@ -882,3 +882,46 @@ async fn one_spending_entry_in_several_batches_in_flight_is_never_rejected_by_it
         assert!(report.is_clean(), "{}: {report}", name(&t.pool));
     }
 }
+
+/// A NUL character in an entry's metadata is refused as `metadata_invalid` on every backend, and
+/// only that entry: PostgreSQL's `jsonb` cannot store it, and the batch it came in must go through.
+#[tokio::test]
+async fn metadata_with_a_nul_character_is_refused_alone() {
+    for t in pools().await {
+        let (ledger, [alice, bob, _]) = a_ledger_and_alice_with_100(&t.pool).await;
+        let pay = |amount: i64| {
+            rules::wallet_transfer(uuid::Uuid::now_v7(), alice, bob, Money::cny(amount), 2)
+        };
+        let in_value = pay(10).with_metadata(serde_json::json!({ "note": "a\u{0}b" }));
+        let in_key = pay(10).with_metadata(serde_json::json!({ "k\u{0}": [1, { "x": "ok" }] }));
+        let nested = pay(10).with_metadata(serde_json::json!([{ "deep": ["\u{0}"] }]));
+        let fine = pay(30).with_metadata(serde_json::json!({ "note": "a\\u0000b is text" }));
+        let results = ledger
+            .post(vec![in_value, in_key, fine.clone(), nested])
+            .await
+            .unwrap();
+        assert_eq!(
+            results,
+            vec![
+                EntryResult::MetadataInvalid,
+                EntryResult::MetadataInvalid,
+                EntryResult::Created,
+                EntryResult::MetadataInvalid
+            ],
+            "{}",
+            name(&t.pool)
+        );
+        let direct = pay(5).with_metadata(serde_json::json!({ "note": "\u{0}" }));
+        assert_eq!(
+            post_directly(&t.pool, &[direct]).await,
+            vec![EntryResult::MetadataInvalid],
+            "{}",
+            name(&t.pool)
+        );
+        let alice_code = chart::wallet_balance(alice, Currency::Cny).code;
+        let balance = balance_by_code(&t.pool, &alice_code).await.unwrap();
+        assert_eq!(balance.posted_minor(), 70, "{}", name(&t.pool));
+        let report = audit(&t.pool, AuditOptions::default()).await.unwrap();
+        assert!(report.is_clean(), "{}: {report:?}", name(&t.pool));
+    }
+}
