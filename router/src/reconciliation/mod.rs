@@ -815,6 +815,8 @@ struct PaymentFacts {
     status: String,
     paid_at_us: Option<i64>,
     created_at_us: i64,
+    /// The channel cost rate the payment's ledger entry was posted with (none before it is paid).
+    booked_cost_rate_bps: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -826,9 +828,19 @@ struct RefundFacts {
     succeeded_at_us: Option<i64>,
     created_at_us: i64,
     payment_amount_minor: i64,
+    /// As [`PaymentFacts::booked_cost_rate_bps`], of the refunded payment.
+    booked_cost_rate_bps: Option<i64>,
 }
 
-fn payment_record(p: PaymentFacts, cost_rate_bps: u32) -> PlatformRecord {
+/// The rate a payment's channel cost was booked at, else the account's current one.
+fn cost_rate(booked: Option<i64>, current_bps: u32) -> u32 {
+    booked
+        .and_then(|b| u32::try_from(b).ok())
+        .unwrap_or(current_bps)
+}
+
+fn payment_record(p: PaymentFacts, current_cost_rate_bps: u32) -> PlatformRecord {
+    let cost_rate_bps = cost_rate(p.booked_cost_rate_bps, current_cost_rate_bps);
     PlatformRecord {
         kind: BillKind::Payment,
         out_trade_no: crate::orchestrate::out_trade_no(p.id),
@@ -843,7 +855,12 @@ fn payment_record(p: PaymentFacts, cost_rate_bps: u32) -> PlatformRecord {
     }
 }
 
-fn refund_record(r: RefundFacts, cost_returned: Option<i64>, cost_rate_bps: u32) -> PlatformRecord {
+fn refund_record(
+    r: RefundFacts,
+    cost_returned: Option<i64>,
+    current_cost_rate_bps: u32,
+) -> PlatformRecord {
+    let cost_rate_bps = cost_rate(r.booked_cost_rate_bps, current_cost_rate_bps);
     let status = match r.status.as_str() {
         "succeeded" => PlatformStatus::Succeeded,
         "processing" => PlatformStatus::Processing,
@@ -866,10 +883,38 @@ fn refund_record(r: RefundFacts, cost_returned: Option<i64>, cost_rate_bps: u32)
     }
 }
 
-const PAYMENT_FACTS: &str =
-    "SELECT id, amount_minor, status, paid_at_us, created_at_us FROM payments";
-const REFUND_FACTS: &str = "SELECT r.id, r.payment_id, r.amount_minor, r.status, r.succeeded_at_us, \
-    r.created_at_us, p.amount_minor AS payment_amount_minor FROM refunds r JOIN payments p ON p.id = r.payment_id";
+/// The payments' facts with the cost rate their ledger entry booked (`p` is the payment).
+fn payment_facts(db: &Db) -> String {
+    format!(
+        "SELECT p.id, p.amount_minor, p.status, p.paid_at_us, p.created_at_us, {} \
+         FROM payments p {BOOKED_JOIN}",
+        booked_cost_rate(db)
+    )
+}
+
+/// The refunds' facts (`r`), with their payment's (`p`) amount and booked cost rate.
+fn refund_facts(db: &Db) -> String {
+    format!(
+        "SELECT r.id, r.payment_id, r.amount_minor, r.status, r.succeeded_at_us, r.created_at_us, \
+         p.amount_minor AS payment_amount_minor, {} \
+         FROM refunds r JOIN payments p ON p.id = r.payment_id {BOOKED_JOIN}",
+        booked_cost_rate(db)
+    )
+}
+
+/// The payment's own ledger entry (at most one: its id is derived from the payment's).
+const BOOKED_JOIN: &str = "LEFT JOIN ledger_entries e ON e.reference = p.id AND e.kind = 'payment'";
+
+fn booked_cost_rate(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => {
+            "CAST(json_extract(e.metadata, '$.channel_cost_rate_bps') AS INTEGER) AS booked_cost_rate_bps"
+        }
+        Db::Postgres(_) => {
+            "(e.metadata->>'channel_cost_rate_bps')::int8 AS booked_cost_rate_bps"
+        }
+    }
+}
 
 /// Runs a query built by `$build` (a closure taking a fresh `QueryBuilder`) on either backend and
 /// fetches all rows as `$row`.
@@ -940,12 +985,12 @@ async fn load_day_records(
     let account = Uuid::from(route.id);
     macro_rules! stream_payments {
         ($pool:expr, $backend:ty) => {{
-            let mut qb = QueryBuilder::<$backend>::new(PAYMENT_FACTS);
-            qb.push(" WHERE channel_account_id = ")
+            let mut qb = QueryBuilder::<$backend>::new(payment_facts(db));
+            qb.push(" WHERE p.channel_account_id = ")
                 .push_bind(account)
-                .push(" AND status = 'succeeded' AND paid_at_us >= ")
+                .push(" AND p.status = 'succeeded' AND p.paid_at_us >= ")
                 .push_bind(start_us)
-                .push(" AND paid_at_us < ")
+                .push(" AND p.paid_at_us < ")
                 .push_bind(end_us);
             let mut rows = qb.build_query_as::<PaymentFacts>().fetch($pool);
             while let Some(p) = rows.try_next().await? {
@@ -958,7 +1003,7 @@ async fn load_day_records(
         Db::Postgres(p) => stream_payments!(p, sqlx::Postgres),
     }
     let refunds: Vec<RefundFacts> = fetch_all!(db, RefundFacts, |qb: &mut QueryBuilder<_>| {
-        qb.push(REFUND_FACTS)
+        qb.push(refund_facts(db))
             .push(" WHERE p.channel_account_id = ")
             .push_bind(account)
             .push(" AND r.status = 'succeeded' AND r.succeeded_at_us >= ")
@@ -992,12 +1037,12 @@ async fn load_named_records(
     let mut payments = Vec::new();
     for chunk in payment_ids.chunks(CHUNK) {
         let rows: Vec<PaymentFacts> = fetch_all!(db, PaymentFacts, |qb: &mut QueryBuilder<_>| {
-            qb.push(PAYMENT_FACTS)
-                .push(" WHERE (channel_account_id = ")
+            qb.push(payment_facts(db))
+                .push(" WHERE (p.channel_account_id = ")
                 .push_bind(account)
-                .push(" OR (channel_account_id IS NULL AND merchant_id = ")
+                .push(" OR (p.channel_account_id IS NULL AND p.merchant_id = ")
                 .push_bind(route.merchant_id)
-                .push(")) AND id IN (");
+                .push(")) AND p.id IN (");
             let mut sep = qb.separated(", ");
             for id in chunk {
                 sep.push_bind(*id);
@@ -1009,7 +1054,7 @@ async fn load_named_records(
     let mut refunds = Vec::new();
     for chunk in refund_ids.chunks(CHUNK) {
         let rows: Vec<RefundFacts> = fetch_all!(db, RefundFacts, |qb: &mut QueryBuilder<_>| {
-            qb.push(REFUND_FACTS)
+            qb.push(refund_facts(db))
                 .push(" WHERE p.channel_account_id = ")
                 .push_bind(account)
                 .push(" AND r.id IN (");

@@ -1173,3 +1173,58 @@ async fn wechat_account_of(app: &TestApp, m: &MerchantClient) -> uuid::Uuid {
     db.close().await;
     account.unwrap()
 }
+
+/// The channel's fees are checked at the cost rate each payment was booked with: a rate changed
+/// afterwards (a new contract with the channel, entered by an operator) makes no payment or refund
+/// of an earlier day a fee mismatch.
+#[tokio::test]
+async fn fees_are_checked_at_the_cost_rate_booked_with_each_payment() {
+    const TOKEN: &str = "adm_test_0123456789abcdef";
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.admin_token = Some(paymux::config::Secret::new(TOKEN));
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Tea House").await;
+    let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(2);
+    put_faults(&app, &json!({"clock_offset_secs": offset_to(day, 10, 0)})).await;
+    code_pay(&m, "rate-1", 1000).await;
+    let second = code_pay(&m, "rate-2", 2000).await;
+    refund_in_full(&m, &second, "rate-2-r", 500).await;
+
+    let account = wechat_account_of(&app, &m).await;
+    let merchant = uuid::Uuid::from(m.creds.merchant_id);
+    let r = app
+        .http
+        .patch(format!(
+            "{}/admin/v1/merchants/{merchant}/channel-accounts/{account}",
+            app.base
+        ))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .json(&json!({"cost_rate_bps": FEE_BPS / 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let report = reconcile(&app, day).await;
+    let w = wechat(&report);
+    assert_eq!(
+        counts(w),
+        vec![
+            (Class::Matched, 3),
+            (Class::MissingOnPlatform, 0),
+            (Class::MissingOnChannel, 0),
+            (Class::AmountMismatch, 0),
+            (Class::StatusMismatch, 0),
+            (Class::FeeMismatch, 0),
+        ],
+        "{w:#?}"
+    );
+    assert_eq!(
+        w.channel_fees_minor,
+        fee(1000) + fee(2000) - fee(2000) / 4,
+        "{w:#?}"
+    );
+    audit_clean(&app).await;
+}
