@@ -492,19 +492,21 @@ impl Ctx {
         // The code's page in the wallet app: the amount form.
         let page = payer.get(code, ua).await;
         let opened = self.page(op, Step::Open.kind(wallet), op.due, page, 200, |p| {
-            if p.text.contains("id=\"pay-form\"") {
-                Ok(())
-            } else {
-                Err(onecode::page_marker(&p.text))
+            if !p.text.contains("id=\"pay-form\"") {
+                return Err(onecode::page_marker(&p.text));
             }
+            onecode::input_value(&p.text, "submission").ok_or("no_submission_field")
         });
-        if opened.is_none() {
+        let Some(submission) = opened else {
             return false;
-        }
-        // The amount, typed in yuan: the cashier creates the payment and sends the app to the
-        // wallet's authorisation step.
+        };
+        // The amount, typed in yuan, with the form's hidden field: the cashier creates the payment
+        // and sends the app to the wallet's authorisation step.
         let sent = Instant::now();
-        let form = [("amount".to_string(), onecode::yuan(amount))];
+        let form = [
+            ("amount".to_string(), onecode::yuan(amount)),
+            ("submission".to_string(), submission),
+        ];
         let page = payer.post_form(&format!("{code}/pay"), ua, &form).await;
         let Some(authorize) = self.page(op, Step::Submit.kind(wallet), sent, page, 303, |p| {
             p.location.clone().ok_or("no_location")

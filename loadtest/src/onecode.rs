@@ -219,6 +219,14 @@ pub fn stand_in_form(html: &str) -> Option<(String, Vec<(String, String)>)> {
     Some((action, fields))
 }
 
+/// The value of the input `name` in a page (the pay form's hidden `submission`, which names the
+/// payment the form creates).
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let k = format!("name=\"{name}\" value=\"");
+    let s = html.find(&k)? + k.len();
+    Some(unescape_html(&html[s..s + html[s..].find('"')?]))
+}
+
 /// The `data-status` of a result page.
 pub fn result_status(html: &str) -> Option<&str> {
     let k = "data-status=\"";

@@ -8,7 +8,9 @@
 //! 2. `POST /c/{id}/pay` checks the amount on the server (a fixed-amount code refuses any other),
 //!    creates the payment (`qr_static`, the wallet, the code's store and terminal) through the
 //!    write batcher and sends the payer's app to the wallet's authorisation step (WeChat OAuth,
-//!    Alipay `auth_base`, UnionPay `userAuth`). The `state` it carries is signed and binds the
+//!    Alipay `auth_base`, UnionPay `userAuth`). The form names the payment it creates (an id
+//!    issued with the form, signed with the code's id, good for an hour), so the same form
+//!    submitted twice is one payment. The `state` it carries is signed and binds the
 //!    code, the payment, the channel account and the amount; it expires. Nothing is written when
 //!    anything is refused.
 //! 3. `GET /c/{id}/auth` (the authorisation redirect) verifies the `state`, exchanges the code for
@@ -135,6 +137,77 @@ impl CashierState {
             .zip(&raw[Self::LEN..])
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         (diff == 0 && now_s <= s.expires_at_s).then_some(s)
+    }
+}
+
+/// How long a pay form names the payment it creates (a form left open longer gets a new one).
+const FORM_TTL_SECS: i64 = 3600;
+
+/// The payment a pay form creates, chosen when the form is shown and signed with the code's id:
+/// the same form submitted twice (a double tap, a request the app sent again) creates one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormPayment {
+    pub payment: Uuid,
+    pub issued_at_s: i64,
+}
+
+impl FormPayment {
+    const LEN: usize = 16 + 8;
+
+    fn key(state: &AppState) -> ring::hmac::Key {
+        CashierState::key_for(state, "paymux cashier form payment v1")
+    }
+
+    fn raw(&self) -> [u8; Self::LEN] {
+        let mut m = [0u8; Self::LEN];
+        m[..16].copy_from_slice(self.payment.as_bytes());
+        m[16..].copy_from_slice(&self.issued_at_s.to_be_bytes());
+        m
+    }
+
+    fn tag(&self, key: &ring::hmac::Key, code: Uuid) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        ctx.update(code.as_bytes());
+        ctx.update(&self.raw());
+        ctx.sign()
+    }
+
+    /// The hidden form field (54 URL-safe characters).
+    pub fn seal(&self, key: &ring::hmac::Key, code: Uuid) -> String {
+        let mut raw = self.raw().to_vec();
+        raw.extend_from_slice(&self.tag(key, code).as_ref()[..STATE_TAG_LEN]);
+        B64URL.encode(raw)
+    }
+
+    /// A genuine field of this code's form, issued at most [`FORM_TTL_SECS`] ago.
+    pub fn open(key: &ring::hmac::Key, code: Uuid, sealed: &str, now_s: i64) -> Option<Self> {
+        if sealed.len() > 64 {
+            return None;
+        }
+        let raw = B64URL.decode(sealed).ok()?;
+        if raw.len() != Self::LEN + STATE_TAG_LEN {
+            return None;
+        }
+        let f = FormPayment {
+            payment: Uuid::from_slice(&raw[..16]).ok()?,
+            issued_at_s: i64::from_be_bytes(raw[16..Self::LEN].try_into().ok()?),
+        };
+        let expected = f.tag(key, code);
+        let diff = expected.as_ref()[..STATE_TAG_LEN]
+            .iter()
+            .zip(&raw[Self::LEN..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let fresh = (0..=FORM_TTL_SECS).contains(&(now_s - f.issued_at_s));
+        (diff == 0 && fresh).then_some(f)
+    }
+
+    /// A new payment id for a form shown now.
+    fn issue(state: &AppState, code: Uuid) -> String {
+        FormPayment {
+            payment: Uuid::from(PaymentId::new()),
+            issued_at_s: chrono::Utc::now().timestamp(),
+        }
+        .seal(&Self::key(state), code)
     }
 }
 
@@ -434,6 +507,7 @@ fn pay_form(
     wallet: WalletBrand,
     error: Option<&str>,
     typed: &str,
+    submission: &str,
 ) -> String {
     let mut body = header_block(lang, name, row);
     body.push_str(&format!(
@@ -443,8 +517,10 @@ fn pay_form(
     ));
     let large_field = if large { "?large=1" } else { "" };
     body.push_str(&format!(
-        "<form method=\"post\" action=\"/c/{}/pay{large_field}\" id=\"pay-form\">",
-        row.id
+        "<form method=\"post\" action=\"/c/{}/pay{large_field}\" id=\"pay-form\">\
+<input type=\"hidden\" name=\"submission\" value=\"{}\">",
+        row.id,
+        escape_html(submission)
     ));
     match row.fixed_amount_minor {
         Some(a) => body.push_str(&format!(
@@ -493,7 +569,16 @@ pub async fn code_page(
     match detected_wallet(&headers) {
         Some(w) if apps.contains(&w) => html(
             StatusCode::OK,
-            pay_form(lang, large, &name, &row, w, None, ""),
+            pay_form(
+                lang,
+                large,
+                &name,
+                &row,
+                w,
+                None,
+                "",
+                &FormPayment::issue(&state, row.id),
+            ),
         ),
         opened_in => apps_page(lang, large, &name, &row, opened_in, &apps),
     }
@@ -522,10 +607,21 @@ pub async fn submit(
         Some(w) if apps.contains(&w) => w,
         opened_in => return apps_page(lang, large, &name, &row, opened_in, &apps),
     };
-    let typed = form
-        .ok()
-        .and_then(|Form(f)| f.get("amount").cloned())
-        .unwrap_or_default();
+    let fields = form.map(|Form(f)| f).unwrap_or_default();
+    let typed = fields.get("amount").cloned().unwrap_or_default();
+    // The payment this form names (a new one when the field is missing, forged or too old).
+    let form_payment = fields.get("submission").and_then(|f| {
+        FormPayment::open(
+            &FormPayment::key(&state),
+            row.id,
+            f,
+            chrono::Utc::now().timestamp(),
+        )
+    });
+    let submission = match (form_payment, fields.get("submission")) {
+        (Some(_), Some(f)) => f.clone(),
+        _ => FormPayment::issue(&state, row.id),
+    };
     let amount = parse_yuan(&typed);
     let amount_minor = match (row.fixed_amount_minor, amount) {
         (Some(fixed), Some(a)) if a == fixed => fixed,
@@ -554,7 +650,16 @@ pub async fn submit(
             );
             return html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                pay_form(lang, large, &name, &row, wallet, Some(e), &typed),
+                pay_form(
+                    lang,
+                    large,
+                    &name,
+                    &row,
+                    wallet,
+                    Some(e),
+                    &typed,
+                    &submission,
+                ),
             );
         }
     };
@@ -574,18 +679,20 @@ pub async fn submit(
         }
     };
     let route = candidates.first;
-    let payment_id = Uuid::from(PaymentId::new());
-    let sealed = CashierState {
-        payment: payment_id,
-        account: route.id.into(),
-        amount_minor,
-        expires_at_s: chrono::Utc::now().timestamp() + STATE_TTL_SECS,
-    }
-    .seal(&CashierState::key(&state), row.id);
     let redirect = format!("{}/c/{}/auth", state.paylinks.base_url(), row.id);
-    let Some(auth_url) = route.channel.payer_auth_url(&redirect, &sealed) else {
-        return apps_page(lang, large, &name, &row, Some(wallet), &apps);
+    let auth_url = |payment: Uuid| {
+        let sealed = CashierState {
+            payment,
+            account: route.id.into(),
+            amount_minor,
+            expires_at_s: chrono::Utc::now().timestamp() + STATE_TTL_SECS,
+        }
+        .seal(&CashierState::key(&state), row.id);
+        route.channel.payer_auth_url(&redirect, &sealed)
     };
+    if auth_url(Uuid::nil()).is_none() {
+        return apps_page(lang, large, &name, &row, Some(wallet), &apps);
+    }
     // Anonymous requests write a payment: limited per code (a till's code sees a few payers a
     // minute), apart from the merchant's signed API budget; a refused request above wrote nothing.
     if let Err(wait) = state.cashier_limiter.check(row.id).await {
@@ -606,13 +713,14 @@ pub async fn submit(
         }
         return r;
     }
+    let mut payment_id = form_payment.map_or_else(|| Uuid::from(PaymentId::new()), |f| f.payment);
     let now = now_us();
     let subject = row
         .description
         .clone()
         .or_else(|| row.store_id.clone())
         .unwrap_or_else(|| t(lang, "收款码付款", "Static code payment").to_string());
-    let payment = PaymentRow {
+    let mut payment = PaymentRow {
         id: payment_id,
         merchant_id: row.merchant_id,
         merchant_order_no: format!("cashier-{}", payment_id.simple()),
@@ -640,20 +748,34 @@ pub async fn submit(
         paid_at_us: None,
         qr_code: None,
     };
-    match state
-        .batcher
-        .submit(WriteOp::CreatePayment(Box::new(payment)))
-        .await
-    {
-        Ok(WriteOutcome::Created(_)) => {
-            metrics::counter!("paymux_payments_created_total", "method" => PayMethod::QrStatic.as_str())
-                .increment(1);
-        }
-        other => {
-            tracing::error!(code_id = %row.id, outcome = ?other, "creating a cashier payment");
-            return unavailable(lang, large);
+    // The same form again (same amount and app) is the payment it created; the form again with
+    // another amount (the payer went back and changed it) is a new payment.
+    for attempt in 0..2 {
+        match state
+            .batcher
+            .submit(WriteOp::CreatePayment(Box::new(payment.clone())))
+            .await
+        {
+            Ok(WriteOutcome::Created(_)) => {
+                metrics::counter!("paymux_payments_created_total", "method" => PayMethod::QrStatic.as_str())
+                    .increment(1);
+                break;
+            }
+            Ok(WriteOutcome::Existing(_)) => break,
+            Ok(WriteOutcome::Conflict(_)) if attempt == 0 => {
+                payment_id = Uuid::from(PaymentId::new());
+                payment.id = payment_id;
+                payment.merchant_order_no = format!("cashier-{}", payment_id.simple());
+            }
+            other => {
+                tracing::error!(code_id = %row.id, outcome = ?other, "creating a cashier payment");
+                return unavailable(lang, large);
+            }
         }
     }
+    let Some(auth_url) = auth_url(payment_id) else {
+        return unavailable(lang, large);
+    };
     match axum::http::HeaderValue::from_str(&auth_url) {
         Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
         Err(_) => unavailable(lang, large),

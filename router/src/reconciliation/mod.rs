@@ -910,9 +910,7 @@ fn booked_cost_rate(db: &Db) -> &'static str {
         Db::Sqlite(_) => {
             "CAST(json_extract(e.metadata, '$.channel_cost_rate_bps') AS INTEGER) AS booked_cost_rate_bps"
         }
-        Db::Postgres(_) => {
-            "(e.metadata->>'channel_cost_rate_bps')::int8 AS booked_cost_rate_bps"
-        }
+        Db::Postgres(_) => "(e.metadata->>'channel_cost_rate_bps')::int8 AS booked_cost_rate_bps",
     }
 }
 

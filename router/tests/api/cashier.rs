@@ -590,3 +590,74 @@ async fn cashier_payments_are_limited_per_code_not_from_the_merchants_api_budget
     assert_eq!(submit(other.clone(), "1.00").await.status, 303);
     assert_eq!(payments(&m).await.len(), accepted + 1);
 }
+
+/// The value of the hidden form field `name` in `html`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no field {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+/// A pay form names the payment it creates: the same form submitted twice (a double tap, a request
+/// the app sent again) is one payment, paid once; the form sent again with another amount, with a
+/// forged field or without one is a new payment.
+#[tokio::test]
+async fn the_same_pay_form_submitted_twice_creates_one_payment() {
+    let app = spawn_app().await;
+    let m = app.merchant("Noodle Bar").await;
+    let code = new_code(&m, json!({"store_id": "s1"})).await;
+    let wechat = Payer::new(WECHAT_UA, "zh-CN");
+    let page = wechat.get(&code).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let submission = hidden(&page.text, "submission");
+    let form = |amount: &str, field: &str| {
+        vec![
+            ("amount".to_string(), amount.to_string()),
+            ("submission".to_string(), field.to_string()),
+        ]
+    };
+    let pay_url = format!("{code}/pay");
+    let first = wechat.post_form(&pay_url, &form("8.80", &submission)).await;
+    let second = wechat.post_form(&pay_url, &form("8.80", &submission)).await;
+    assert_eq!((first.status, second.status), (303, 303), "{}", second.text);
+    assert_eq!(payments(&m).await.len(), 1, "one payment for one form");
+
+    let result = authorize_and_pay(&wechat, &first.location.unwrap(), &code).await;
+    // The second submission's way through the wallet ends at the same payment's result.
+    let back = wechat.get(&second.location.unwrap()).await;
+    assert_eq!(back.status, 302, "{}", back.text);
+    let again = wechat.get(&back.location.unwrap()).await;
+    assert_eq!(again.status, 303, "{}", again.text);
+    assert_eq!(again.location.as_deref(), Some(result.as_str()));
+    let ps = payments(&m).await;
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(
+        (ps[0]["status"].as_str(), ps[0]["amount"].as_i64()),
+        (Some("succeeded"), Some(880))
+    );
+
+    // An amount error shows the form again, naming the same payment.
+    let refused = wechat.post_form(&pay_url, &form("abc", &submission)).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(hidden(&refused.text, "submission"), submission);
+    // The same form with another amount, a forged field, no field: a new payment each.
+    let mut forged = submission.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for (n, fields) in [
+        form("9.00", &submission),
+        form("8.80", &forged),
+        vec![("amount".to_string(), "8.80".to_string())],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = wechat.post_form(&pay_url, &fields).await;
+        assert_eq!(r.status, 303, "{}", r.text);
+        assert_eq!(payments(&m).await.len(), n + 2, "{fields:?}");
+    }
+    assert_eq!(audit(&app).await.ledger.entries, 1);
+}
