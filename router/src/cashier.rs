@@ -498,17 +498,18 @@ pub(crate) fn apps_list(
     body
 }
 
-/// The amount form (or the fixed amount) for a payable wallet.
+/// The amount form (or the fixed amount) for a payable wallet; `refused` is the error and the
+/// amount typed when the form is shown again.
 fn pay_form(
     lang: Lang,
     large: bool,
     name: &str,
     row: &CodeRow,
     wallet: WalletBrand,
-    error: Option<&str>,
-    typed: &str,
+    refused: Option<(&str, &str)>,
     submission: &str,
 ) -> String {
+    let (error, typed) = refused.map_or((None, ""), |(e, t)| (Some(e), t));
     let mut body = header_block(lang, name, row);
     body.push_str(&format!(
         "<p class=\"muted\" id=\"app\">{}: {}</p>",
@@ -576,7 +577,6 @@ pub async fn code_page(
                 &row,
                 w,
                 None,
-                "",
                 &FormPayment::issue(&state, row.id),
             ),
         ),
@@ -656,8 +656,7 @@ pub async fn submit(
                     &name,
                     &row,
                     wallet,
-                    Some(e),
-                    &typed,
+                    Some((e, &typed)),
                     &submission,
                 ),
             );
