@@ -44,6 +44,7 @@ error_codes! {
     Forbidden = "forbidden", 403, "The credentials do not allow this action";
     NotFound = "not_found", 404, "No such resource";
     MethodNotAllowed = "method_not_allowed", 405, "Method not allowed";
+    CodeDisabled = "code_disabled", 410, "The static code is disabled";
     IdempotencyConflict = "idempotency_conflict", 409, "The same merchant number was used with different content";
     InvalidState = "invalid_state", 409, "The resource is not in a state that allows this action";
     PayloadTooLarge = "payload_too_large", 413, "The request body is too large";

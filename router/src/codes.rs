@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use paymux_model::{CodeId, Money, WalletBrand};
+use paymux_model::{CodeId, ErrorCode, Money, WalletBrand};
 use paymux_qrcode::emv::{StaticCode, encode, static_merchant_code};
 use paymux_qrcode::render::{self, Plate};
 use serde::{Deserialize, Serialize};
@@ -417,6 +417,12 @@ pub async fn code_image(
     let row = get_row(&state.db, None, id)
         .await?
         .ok_or_else(|| ApiError::not_found("code"))?;
+    if row.disabled_at_us.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::CodeDisabled,
+            "this code is disabled: it takes no payments and its images are not served",
+        ));
+    }
     let url = format!("{}/c/{}", base_url(&state), row.id);
     let render_err =
         |e: render::RenderError| ApiError::internal(format!("rendering code {id}: {e}"));

@@ -192,6 +192,31 @@ async fn codes_are_private_paged_and_disabled_codes_say_so() {
         html.contains("id=\"disabled\"") && html.contains("收款码已停用"),
         "{html}"
     );
+    // Nor are its images handed out any more (a plate printed now would take no payment); an
+    // active code's still are.
+    for file in ["qr.png", "qr.svg", "plate.png", "plate.svg"] {
+        let (status, ct, body) = fetch(
+            &app,
+            &format!("{}/c/{}/{file}", app.base, ids[1]),
+            "zh",
+            "x",
+        )
+        .await;
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, ct.as_str(), problem["code"].as_str()),
+            (410, "application/problem+json", Some("code_disabled")),
+            "{file}"
+        );
+        let (status, _, _) = fetch(
+            &app,
+            &format!("{}/c/{}/{file}", app.base, ids[0]),
+            "zh",
+            "x",
+        )
+        .await;
+        assert_eq!(status, 200, "{file}");
+    }
     // An unknown code.
     for bad in ["0190aaaa-0000-7000-8000-000000000000", "nope"] {
         let (status, _, html) = fetch(&app, &format!("{}/c/{bad}", app.base), "en", "x").await;
