@@ -27,6 +27,10 @@ pub struct Faults {
     pub latency_max_ms: u64,
     /// Percentage of API calls answered with HTTP 500 `SYSTEMERROR` before any processing.
     pub error_5xx_pct: f64,
+    /// API paths answered with HTTP 500 `SYSTEMERROR` before any processing, every time: a request
+    /// path ending with one of these (e.g. `/reverse`) — one operation of the channel down while
+    /// the others answer.
+    pub error_5xx_paths: Vec<String>,
     /// Percentage of API calls that are processed but whose answer never comes (the connection
     /// hangs for `hang_ms`, so the client times out: the outcome is unknown to it).
     pub timeout_pct: f64,
@@ -135,7 +139,8 @@ pub async fn inject_faults(
             rand::thread_rng().gen_range(f.latency_min_ms.min(f.latency_max_ms)..=f.latency_max_ms);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if chance(f.error_5xx_pct) {
+    let path = req.uri().path();
+    if chance(f.error_5xx_pct) || f.error_5xx_paths.iter().any(|p| path.ends_with(p.as_str())) {
         return error();
     }
     let resp = next.run(req).await;

@@ -181,6 +181,58 @@ async fn password_never_entered_is_reversed_at_our_deadline_and_closed() {
     assert_books_clean(&app).await;
 }
 
+/// At the deadline, a reversal the channel does not accept leaves the payment `processing`: the
+/// payer may still confirm, and a payment closed here would then be paid at the channel. Once the
+/// channel answers again, the sweeper's recovery reverses it and closes it.
+#[tokio::test]
+async fn a_reversal_refused_at_the_deadline_leaves_the_payment_processing_for_the_sweeper() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.code_pay_poll_interval_ms = 50;
+    config.code_pay_deadline_ms = 1_000;
+    // The payer's password wait lasts 10 s: our deadline comes first.
+    config.sandbox_time_compression = 1;
+    config.processing_recovery_after_ms = 6_000;
+    config.sweeper_interval_ms = 200;
+    let app = spawn_with(db, config).await;
+    let faults = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .put(format!("{}/sandbox/wechat/sandbox/faults", app.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    faults(json!({"error_5xx_paths": ["/reverse"]})).await;
+    let m = app.merchant("Cafe").await;
+    let r = m
+        .create_payment(&code_body("p-4", 500, "134567890123451002"))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // Well past the deadline (and before the recovery): still waiting on both sides.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let p = m.get_payment(&id).await.body;
+    assert_eq!(p["status"], "processing", "{p}");
+    assert_eq!(
+        sandbox_order_state(&app, "wechat", "trade_state", &id).await,
+        "USERPAYING"
+    );
+    faults(json!({})).await;
+    let p = wait_final(&m, &id).await;
+    assert_eq!(p["status"], "closed", "{p}");
+    assert_eq!(
+        sandbox_order_state(&app, "wechat", "trade_state", &id).await,
+        "REVOKED"
+    );
+    assert_books_clean(&app).await;
+}
+
 #[tokio::test]
 async fn declines_fail_with_the_channels_code() {
     let app = app().await;
