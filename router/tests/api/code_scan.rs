@@ -233,6 +233,66 @@ async fn a_reversal_refused_at_the_deadline_leaves_the_payment_processing_for_th
     assert_books_clean(&app).await;
 }
 
+/// A code payment whose first request wrote it and then failed before the charge (answered `503`:
+/// send the same request again) is charged when the same request comes again — once: the request
+/// a third time returns the paid payment, and the books have one entry for it.
+#[tokio::test]
+async fn the_same_request_again_charges_a_code_payment_its_first_attempt_left_uncharged() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let body = code_body("again-1", 650, "134567890123456789");
+    let request: paymux::payments::api::CreatePayment =
+        serde_json::from_value(body.clone()).unwrap();
+    // What the first attempt left: the payment written, still `created`, nothing sent to a channel.
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = chrono::Utc::now().timestamp_micros();
+    let lit = |id: &str| crate::reconcile::uuid_literal(&app, id);
+    app.sql_execute(&format!(
+        "INSERT INTO payments (id, merchant_id, merchant_order_no, request_hash, amount_minor, \
+         currency, subject, method, wallet, status, expires_at_us, created_at_us, updated_at_us) \
+         VALUES ({}, {}, 'again-1', '{}', 650, 'CNY', '咖啡', 'code_scan', 'wechat', 'created', \
+         {}, {now}, {now})",
+        lit(&id),
+        lit(&uuid::Uuid::from(m.creds.merchant_id).to_string()),
+        request.content_hash(),
+        now + 900_000_000,
+    ))
+    .await;
+    for _ in 0..2 {
+        let r = m.create_payment(&body).await;
+        assert_eq!(
+            (
+                r.status.as_u16(),
+                r.body["id"].as_str(),
+                r.body["status"].as_str()
+            ),
+            (200, Some(id.as_str()), Some("succeeded")),
+            "{:?}",
+            r.body
+        );
+    }
+    assert_eq!(
+        sandbox_order_state(&app, "wechat", "trade_state", &id).await,
+        "SUCCESS"
+    );
+    let payment_entries = format!(
+        "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'payment' AND reference = {}",
+        lit(&id)
+    );
+    let entries: i64 = match paymux::db::Db::connect(&app.db.url, 1).await.unwrap() {
+        paymux::db::Db::Sqlite(p) => sqlx::query_scalar(&payment_entries)
+            .fetch_one(&p)
+            .await
+            .unwrap(),
+        paymux::db::Db::Postgres(p) => sqlx::query_scalar(&payment_entries)
+            .fetch_one(&p)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(entries, 1);
+    assert_books_clean(&app).await;
+}
+
 #[tokio::test]
 async fn declines_fail_with_the_channels_code() {
     let app = app().await;

@@ -897,7 +897,7 @@ fn config_at(t: &chrono::NaiveTime) -> String {
 }
 
 /// A UUID as an SQL literal of the app's backend (SQLite stores them as 16-byte blobs).
-fn uuid_literal(app: &TestApp, id: &str) -> String {
+pub(crate) fn uuid_literal(app: &TestApp, id: &str) -> String {
     if app.backend() == "postgres" {
         format!("'{id}'")
     } else {
