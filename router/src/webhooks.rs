@@ -257,6 +257,10 @@ struct Claimed {
     notify_url: String,
     payload: String,
     attempts: i32,
+    /// The claim's lease (`next_attempt_at_us` as claimed): a failed attempt is recorded only while
+    /// the row still holds it, so a row claimed again meanwhile (or sent again by `resend`) is not
+    /// overwritten.
+    lease_us: i64,
 }
 
 /// The result of one attempt.
@@ -357,10 +361,19 @@ impl Dispatcher {
         const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1 WHERE id IN \
             (SELECT id FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= $2 \
              ORDER BY next_attempt_at_us LIMIT $3) \
-            RETURNING id, merchant_id, notify_url, payload, attempts";
+            RETURNING id, merchant_id, notify_url, payload, attempts, next_attempt_at_us AS lease_us";
         let now = now_us();
-        // The lease: a node that dies mid-delivery leaves the row due again after it.
-        let lease_until = now + (self.config.timeout.as_micros() as i64) + 30_000_000;
+        // The lease: a node that dies mid-delivery leaves the row due again after it. It covers
+        // the whole batch — `concurrency` deliveries at a time, each up to `timeout` — so no other
+        // node claims a row this one has yet to send.
+        let rounds = u32::try_from(
+            (self.config.batch_max as usize).div_ceil(self.config.concurrency.max(1)),
+        )
+        .unwrap_or(u32::MAX);
+        let lease_until = now
+            + i64::try_from(self.config.timeout.saturating_mul(rounds).as_micros())
+                .unwrap_or(i64::MAX / 4)
+            + 30_000_000;
         let limit = i64::from(self.config.batch_max);
         match &self.db {
             Db::Sqlite(pool) => {
@@ -440,12 +453,20 @@ impl Dispatcher {
                 match result {
                     Ok(resp) => {
                         let status = resp.status();
-                        // Read (a bounded part of) the answer so the connection can be reused.
-                        let _ = resp.bytes().await;
+                        // Read a bounded part of the answer (so a short one leaves the connection
+                        // reusable); a longer one is dropped unread, with its connection.
+                        let mut resp = resp;
+                        let mut read = 0usize;
+                        while read <= RESPONSE_READ_MAX {
+                            match resp.chunk().await {
+                                Ok(Some(chunk)) => read += chunk.len(),
+                                _ => break,
+                            }
+                        }
                         let error = (!status.is_success()).then(|| format!("HTTP {status}"));
                         (Some(status.as_u16()), error)
                     }
-                    Err(err) => (None, Some(describe(&err))),
+                    Err(err) => (None, Some(describe(err))),
                 }
             }
             Ok(None) => (None, Some("the merchant has no active key".to_string())),
@@ -487,8 +508,10 @@ impl Dispatcher {
         }
         const INSERT: &str = "INSERT INTO webhook_deliveries (outbox_id, attempt, at_us, http_status, error, duration_ms) \
             VALUES ($1, $2, $3, $4, $5, $6)";
+        // A delivery is recorded unless one was already; a failure only while the claim holds.
         const UPDATE: &str = "UPDATE webhook_outbox SET attempts = $1, last_status = $2, last_error = $3, \
-            delivered_at_us = $4, next_attempt_at_us = $5 WHERE id = $6";
+            delivered_at_us = $4, next_attempt_at_us = $5 WHERE id = $6 AND delivered_at_us IS NULL \
+            AND ($7 OR next_attempt_at_us = $8)";
         let status = a.status.map(i32::from);
         macro_rules! run {
             ($pool:expr) => {{
@@ -502,15 +525,20 @@ impl Dispatcher {
                     .bind(a.duration_ms)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(UPDATE)
+                let updated = sqlx::query(UPDATE)
                     .bind(attempts)
                     .bind(status)
                     .bind(&a.error)
                     .bind(delivered_at)
                     .bind(next_at)
                     .bind(row.id)
+                    .bind(a.delivered())
+                    .bind(row.lease_us)
                     .execute(&mut *tx)
                     .await?;
+                if updated.rows_affected() == 0 {
+                    tracing::info!(event_id = %row.id, "the event was claimed again or sent again meanwhile; its newer state is kept");
+                }
                 tx.commit().await
             }};
         }
@@ -520,6 +548,9 @@ impl Dispatcher {
         }
     }
 }
+
+/// Bytes of a receiver's answer read at most.
+const RESPONSE_READ_MAX: usize = 64 * 1024;
 
 const NOT_PUBLIC: &str =
     "notify_url is not a public address (webhook_allow_private_targets is off)";
@@ -606,7 +637,9 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
-fn describe(err: &reqwest::Error) -> String {
+fn describe(err: reqwest::Error) -> String {
+    // The URL may carry credentials (user info, a token in the query): never in a log or the API.
+    let err = err.without_url();
     if err.is_timeout() {
         "timeout".into()
     } else if err.is_connect() {

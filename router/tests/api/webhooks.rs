@@ -471,3 +471,81 @@ async fn notify_urls_to_private_addresses_are_refused_by_default() {
         .await;
     assert_eq!(ok.status, 201, "{:?}", ok.body);
 }
+
+/// A failed attempt is recorded only while its claim still holds: an event sent again (`paymux
+/// webhook resend`) while a slow attempt is in flight stays due now and is delivered at once, not
+/// pushed back by that attempt's failure to the retry schedule's next step (15 s here).
+#[tokio::test]
+async fn an_event_resent_during_a_slow_failed_attempt_is_delivered_at_once() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.webhook_poll_interval_ms = 25;
+    config.webhook_timeout_ms = 5_000;
+    config.webhook_retry_schedule_scale = 1.0;
+    let app = spawn_with(db, config).await;
+    let m = app.merchant("Cafe").await;
+    // The receiver: the first request answers 500 after 1.5 s, the others 200 at once.
+    let got = Arc::new(Mutex::new(Vec::<(String, u16)>::new()));
+    let g = got.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let g = g.clone();
+            async move {
+                let id = headers
+                    .get("paymux-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let first = g.lock().unwrap().is_empty();
+                g.lock().unwrap().push((id, if first { 500 } else { 200 }));
+                if first {
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    m.create_payment(&code_body("w-slow", "134567890123456789", &url))
+        .await;
+    let mut event_id = String::new();
+    for _ in 0..400 {
+        if let Some((id, _)) = got.lock().unwrap().first() {
+            event_id = id.clone();
+        }
+        if !event_id.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!event_id.is_empty(), "the first attempt was made");
+    resend_cli(&app, &event_id).await.unwrap();
+    let resent = std::time::Instant::now();
+    loop {
+        let acked = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| *s == 200)
+            .count();
+        if acked > 0 {
+            break;
+        }
+        assert!(
+            resent.elapsed() < Duration::from_secs(8),
+            "not delivered 8 s after the resend: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let all = got.lock().unwrap().clone();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|(id, _)| *id == event_id));
+}
