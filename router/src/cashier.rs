@@ -25,7 +25,7 @@
 //!
 //! Pages are Chinese unless the browser asks for English first, work on a narrow screen, load
 //! nothing from elsewhere, and have a large-text mode (`?large=1`, or the button; remembered in
-//! `localStorage`). Creating payments here counts against the merchant's rate limit. The pieces
+//! `localStorage`). Creating payments here is limited per code, apart from the merchant's API rate limit. The pieces
 //! the payment links' pages share ([`crate::linkpay`]) are `pub(crate)` here.
 
 use std::collections::HashMap;

@@ -306,7 +306,9 @@ pub async fn start(
     let Some(route) = route else {
         return show(State(state), Path(token), Query(q), headers).await;
     };
-    if let Err(wait) = state.limiter.check(p.merchant_id).await {
+    // Anonymous requests: limited per link, apart from the merchant's signed API budget (a
+    // payer looping on one link must not stop the merchant's own API calls).
+    if let Err(wait) = state.cashier_limiter.check(p.id).await {
         let mut r = message(
             StatusCode::TOO_MANY_REQUESTS,
             lang,

@@ -474,3 +474,29 @@ async fn without_a_qr_merchant_route_a_link_is_paid_through_the_qr_static_route(
     let report = audit(&app).await;
     assert_eq!((report.succeeded_payments, report.ledger.entries), (1, 1));
 }
+
+/// The pay button of a link is limited per link (`cashier_rate_limit_*`), apart from the merchant's
+/// signed API budget: a payer pressing it in a loop gets `429` pages, and the merchant's own API
+/// calls still go through.
+#[tokio::test]
+async fn a_payer_looping_on_a_link_does_not_use_up_the_merchants_api_budget() {
+    let db = crate::helpers::fresh_database().await;
+    let mut config = crate::helpers::test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 4;
+    config.cashier_rate_limit_per_second = 1;
+    config.cashier_rate_limit_burst = 2;
+    let app = crate::helpers::spawn_with(db, config).await;
+    let m = app.merchant("Book Shop").await;
+    let (id, url) = link(&m, "loop-1", 990, json!({})).await;
+    let wechat = Payer::new(WECHAT_UA, "zh-CN");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(wechat.post_form(&format!("{url}/pay"), &[]).await.status);
+    }
+    assert_eq!(statuses[..2], [303, 303], "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let r = m.get_payment(&id).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
