@@ -396,11 +396,10 @@ pub(crate) fn detected_wallet(headers: &HeaderMap) -> Option<WalletBrand> {
 async fn payable_wallets(state: &AppState, merchant: Uuid) -> Vec<WalletBrand> {
     let mut out = Vec::new();
     for w in crate::codes::accepted_wallets(state, merchant).await {
-        if let Ok(c) = state
-            .routes
-            .candidates(MerchantId::from(merchant), w, PayMethod::QrStatic)
-            .await
-            && c.first.channel.payer_auth_url("https://x/", "x").is_some()
+        let routes = state.routes.listed(merchant, w, PayMethod::QrStatic).await;
+        if routes
+            .iter()
+            .any(|r| r.channel.payer_auth_url("https://x/", "x").is_some())
         {
             out.push(w);
         }

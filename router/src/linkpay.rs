@@ -128,8 +128,24 @@ fn expired(p: &PaymentRow) -> bool {
     p.status() == PaymentStatus::Created && p.expires_at_us <= now_us()
 }
 
+/// Whether a link of this merchant can be paid in `wallet` (an account of the route that
+/// [`route_for`] would pick can run the in-app flow); asks no breaker for a trial.
+async fn payable_in(state: &AppState, merchant: Uuid, wallet: WalletBrand) -> bool {
+    for method in [PayMethod::QrMerchant, PayMethod::QrStatic] {
+        let routes = state.routes.listed(merchant, wallet, method).await;
+        if routes
+            .first()
+            .is_some_and(|r| r.channel.payer_auth_url("https://x/", "x").is_some())
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// The account that takes a link's payment in `wallet`: the merchant's `qr_merchant` route, else
-/// its `qr_static` route — the first whose account can run the in-app flow.
+/// its `qr_static` route — the first whose account can run the in-app flow. Admitted by its
+/// breaker: only for a payment about to reach the channel.
 async fn route_for(state: &AppState, merchant: Uuid, wallet: WalletBrand) -> Option<Arc<Route>> {
     for method in [PayMethod::QrMerchant, PayMethod::QrStatic] {
         if let Ok(c) = state
@@ -152,7 +168,7 @@ async fn payable_wallets(state: &AppState, merchant: Uuid) -> Vec<WalletBrand> {
         WalletBrand::Alipay,
         WalletBrand::Unionpay,
     ] {
-        if route_for(state, merchant, w).await.is_some() {
+        if payable_in(state, merchant, w).await {
             out.push(w);
         }
     }

@@ -599,6 +599,26 @@ impl Registry {
         .retry_after(secs))
     }
 
+    /// The enabled accounts able to take this merchant's `wallet` `method` payments, in the order
+    /// of the route's rule, whatever their breakers say — and without taking a half-open breaker's
+    /// trial slot, which only a payment about to reach the channel may ([`Self::candidates`]).
+    /// For pages that list what can pay.
+    pub async fn listed(
+        &self,
+        merchant: Uuid,
+        wallet: WalletBrand,
+        method: PayMethod,
+    ) -> Vec<Arc<Route>> {
+        let mut ordered = self.ordered(merchant, wallet, method);
+        if ordered.is_none() {
+            if let Err(e) = self.refresh_if_changed().await {
+                tracing::warn!(error = %e, "refreshing the routing registry");
+            }
+            ordered = self.ordered(merchant, wallet, method);
+        }
+        ordered.unwrap_or_default()
+    }
+
     /// The enabled, capable accounts of the route, ordered by its rule; `None` without a route.
     /// The wallets this merchant can be paid with by `method` (an enabled account routes them), in
     /// display order — what code plates and payment pages list. Up to date with the database.

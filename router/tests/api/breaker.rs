@@ -153,3 +153,56 @@ async fn a_failing_channel_opens_its_breaker_then_probes_close_it() {
     );
     crate::cashier::audit(&app).await;
 }
+
+/// Pages that list the wallets a payer can use (a payment link's, a static code's) do not take a
+/// half-open breaker's trial slots: payers viewing them while the channel recovers leave the
+/// probes to the payments that reach the channel.
+#[tokio::test]
+async fn viewing_payment_pages_takes_no_trial_slot_of_a_half_open_breaker() {
+    use crate::cashier::{Payer, WECHAT_UA};
+    let app = app().await;
+    let m = app.merchant("Teahouse").await;
+    let link = m
+        .create_payment(&json!({
+            "merchant_order_no": "v-link", "amount": 300, "currency": "CNY", "subject": "Tea",
+            "method": "qr_merchant",
+        }))
+        .await;
+    assert_eq!(link.status, 201, "{:?}", link.body);
+    let link_url = link.body["pay_url"].as_str().unwrap().to_string();
+    let code = m
+        .send(reqwest::Method::POST, "/v1/codes", Some(&json!({})))
+        .await;
+    assert_eq!(code.status, 201, "{:?}", code.body);
+    let code_url = code.body["url"].as_str().unwrap().to_string();
+
+    faults(&app, json!({"error_5xx_pct": 100.0})).await;
+    for i in 0..4 {
+        m.create_payment(&code_body(&format!("v-{i}"), "134567890123456789"))
+            .await;
+    }
+    assert_eq!(wechat_state(&app).await, 2);
+    faults(&app, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(wechat_state(&app).await, 1);
+
+    let payer = Payer::new(WECHAT_UA, "zh-CN");
+    for _ in 0..3 {
+        for url in [&link_url, &code_url] {
+            let page = payer.get(url).await;
+            assert_eq!(page.status, 200, "{url}: {}", page.text);
+            assert!(page.text.contains("id=\"pay-form\""), "{}", page.text);
+        }
+    }
+    // Both probes are still there for payments.
+    for no in ["v-probe-1", "v-probe-2"] {
+        let r = m.create_payment(&code_body(no, "134567890123456789")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.body["status"].as_str()),
+            (201, Some("succeeded")),
+            "{no}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(wechat_state(&app).await, 0);
+}
