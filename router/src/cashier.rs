@@ -941,6 +941,12 @@ pub async fn authorized(
             qr_code: reference,
         })
         .await;
+    if let Err(e) = &attached {
+        // Not known to be closed: the payer may try again; the channel's order ends at the
+        // payment's expiry, which it was created with.
+        tracing::warn!(payment_id = %payment.id, error = %e, "recording the cashier payment's in-app order");
+        return unavailable(lang, false);
+    }
     if !matches!(attached, Ok(WriteOutcome::Transitioned(true))) {
         tracing::warn!(payment_id = %payment.id, outcome = ?attached, "the cashier payment was closed meanwhile");
         if let Err(e) = route

@@ -448,6 +448,10 @@ pub async fn authorized(
             qr_code: p.qr_code.clone().unwrap_or_default(),
         })
         .await;
+    if let Err(e) = &claimed {
+        tracing::warn!(payment_id = %p.id, error = %e, "claiming the account of a payment link");
+        return unavailable(lang, false);
+    }
     if !matches!(claimed, Ok(WriteOutcome::Transitioned(true))) {
         return match crate::payments::repo::get_any(&state.db, p.id).await {
             Ok(Some(now)) if now.status() == PaymentStatus::Created => {
@@ -490,6 +494,12 @@ pub async fn authorized(
             qr_code: crate::cashier::order_reference(&params),
         })
         .await;
+    if let Err(e) = &attached {
+        // Not known to be closed: the order stays open for the payer's next try, and at expiry
+        // the sweeper closes it at the channel.
+        tracing::warn!(payment_id = %p.id, error = %e, "recording the in-app order of a payment link");
+        return unavailable(lang, false);
+    }
     if !matches!(attached, Ok(WriteOutcome::Transitioned(true))) {
         tracing::warn!(payment_id = %p.id, outcome = ?attached, "the linked payment was closed meanwhile");
         if let Err(e) = route.close(&crate::orchestrate::out_trade_no(p.id)).await {
