@@ -149,6 +149,10 @@ fn text<'a>(p: &'a Params, name: &str) -> ApiResult<Option<&'a str>> {
             name,
             format!("`{name}` must be 1–128 characters"),
         )),
+        Some(v) if v.chars().any(char::is_control) => Err(ApiError::validation(
+            name,
+            format!("`{name}` must not contain control characters"),
+        )),
         Some(v) => Ok(Some(v)),
     }
 }
@@ -684,6 +688,13 @@ async fn disable_operator(
 ) -> ApiResult<Json<Operator>> {
     require(&op, Role::Admin)?;
     let id = path_id(&id, "operator")?;
+    // The acting admin stays enabled, so an admin is always left to manage operators.
+    if id == op.id {
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            "an admin cannot disable their own account; another admin (or `paymux operator disable`) can",
+        ));
+    }
     Ok(Json(
         operators::disable(&state.db, Actor::Operator(op.id), id).await?,
     ))

@@ -323,9 +323,11 @@ pub async fn assign(db: &Db, actor: Actor, id: Uuid, assignee: Uuid) -> ApiResul
                 "a viewer cannot work on exceptions; assign an operator or an admin",
             )),
             Some(_) => {
+                // Assigning it to whom it is assigned already writes nothing (a double click).
                 let n = sqlx::query(
                     "UPDATE reconciliation_exceptions SET assignee_id = $1, status = 'assigned' \
-                     WHERE item_id = $2 AND status IN ('open', 'assigned')",
+                     WHERE item_id = $2 AND status IN ('open', 'assigned') \
+                     AND (assignee_id IS NULL OR assignee_id <> $1 OR status = 'open')",
                 )
                 .bind(assignee)
                 .bind(id)
@@ -338,7 +340,12 @@ pub async fn assign(db: &Db, actor: Actor, id: Uuid, assignee: Uuid) -> ApiResul
                     Ok(())
                 } else {
                     tx.rollback().await?;
-                    Err(state_error(db, id, "a resolved exception cannot be reassigned").await)
+                    match get_exception(db, id).await? {
+                        Some(ex) if ex.status == "assigned" && ex.assignee_id == Some(assignee) => {
+                            Ok(())
+                        }
+                        _ => Err(state_error(db, id, "a resolved exception cannot be reassigned").await),
+                    }
                 }
             }
         }
@@ -364,6 +371,18 @@ pub fn validate_text(field: &str, text: &str) -> ApiResult<String> {
         return Err(ApiError::validation(
             field,
             format!("`{field}` must be 1–{TEXT_CHARS_MAX} characters"),
+        ));
+    }
+    // Line breaks and tabs are text; other control characters (NUL, which PostgreSQL cannot
+    // store, among them) are refused.
+    if t.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "`{field}` must not contain control characters other than line breaks and tabs"
+            ),
         ));
     }
     Ok(t.to_string())
@@ -436,7 +455,8 @@ pub async fn resolve(
     let changed = on_db!(db, p => {
         let mut tx = p.begin_write().await?;
         let n = sqlx::query(
-            "UPDATE reconciliation_exceptions SET status = 'resolved', resolution = $1, note = $2, \
+            "UPDATE reconciliation_exceptions SET status = 'resolved', resolution = $1, \
+             note = CASE WHEN $2 IS NULL THEN note WHEN note IS NULL THEN $2 ELSE note || $6 || $2 END, \
              resolved_by = $3, resolved_at_us = $4 WHERE item_id = $5 AND status IN ('open', 'assigned')",
         )
         .bind(resolution)
@@ -444,6 +464,9 @@ pub async fn resolve(
         .bind(actor)
         .bind(now)
         .bind(id)
+        // The note the exception was opened with (what happened, what to do) stays; the
+        // operator's follows it.
+        .bind("\n")
         .execute(&mut *tx)
         .await?
         .rows_affected();

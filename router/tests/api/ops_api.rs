@@ -616,3 +616,127 @@ async fn operators_from_the_command_line_and_their_tokens() {
         (StatusCode::UNAUTHORIZED, "unauthorized")
     );
 }
+
+/// The small refusals and idempotencies of the exception workflow: control characters (NUL, which
+/// PostgreSQL cannot store) get `422` naming the field instead of a `500`; assigning an exception
+/// to its assignee again writes no second audit row; resolving keeps the note the exception was
+/// opened with; an admin cannot disable their own account.
+#[tokio::test]
+async fn refusals_and_repeats_of_the_exception_workflow_write_nothing_and_lose_nothing() {
+    let app = app().await;
+    let day = Utc::now().with_timezone(&Shanghai).date_naive() - chrono::Days::new(2);
+    put_faults(&app, &json!({"clock_offset_secs": offset_to(day, 10, 0)})).await;
+    let m = app.merchant("Ops Tea C").await;
+    code_pay(&m, "ops-c-1", 500).await;
+    let stranger = stranger_order(&app, 700).await;
+    reconcile(&app, day).await;
+    let (op_id, op) = operator(&app, "Otto Operator", "operator").await;
+    let (admin_id, admin) = operator(&app, "Ada Admin", "admin").await;
+    let open = get(&app, &op, "/exceptions?status=open").await;
+    let ex_id = data(&open)
+        .iter()
+        .find(|e| e["out_trade_no"] == stranger.as_str())
+        .unwrap_or_else(|| panic!("no exception for {stranger}: {:?}", open.body))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.sql_execute(&format!(
+        "UPDATE reconciliation_exceptions SET note = 'opened: ask the channel' WHERE item_id = {}",
+        crate::reconcile::uuid_literal(&app, &ex_id)
+    ))
+    .await;
+
+    for (path, body, field) in [
+        ("comments", json!({"text": "a\u{0}b"}), "text"),
+        ("comments", json!({"text": "bell\u{7}"}), "text"),
+        (
+            "resolve",
+            json!({"resolution": "no_action", "note": "x\u{0}"}),
+            "note",
+        ),
+    ] {
+        let r = post(&app, &op, &format!("/exceptions/{ex_id}/{path}"), body).await;
+        assert_eq!(
+            status_code(&r),
+            (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", field),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let lines = post(
+        &app,
+        &op,
+        &format!("/exceptions/{ex_id}/comments"),
+        json!({"text": "line one\nline two\tand a tab"}),
+    )
+    .await;
+    assert_eq!(lines.status, StatusCode::CREATED, "{:?}", lines.body);
+    for query in [
+        "/payments?merchant_order_no=a%00b",
+        "/payments?channel_trade_no=%00",
+    ] {
+        let r = get(&app, &op, query).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            "{query}: {:?}",
+            r.body
+        );
+    }
+    let r = get(&app, &admin, "/audit-log?target=a%00").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+
+    for _ in 0..3 {
+        let r = post(
+            &app,
+            &op,
+            &format!("/exceptions/{ex_id}/assign"),
+            json!({"operator_id": op_id}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["assignee_id"], op_id.as_str());
+    }
+    let resolved = post(
+        &app,
+        &op,
+        &format!("/exceptions/{ex_id}/resolve"),
+        json!({"resolution": "no_action"}),
+    )
+    .await;
+    assert_eq!(resolved.status, StatusCode::OK, "{:?}", resolved.body);
+    assert_eq!(resolved.body["note"], "opened: ask the channel");
+    let log = get(
+        &app,
+        &admin,
+        &format!("/audit-log?target=exception:{ex_id}"),
+    )
+    .await;
+    let assigns = data(&log)
+        .iter()
+        .filter(|r| r["action"] == "exception.assign")
+        .count();
+    assert_eq!(assigns, 1, "{:?}", log.body);
+
+    let own = post(
+        &app,
+        &admin,
+        &format!("/operators/{admin_id}/disable"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (own.status, own.code()),
+        (StatusCode::CONFLICT, "invalid_state"),
+        "{:?}",
+        own.body
+    );
+    let other = post(
+        &app,
+        &admin,
+        &format!("/operators/{op_id}/disable"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK, "{:?}", other.body);
+}
