@@ -15,9 +15,12 @@ body_hash=$(printf '%s' "$body" | openssl dgst -sha256 -r | cut -d' ' -f1)
 signature=$(printf '%s\n%s\n%s\n%s\n%s\n' "$method" "$path" "$ts" "$nonce" "$body_hash" \
   | openssl dgst -sha256 -hmac "$PAYMUX_KEY_SECRET" -r | cut -d' ' -f1)
 auth="PAYMUX-HMAC-SHA256 key_id=$PAYMUX_KEY_ID,timestamp=$ts,nonce=$nonce,signature=$signature"
+# The answer's body on stdout, its HTTP status on stderr.
 if [ -n "$body" ]; then
-  curl -sS -X "$method" "$url$path" -H "authorization: $auth" -H 'content-type: application/json' --data-binary "$body"
+  out=$(curl -sS -w '\n%{http_code}' -X "$method" "$url$path" -H "authorization: $auth" \
+    -H 'content-type: application/json' --data-binary "$body")
 else
-  curl -sS -X "$method" "$url$path" -H "authorization: $auth"
+  out=$(curl -sS -w '\n%{http_code}' -X "$method" "$url$path" -H "authorization: $auth")
 fi
-echo
+echo "HTTP ${out##*$'\n'}" >&2
+printf '%s\n' "${out%$'\n'*}"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The one test command. On a fresh Debian machine it installs what the tests need (Node.js and npm,
-# curl, PostgreSQL, Redis, a QR reader, Chromium and chromedriver, fonts), starts a throwaway
-# PostgreSQL cluster and Redis on free loopback ports, runs rustfmt, clippy and every test — once on
-# SQLite, once on PostgreSQL + Redis — then the channel SDK conformance run against `paymux sandbox`
-# and the cashier and operations console in headless Chromium, and stops PostgreSQL and Redis.
+# The one test command. On a fresh Debian machine it installs what the tests need (Python 3,
+# OpenSSL, Node.js and npm, curl, PostgreSQL, Redis, a QR reader, Chromium and chromedriver, fonts),
+# starts a throwaway PostgreSQL cluster and Redis on free loopback ports, runs rustfmt, clippy and
+# every test — once on SQLite, once on PostgreSQL + Redis — then the channel SDK conformance run
+# against `paymux sandbox`, the README's demo payment (`paymux serve` + scripts/demo-pay.sh), and
+# the cashier and operations console in headless Chromium, and stops PostgreSQL and Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -34,6 +35,8 @@ pg_bindir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
+need_pkg python3 python3
+need_pkg openssl openssl
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg curl curl
@@ -103,10 +106,26 @@ say "channel SDK conformance: unmodified public SDKs against paymux sandbox"
 cargo build --quiet --bin paymux
 "$ROOT/scripts/conformance/against-sandbox.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" all
 
+say "the README's two commands: paymux serve, then scripts/demo-pay.sh pays a sandbox order"
+DEMO_PORT=$(free_port)
+mkdir -p "$WORK/demo"
+PAYMUX_DATA_DIR="$WORK/demo" PAYMUX_LISTEN="127.0.0.1:$DEMO_PORT" PAYMUX_LOG=warn \
+  "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" serve >"$WORK/demo/serve.log" 2>&1 &
+DEMO_PID=$!
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$DEMO_PORT/healthz" 2>/dev/null && break; sleep 0.2; done
+if ! PAYMUX_DATA_DIR="$WORK/demo" PAYMUX_URL="http://127.0.0.1:$DEMO_PORT" \
+  PAYMUX_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux" "$ROOT/scripts/demo-pay.sh"; then
+  cat "$WORK/demo/serve.log"
+  kill "$DEMO_PID"
+  exit 1
+fi
+kill "$DEMO_PID"
+wait "$DEMO_PID" 2>/dev/null || true
+
 say "cashier in headless Chromium: static codes paid in WeChat and Alipay through the sandboxes"
 "$ROOT/scripts/cashier-browser/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux"
 
 say "operations console in headless Chromium: log in, dashboard, a run's report, an exception resolved"
 "$ROOT/scripts/ops-browser/run.sh" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/paymux"
 
-say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes; the cashier and the operations console pass in Chromium"
+say "all tests passed on SQLite and on PostgreSQL + Redis; the public SDKs pass against the sandboxes; the README's demo payment succeeded; the cashier and the operations console pass in Chromium"

@@ -5,7 +5,7 @@
 #
 #   scripts/cashier-browser/run.sh [path/to/paymux]
 #
-# Needs Node.js >= 18 and Chromium (apt-get install chromium chromium-driver; CHROMIUM names
+# Needs Node.js >= 20 (the pinned playwright-core) and Chromium (apt-get install chromium chromium-driver; CHROMIUM names
 # another binary). playwright-core is pinned by package.json + package-lock.json beside this
 # script and installed into PAYMUX_CASHIER_BROWSER_DIR (default ~/.cache/paymux-cashier-browser),
 # reused while the lockfile is unchanged. Screenshots: CASHIER_SCREENSHOTS (default

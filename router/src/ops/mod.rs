@@ -519,7 +519,13 @@ async fn search_payments(
     {
         return Err(ApiError::validation("to", "`to` must be after `from`"));
     }
-    let limit = limit(&p)?.min(100);
+    let limit = limit(&p)?;
+    if limit > 100 {
+        return Err(ApiError::validation(
+            "limit",
+            "`limit` must be 1–100 for payments",
+        ));
+    }
     let rows = store::search_payments(&state.db, &f, limit + 1).await?;
     let rows: Vec<_> = rows.iter().map(|r| state.paylinks.present(r)).collect();
     Ok(Json(page(rows, limit)))

@@ -683,6 +683,17 @@ async fn refusals_and_repeats_of_the_exception_workflow_write_nothing_and_lose_n
             r.body
         );
     }
+    let r = get(&app, &op, "/payments?limit=101").await;
+    assert_eq!(
+        status_code(&r),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "limit"
+        ),
+        "{:?}",
+        r.body
+    );
     let r = get(&app, &admin, "/audit-log?target=a%00").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
 
