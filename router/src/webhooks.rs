@@ -745,6 +745,8 @@ impl From<&EventRow> for WebhookEvent {
 pub struct ListQuery {
     pub payment_id: Option<PaymentId>,
     pub limit: Option<u32>,
+    /// The last event id of the previous page: the events older than it.
+    pub starting_after: Option<Uuid>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -756,7 +758,8 @@ pub struct WebhookEventList {
 /// List the merchant's webhook events, newest first, optionally for one payment.
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("paymux_hmac" = [])),
     params(("payment_id" = Option<String>, Query, description = "Only this payment's events"),
-           ("limit" = Option<u32>, Query, description = "1–100, default 20")),
+           ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("starting_after" = Option<String>, Query, description = "The last event id of the previous page")),
     responses((status = 200, body = WebhookEventList)))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
@@ -770,7 +773,7 @@ pub async fn list_webhooks(
     }
     let sql = "SELECT id, payment_id, event_type, created_at_us, next_attempt_at_us, attempts, \
         delivered_at_us, last_status, last_error FROM webhook_outbox WHERE merchant_id = $1 \
-        AND ($2 IS NULL OR payment_id = $2) ORDER BY id DESC LIMIT $3";
+        AND ($2 IS NULL OR payment_id = $2) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $3";
     let merchant_id: Uuid = merchant.id.into();
     let payment: Option<Uuid> = q.payment_id.map(Into::into);
     let fetch = i64::from(limit) + 1;
@@ -780,14 +783,19 @@ pub async fn list_webhooks(
                 .bind(merchant_id)
                 .bind(payment)
                 .bind(fetch)
+                .bind(q.starting_after)
                 .fetch_all(pool)
                 .await?
         }
         Db::Postgres(pool) => {
-            sqlx::query_as(&sql.replace("$2 IS NULL", "$2::uuid IS NULL"))
+            let sql = sql
+                .replace("$2 IS NULL", "$2::uuid IS NULL")
+                .replace("$4 IS NULL", "$4::uuid IS NULL");
+            sqlx::query_as(&sql)
                 .bind(merchant_id)
                 .bind(payment)
                 .bind(fetch)
+                .bind(q.starting_after)
                 .fetch_all(pool)
                 .await?
         }

@@ -295,13 +295,13 @@ pub fn page(lang: Lang) -> String {
 <button type=\"submit\" id=\"pay-search\">{search}</button></form>\
 <p id=\"pay-message\" class=\"muted\"></p><div class=\"scroll\"><table id=\"pay-results\"></table></div></section>\
 <section id=\"view-runs\" data-view=\"runs\" hidden><h1>{runs}</h1>\
-<div class=\"scroll\"><table id=\"runs\"></table></div></section>\
+<div class=\"scroll\"><table id=\"runs\"></table></div><p id=\"runs-more\" class=\"muted\"></p></section>\
 <section id=\"view-run\" data-view=\"run\" hidden><p><a href=\"#runs\">{back}</a></p><h1 id=\"run-title\">{report}</h1>\
 <dl id=\"run-facts\" class=\"facts\"></dl><p><button type=\"button\" id=\"run-csv\" class=\"secondary\">{download_csv}</button></p>\
 <div id=\"run-report\" class=\"report\"></div></section>\
 <section id=\"view-exceptions\" data-view=\"exceptions\" hidden><h1>{exceptions}</h1>\
 <form id=\"ex-filter-form\" class=\"row\"><label>{filter} <select id=\"ex-filter\">{filters}</select></label></form>\
-<div class=\"scroll\"><table id=\"exceptions\"></table></div></section>\
+<div class=\"scroll\"><table id=\"exceptions\"></table></div><p id=\"ex-more\" class=\"muted\"></p></section>\
 <section id=\"view-exception\" data-view=\"exception\" hidden><p><a href=\"#exceptions\">{back}</a></p>\
 <h1>{exception} <span id=\"ex-status\" class=\"badge\"></span></h1><dl id=\"ex-facts\" class=\"facts\"></dl>\
 <p id=\"ex-readonly\" class=\"muted\" hidden>{viewer_readonly}</p>\
@@ -318,7 +318,7 @@ pub fn page(lang: Lang) -> String {
 <section id=\"view-settlements\" data-view=\"settlements\" hidden><h1>{settlements}</h1>\
 <form id=\"st-form\" class=\"row\"><label>{date} <input type=\"date\" id=\"st-date\"></label>\
 <button type=\"submit\">{show}</button></form>\
-<div class=\"scroll\"><table id=\"settlements\"></table></div></section>\
+<div class=\"scroll\"><table id=\"settlements\"></table></div><p id=\"st-more\" class=\"muted\"></p></section>\
 <p id=\"error\" class=\"error\" role=\"alert\"></p></div></main>\
 <script id=\"console-data\" type=\"application/json\">{data}</script>\
 <script src=\"/ops/console.js\"></script></body></html>",

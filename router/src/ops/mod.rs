@@ -248,13 +248,17 @@ async fn list_runs(
     State(state): State<AppState>,
     q: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Page<store::Run>>> {
-    let p = params(q, &["date", "channel_account_id", "limit"])?;
+    let p = params(
+        q,
+        &["date", "channel_account_id", "limit", "starting_after"],
+    )?;
     let (day, account, limit) = (
         date(&p, "date")?,
         uuid(&p, "channel_account_id")?,
         limit(&p)?,
     );
-    let rows = store::list_runs(&state.db, day.as_deref(), account, limit + 1).await?;
+    let after = uuid(&p, "starting_after")?;
+    let rows = store::list_runs(&state.db, day.as_deref(), account, after, limit + 1).await?;
     Ok(Json(page(rows, limit)))
 }
 
@@ -472,9 +476,11 @@ async fn list_settlements(
     State(state): State<AppState>,
     q: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Page<store::Settlement>>> {
-    let p = params(q, &["date", "merchant_id", "limit"])?;
+    let p = params(q, &["date", "merchant_id", "limit", "starting_after"])?;
     let (day, merchant, limit) = (date(&p, "date")?, uuid(&p, "merchant_id")?, limit(&p)?);
-    let rows = store::list_settlements(&state.db, day.as_deref(), merchant, limit + 1).await?;
+    let after = uuid(&p, "starting_after")?;
+    let rows =
+        store::list_settlements(&state.db, day.as_deref(), merchant, after, limit + 1).await?;
     Ok(Json(page(rows, limit)))
 }
 

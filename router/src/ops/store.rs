@@ -108,10 +108,12 @@ fn run_of(r: RunRow) -> Run {
     }
 }
 
+/// Newest day first, then by id; keyset-paged by the last id seen.
 pub async fn list_runs(
     db: &Db,
     day: Option<&str>,
     channel_account_id: Option<Uuid>,
+    starting_after: Option<Uuid>,
     limit: i64,
 ) -> ApiResult<Vec<Run>> {
     let rows: Vec<RunRow> = fetch_all!(db, RunRow, |qb: &mut QueryBuilder<_>| {
@@ -123,6 +125,18 @@ pub async fn list_runs(
         }
         if let Some(a) = channel_account_id {
             qb.push(" AND channel_account_id = ").push_bind(a);
+        }
+        if let Some(after) = starting_after {
+            let cursor_day = "(SELECT c.day FROM reconciliation_runs c WHERE c.id = ";
+            qb.push(" AND (day < ")
+                .push(cursor_day)
+                .push_bind(after)
+                .push(") OR (day = ")
+                .push(cursor_day)
+                .push_bind(after)
+                .push(") AND id > ")
+                .push_bind(after)
+                .push("))");
         }
         qb.push(" ORDER BY day DESC, id LIMIT ").push_bind(limit);
     });
@@ -238,7 +252,7 @@ impl From<ExceptionRow> for Exception {
     }
 }
 
-/// In item-id order, keyset-paged by item id.
+/// Oldest first (the order they were opened in, then by id), keyset-paged by the last id seen.
 pub async fn list_exceptions(
     db: &Db,
     status: Option<&str>,
@@ -255,9 +269,15 @@ pub async fn list_exceptions(
             qb.push(" AND x.assignee_id = ").push_bind(a);
         }
         if let Some(a) = starting_after {
-            qb.push(" AND x.item_id > ").push_bind(a);
+            qb.push(
+                " AND (x.created_at_us, x.item_id) > (SELECT c.created_at_us, c.item_id \
+                 FROM reconciliation_exceptions c WHERE c.item_id = ",
+            )
+            .push_bind(a)
+            .push(")");
         }
-        qb.push(" ORDER BY x.item_id LIMIT ").push_bind(limit);
+        qb.push(" ORDER BY x.created_at_us, x.item_id LIMIT ")
+            .push_bind(limit);
     });
     Ok(rows.into_iter().map(Exception::from).collect())
 }
@@ -509,10 +529,12 @@ pub struct Settlement {
     pub payout_file: Option<String>,
 }
 
+/// Newest day first, then by merchant; keyset-paged by the last settlement id seen.
 pub async fn list_settlements(
     db: &Db,
     day: Option<&str>,
     merchant_id: Option<Uuid>,
+    starting_after: Option<Uuid>,
     limit: i64,
 ) -> ApiResult<Vec<Settlement>> {
     Ok(fetch_all!(db, Settlement, |qb: &mut QueryBuilder<_>| {
@@ -525,6 +547,21 @@ pub async fn list_settlements(
         }
         if let Some(m) = merchant_id {
             qb.push(" AND merchant_id = ").push_bind(m);
+        }
+        if let Some(after) = starting_after {
+            let cursor = |column: &str| {
+                format!("(SELECT c.{column} FROM merchant_settlements c WHERE c.id = ")
+            };
+            qb.push(" AND (day < ")
+                .push(cursor("day"))
+                .push_bind(after)
+                .push(") OR (day = ")
+                .push(cursor("day"))
+                .push_bind(after)
+                .push(") AND merchant_id > ")
+                .push(cursor("merchant_id"))
+                .push_bind(after)
+                .push(")))");
         }
         qb.push(" ORDER BY day DESC, merchant_id LIMIT ")
             .push_bind(limit);

@@ -729,6 +729,38 @@ async fn refusals_and_repeats_of_the_exception_workflow_write_nothing_and_lose_n
         .count();
     assert_eq!(assigns, 1, "{:?}", log.body);
 
+    // Every list pages through all its rows, one at a time, in the order of the whole list.
+    for list in ["/reconciliation/runs", "/exceptions", "/settlements"] {
+        let whole = get(&app, &admin, &format!("{list}?limit=500")).await;
+        assert_eq!(whole.status, StatusCode::OK, "{list}: {:?}", whole.body);
+        let ids: Vec<Value> = data(&whole).iter().map(|r| r["id"].clone()).collect();
+        assert!(!ids.is_empty(), "{list}");
+        let mut paged = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = get(&app, &admin, &format!("{list}?limit=1{after}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{list}: {:?}", r.body);
+            paged.extend(data(&r).iter().map(|r| r["id"].clone()));
+            if r.body["has_more"] != true {
+                break;
+            }
+            after = format!(
+                "&starting_after={}",
+                paged.last().unwrap().as_str().unwrap()
+            );
+            assert!(paged.len() <= ids.len(), "{list}: {paged:?}");
+        }
+        assert_eq!(paged, ids, "{list}");
+    }
+    let times: Vec<_> = data(&get(&app, &admin, "/exceptions?limit=500").await)
+        .iter()
+        .map(|x| chrono::DateTime::parse_from_rfc3339(x["created_at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+
     let own = post(
         &app,
         &admin,

@@ -549,3 +549,60 @@ async fn an_event_resent_during_a_slow_failed_attempt_is_delivered_at_once() {
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().all(|(id, _)| *id == event_id));
 }
+
+/// The event list pages (`starting_after`), newest first, and shows a merchant only its own events.
+#[tokio::test]
+async fn the_event_list_pages_through_a_merchants_own_events() {
+    let app = app().await;
+    let m = app.merchant("Cafe").await;
+    let other = app.merchant("Other Cafe").await;
+    let hook = Receiver::start(200).await;
+    for i in 0..3 {
+        let r = m
+            .create_payment(&code_body(
+                &format!("w-page-{i}"),
+                "134567890123456789",
+                &hook.url,
+            ))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let whole = m.send(Method::GET, "/v1/webhooks?limit=100", None).await;
+    assert_eq!(whole.status, 200, "{:?}", whole.body);
+    let ids: Vec<String> = whole.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{:?}", whole.body);
+    let mut sorted = ids.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(ids, sorted, "newest first");
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = m
+            .send(Method::GET, &format!("/v1/webhooks?limit=1{after}"), None)
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        paged.extend(
+            r.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+        if r.body["has_more"] != true {
+            break;
+        }
+        after = format!("&starting_after={}", paged.last().unwrap());
+    }
+    assert_eq!(paged, ids);
+    let theirs = other.send(Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(theirs.body["data"], json!([]), "{:?}", theirs.body);
+    let bad = m
+        .send(Method::GET, "/v1/webhooks?starting_after=nope", None)
+        .await;
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+}

@@ -323,6 +323,7 @@
   // Reconciliation runs and a run's report.
   views.runs = function () {
     return api('GET', '/reconciliation/runs?limit=200').then(function (page) {
+      $('runs-more').textContent = page.has_more ? L.more : '';
       table($('runs'), [
         { label: L.day, value: function (r) { return r.day; } },
         { label: L.channel_account, value: function (r) { return short(r.channel_account_id); } },
@@ -397,6 +398,7 @@
     if (f === 'mine') q.assignee = me.id;
     else if (f !== 'all') q.status = f;
     return api('GET', '/exceptions' + qs(q)).then(function (page) {
+      $('ex-more').textContent = page.has_more ? L.more : '';
       table($('exceptions'), [
         { label: L.day, value: function (x) { return x.day; } },
         { label: L.class, value: function (x) { return x.class; } },
@@ -493,6 +495,7 @@
   $('st-form').addEventListener('submit', function (ev) { ev.preventDefault(); views.settlements().catch(showError); });
   views.settlements = function () {
     return api('GET', '/settlements' + qs({ date: $('st-date').value, limit: 200 })).then(function (page) {
+      $('st-more').textContent = page.has_more ? L.more : '';
       table($('settlements'), [
         { label: L.day, value: function (s) { return s.day; } },
         { label: L.merchant, value: function (s) { return s.merchant_id; } },
