@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use futures::StreamExt;
 use paymux_model::{PaymentId, PaymentStatus, RefundStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::QueryBuilder;
@@ -243,6 +242,11 @@ impl DispatcherConfig {
         }
     }
 
+    /// Deliveries in flight to one receiver (`host:port`) at most: a quarter of the slots.
+    pub fn per_host(&self) -> usize {
+        (self.concurrency / 4).max(1)
+    }
+
     /// When the next attempt is due after `attempts_done` failed ones; `None`: give up.
     pub fn next_attempt_at(&self, attempts_done: i32, now_us: i64) -> Option<i64> {
         let delay_s = *RETRY_SCHEDULE_S.get(usize::try_from(attempts_done).ok()?)?;
@@ -319,7 +323,7 @@ pub async fn run(
             return;
         }
     };
-    let d = Dispatcher {
+    let d = Arc::new(Dispatcher {
         db,
         secrets,
         config,
@@ -328,53 +332,112 @@ pub async fn run(
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(10))
             .build(),
-    };
+    });
+    // A slot per delivery in flight. Events are claimed only for free slots, each delivery runs on
+    // its own, and one receiver (a host) holds at most `per_host` slots: a merchant endpoint that
+    // hangs until the timeout delays its own events, not every merchant's.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
+    let per_host = config.per_host();
+    let hosts: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+    let freed = Arc::new(tokio::sync::Notify::new());
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.changed() => return,
+            _ = freed.notified() => {}
+            _ = stop.changed() => break,
         }
-        loop {
-            match d.claim().await {
-                Ok(rows) => {
-                    let full = rows.len() >= config.batch_max as usize;
-                    futures::stream::iter(rows)
-                        .for_each_concurrent(config.concurrency, |row| d.deliver(row))
-                        .await;
-                    if !full || *stop.borrow() {
-                        break;
-                    }
-                }
+        while !*stop.borrow() {
+            let free = slots.available_permits().min(config.batch_max as usize);
+            if free == 0 {
+                break;
+            }
+            let rows = match d.claim(free).await {
+                Ok(rows) => rows,
                 Err(err) => {
                     tracing::warn!(error = %err, "claiming webhook events failed; retrying next tick");
                     break;
                 }
+            };
+            let claimed = rows.len();
+            let mut deferred = Vec::new();
+            for row in rows {
+                let host = host_of(&row.notify_url);
+                let permit = {
+                    let mut busy = hosts.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = busy.entry(host.clone()).or_default();
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) if *n < per_host => {
+                            *n += 1;
+                            permit
+                        }
+                        _ => {
+                            deferred.push(row);
+                            continue;
+                        }
+                    }
+                };
+                let (d, hosts, slots, freed) =
+                    (d.clone(), hosts.clone(), slots.clone(), freed.clone());
+                tokio::spawn(async move {
+                    d.deliver(row).await;
+                    {
+                        let mut busy = hosts.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(n) = busy.get_mut(&host) {
+                            *n -= 1;
+                            if *n == 0 {
+                                busy.remove(&host);
+                            }
+                        }
+                    }
+                    drop(permit);
+                    // Claim again once half the slots are free, without waiting for the tick.
+                    if slots.available_permits() * 2 >= d.config.concurrency {
+                        freed.notify_one();
+                    }
+                });
+            }
+            if !deferred.is_empty() {
+                d.defer(&deferred).await;
+            }
+            if claimed < free {
+                break;
             }
         }
     }
+    // Stopping: the deliveries in flight end (at most the timeout) and are recorded.
+    let _ = tokio::time::timeout(
+        config.timeout + Duration::from_secs(5),
+        slots.acquire_many(u32::try_from(config.concurrency).unwrap_or(u32::MAX)),
+    )
+    .await;
+}
+
+/// The receiver an event goes to (`host:port`), for the per-host limit.
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_ascii_lowercase();
+            Some(format!("{host}:{}", u.port_or_known_default().unwrap_or(0)))
+        })
+        .unwrap_or_else(|| url.to_string())
 }
 
 impl Dispatcher {
-    async fn claim(&self) -> sqlx::Result<Vec<Claimed>> {
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Claimed>> {
         const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1 WHERE id IN \
             (SELECT id FROM webhook_outbox WHERE delivered_at_us IS NULL AND next_attempt_at_us <= $2 \
              ORDER BY next_attempt_at_us LIMIT $3) \
             RETURNING id, merchant_id, notify_url, payload, attempts, next_attempt_at_us AS lease_us";
         let now = now_us();
-        // The lease: a node that dies mid-delivery leaves the row due again after it. It covers
-        // the whole batch — `concurrency` deliveries at a time, each up to `timeout` — so no other
-        // node claims a row this one has yet to send.
-        let rounds = u32::try_from(
-            (self.config.batch_max as usize).div_ceil(self.config.concurrency.max(1)),
-        )
-        .unwrap_or(u32::MAX);
+        // The lease: a node that dies mid-delivery leaves the row due again after it. A row is
+        // claimed only for a free slot and sent at once, so it covers one delivery.
         let lease_until = now
-            + i64::try_from(self.config.timeout.saturating_mul(rounds).as_micros())
-                .unwrap_or(i64::MAX / 4)
+            + i64::try_from(self.config.timeout.as_micros()).unwrap_or(i64::MAX / 4)
             + 30_000_000;
-        let limit = i64::from(self.config.batch_max);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         match &self.db {
             Db::Sqlite(pool) => {
                 sqlx::query_as(SQL)
@@ -392,6 +455,35 @@ impl Dispatcher {
                     .bind(limit)
                     .fetch_all(pool)
                     .await
+            }
+        }
+    }
+
+    /// Gives back claimed events whose receiver already has all its slots: due again after about
+    /// one delivery's time (not an attempt; a row claimed again or resent meanwhile is left alone).
+    async fn defer(&self, rows: &[Claimed]) {
+        const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1 \
+            WHERE id = $2 AND delivered_at_us IS NULL AND next_attempt_at_us = $3";
+        let due = now_us() + i64::try_from(self.config.timeout.as_micros()).unwrap_or(0);
+        for row in rows {
+            let done = match &self.db {
+                Db::Sqlite(pool) => sqlx::query(SQL)
+                    .bind(due)
+                    .bind(row.id)
+                    .bind(row.lease_us)
+                    .execute(pool)
+                    .await
+                    .map(drop),
+                Db::Postgres(pool) => sqlx::query(SQL)
+                    .bind(due)
+                    .bind(row.id)
+                    .bind(row.lease_us)
+                    .execute(pool)
+                    .await
+                    .map(drop),
+            };
+            if let Err(err) = done {
+                tracing::warn!(error = %err, event_id = %row.id, "deferring a webhook event; it is due again after its lease");
             }
         }
     }

@@ -606,3 +606,56 @@ async fn the_event_list_pages_through_a_merchants_own_events() {
         .await;
     assert_eq!(bad.status, 422, "{:?}", bad.body);
 }
+
+/// A receiver that hangs until the timeout holds a quarter of the delivery slots at most: another
+/// merchant's event is delivered at once while the hanging one's events wait their turn.
+#[tokio::test]
+async fn a_hanging_receiver_does_not_delay_other_merchants_webhooks() {
+    let db = fresh_database().await;
+    let mut config = test_config(&db);
+    config.sandbox_time_compression = 100;
+    config.webhook_poll_interval_ms = 25;
+    config.webhook_timeout_ms = 3_000;
+    config.webhook_concurrency = 4;
+    config.webhook_retry_schedule_scale = 0.002;
+    let app = spawn_with(db, config).await;
+    let hanging = {
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                StatusCode::OK
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    };
+    let slow = app.merchant("Slow Shop").await;
+    for i in 0..8 {
+        let r = slow
+            .create_payment(&code_body(
+                &format!("w-hang-{i}"),
+                "134567890123456789",
+                &hanging,
+            ))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    // Let the dispatcher pick the hanging receiver's events up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fine = app.merchant("Fine Shop").await;
+    let hook = Receiver::start(200).await;
+    let sent = std::time::Instant::now();
+    let r = fine
+        .create_payment(&code_body("w-fine", "134567890123456789", &hook.url))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    hook.acknowledged("payment.succeeded").await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(1_500),
+        "delivered {:?} after the payment, behind the hanging receiver",
+        sent.elapsed()
+    );
+}
