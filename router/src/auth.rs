@@ -32,12 +32,16 @@ pub enum NonceStore {
     Redis(redis::aio::ConnectionManager),
 }
 
-/// Most nonces the in-process store holds: at most 12.5 minutes of them are kept (see
-/// [`LocalNonces`]), so about 8,000 requests/s. When it is full, requests are refused (503) rather
+/// Most nonces the in-process store holds: at most 13.75 minutes of them are kept (see
+/// [`LocalNonces`]), so about 7,000 requests/s. When it is full, requests are refused (503) rather
 /// than a nonce forgotten early, which would let a request be replayed; deployments with more
 /// traffic configure Redis.
 const LOCAL_NONCES_MAX: usize = 6_000_000;
-const NONCE_TTL_SECONDS: u64 = 2 * TIMESTAMP_WINDOW_SECONDS as u64;
+/// A nonce is remembered while its request's timestamp can still pass the window check on any
+/// node: the window on both sides, plus a margin for clocks that differ between the nodes, Redis
+/// and the whole seconds the check works in.
+const NONCE_TTL_SECONDS: u64 = 2 * TIMESTAMP_WINDOW_SECONDS as u64 + NONCE_CLOCK_MARGIN_SECONDS;
+const NONCE_CLOCK_MARGIN_SECONDS: u64 = 60;
 const NONCE_SHARDS: usize = 16;
 /// Generations per nonce lifetime: a nonce is kept between 4 and 5 quarters of its lifetime.
 const NONCE_GENERATIONS: u32 = 4;

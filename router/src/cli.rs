@@ -230,7 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Merchant(MerchantCommand::Create { name }) => {
             let db = open_database(&config).await?;
-            let secrets = secret_box(&config)?;
+            let secrets = secret_box(&config, &db).await?;
             let creds = merchants::create_merchant(&db, &secrets, &name).await?;
             if config.sandbox {
                 // With the sandboxes mounted, a new merchant can pay through them at once.
@@ -286,7 +286,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => reconcile(config, date, channel_account, json).await,
         Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {
             let db = open_database(&config).await?;
-            let creds = merchants::rotate_key(&db, &secret_box(&config)?, merchant_id).await?;
+            let creds =
+                merchants::rotate_key(&db, &secret_box(&config, &db).await?, merchant_id).await?;
             println!("{}", serde_json::to_string_pretty(&creds)?);
             db.close().await;
             Ok(())
@@ -354,7 +355,7 @@ async fn channel_account(config: &Config, c: ChannelAccountCommand) -> anyhow::R
                 enabled: Some(!disabled),
             };
             serde_json::to_value(
-                store::create_account(&db, &secret_box(config)?, merchant_id, new)
+                store::create_account(&db, &secret_box(config, &db).await?, merchant_id, new)
                     .await
                     .map_err(api)?,
             )?
@@ -405,7 +406,7 @@ async fn set_enabled(
         enabled: Some(enabled),
         ..Default::default()
     };
-    let view = store::update_account(db, &secret_box(config)?, merchant, id, patch)
+    let view = store::update_account(db, &secret_box(config, db).await?, merchant, id, patch)
         .await
         .map_err(api)?;
     Ok(serde_json::to_value(view)?)

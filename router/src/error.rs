@@ -90,7 +90,11 @@ impl std::fmt::Display for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> ApiError {
-        ApiError::internal(format!("{err:#}"))
+        // A database that is down or saturated is `503 unavailable` (retry), not an internal error.
+        match err.downcast::<sqlx::Error>() {
+            Ok(db) => ApiError::from(db),
+            Err(err) => ApiError::internal(format!("{err:#}")),
+        }
     }
 }
 
@@ -139,3 +143,22 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_is_down_is_unavailable_even_behind_anyhow_context() {
+        use anyhow::Context;
+        let plain = ApiError::from(anyhow::Error::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(plain.code, ErrorCode::Unavailable);
+        let wrapped: anyhow::Result<()> = Err(sqlx::Error::PoolTimedOut).context("finding a key");
+        assert_eq!(
+            ApiError::from(wrapped.unwrap_err()).code,
+            ErrorCode::Unavailable
+        );
+        let other = ApiError::from(anyhow::anyhow!("something else"));
+        assert_eq!(other.code, ErrorCode::Internal);
+    }
+}

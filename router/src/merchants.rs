@@ -11,12 +11,23 @@ use crate::crypto::{SecretBox, random_hex};
 use crate::db::{Db, now_us};
 
 /// Credentials as shown to the merchant once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Credentials {
     pub merchant_id: MerchantId,
     pub name: String,
     pub key_id: String,
     pub key_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("merchant_id", &self.merchant_id)
+            .field("name", &self.name)
+            .field("key_id", &self.key_id)
+            .field("key_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A key as the authenticator needs it.

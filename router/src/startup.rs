@@ -62,13 +62,96 @@ pub fn admin_token_path(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("admin.token")
 }
 
-/// The master key from configuration, or from the generated key file in the data directory.
-pub fn secret_box(config: &Config) -> anyhow::Result<SecretBox> {
-    let key = match &config.master_key {
-        Some(k) => parse_master_key(k.expose()).context("master_key")?,
-        None => load_or_create_key_file(&config.data_dir.join("master.key"))?,
+/// The master key from configuration, or from the generated key file in the data directory —
+/// checked against the database. A key that does not open the secrets already sealed there is
+/// refused, and a process without a key (a command run without the servers' `master_key`) does not
+/// make one up for a database that holds secrets: either would seal new secrets no server opens.
+pub async fn secret_box(config: &Config, db: &Db) -> anyhow::Result<SecretBox> {
+    const CHECK_AAD: &[u8] = b"paymux master key check v1";
+    const CHECK: &str = "SELECT nonce, ciphertext FROM master_key_check WHERE id = 1";
+    const FIRST_KEY: &str = "SELECT key_id, secret_nonce, secret_ciphertext FROM merchant_keys \
+        ORDER BY created_at_us LIMIT 1";
+    const INSERT: &str = "INSERT INTO master_key_check (id, nonce, ciphertext) VALUES (1, $1, $2) \
+        ON CONFLICT (id) DO NOTHING";
+    type Sealed = (Vec<u8>, Vec<u8>);
+    let read_check = || async {
+        let row: Option<Sealed> = match db {
+            Db::Sqlite(p) => sqlx::query_as(CHECK).fetch_optional(p).await?,
+            Db::Postgres(p) => sqlx::query_as(CHECK).fetch_optional(p).await?,
+        };
+        anyhow::Ok(row)
     };
-    Ok(SecretBox::new(&key))
+    let check = read_check().await?;
+    let first_key: Option<(String, Vec<u8>, Vec<u8>)> = match (&check, db) {
+        (Some(_), _) => None,
+        (None, Db::Sqlite(p)) => sqlx::query_as(FIRST_KEY).fetch_optional(p).await?,
+        (None, Db::Postgres(p)) => sqlx::query_as(FIRST_KEY).fetch_optional(p).await?,
+    };
+    let key_file = config.data_dir.join("master.key");
+    let (key, source) = match &config.master_key {
+        Some(k) => (
+            parse_master_key(k.expose()).context("master_key")?,
+            "master_key".to_string(),
+        ),
+        None => {
+            anyhow::ensure!(
+                key_file.exists() || (check.is_none() && first_key.is_none()),
+                "no master key: this database holds secrets sealed with one; set master_key \
+                 (PAYMUX_MASTER_KEY) to the servers' key, or use their data directory ({} has no \
+                 master.key)",
+                config.data_dir.display()
+            );
+            (
+                load_or_create_key_file(&key_file)?,
+                key_file.display().to_string(),
+            )
+        }
+    };
+    let secrets = SecretBox::new(&key);
+    let wrong = || {
+        anyhow::anyhow!(
+            "the master key ({source}) does not open the secrets sealed in this database; use the \
+             key the servers use"
+        )
+    };
+    match (check, first_key) {
+        (Some((nonce, ciphertext)), _) => {
+            secrets
+                .open(&nonce, &ciphertext, CHECK_AAD)
+                .map_err(|_| wrong())?;
+        }
+        (None, first) => {
+            if let Some((key_id, nonce, ciphertext)) = first {
+                secrets
+                    .open(&nonce, &ciphertext, key_id.as_bytes())
+                    .map_err(|_| wrong())?;
+            }
+            let (nonce, ciphertext) = secrets.seal(b"paymux", CHECK_AAD)?;
+            match db {
+                Db::Sqlite(p) => {
+                    sqlx::query(INSERT)
+                        .bind(&nonce)
+                        .bind(&ciphertext)
+                        .execute(p)
+                        .await?;
+                }
+                Db::Postgres(p) => {
+                    sqlx::query(INSERT)
+                        .bind(&nonce)
+                        .bind(&ciphertext)
+                        .execute(p)
+                        .await?;
+                }
+            }
+            // Another process may have sealed its check first: it must be the same key.
+            if let Some((nonce, ciphertext)) = read_check().await? {
+                secrets
+                    .open(&nonce, &ciphertext, CHECK_AAD)
+                    .map_err(|_| wrong())?;
+            }
+        }
+    }
+    Ok(secrets)
 }
 
 impl Application {
@@ -83,7 +166,7 @@ impl Application {
         ))
         .map_err(|e| anyhow::anyhow!("code_city / code_mcc: {e}"))?;
         let db = open_database(&config).await?;
-        let secrets = Arc::new(secret_box(&config)?);
+        let secrets = Arc::new(secret_box(&config, &db).await?);
         let redis = match &config.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.expose()).context("parse redis_url")?;

@@ -196,7 +196,7 @@ async fn drive(cli: Cli) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(n == 0, "the database holds {n} payments: give a fresh one");
-    let secrets = paymux::startup::secret_box(&config)?;
+    let secrets = paymux::startup::secret_box(&config, &db).await?;
     let merchant = paymux::merchants::create_merchant(&db, &secrets, "Recon bench").await?;
     paymux::routing::store::provision_sandbox(
         &db,

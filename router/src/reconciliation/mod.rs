@@ -1854,7 +1854,7 @@ pub async fn standalone_state(
 ) -> anyhow::Result<(AppState, Option<paymux_channels::sandbox::Sandboxes>)> {
     let config = Arc::new(config);
     let db = crate::startup::open_database(&config).await?;
-    let secrets = Arc::new(crate::startup::secret_box(&config)?);
+    let secrets = Arc::new(crate::startup::secret_box(&config, &db).await?);
     let batcher = Arc::new(crate::batcher::WriteBatcher::start(
         db.clone(),
         crate::batcher::BatcherConfig {

@@ -293,3 +293,49 @@ async fn channel_accounts_routes_and_fee_rates_from_the_command_line() {
         r.body
     );
 }
+
+/// A command run without the servers' master key — none configured and no key file where it looks
+/// (another data directory), or another key — is refused before it seals anything: it would have
+/// made up a key and sealed a new merchant key no server can open, after revoking the old one.
+#[tokio::test]
+async fn a_command_without_the_servers_master_key_is_refused_and_changes_nothing() {
+    let db = fresh_database().await;
+    let created = paymux(&db, &["merchant", "create", "--name", "Noodle Bar"]);
+    let merchant_id = created["merchant_id"].as_str().unwrap().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paymux"));
+        cmd.args(["merchant", "rotate-key", "--merchant-id", &merchant_id])
+            .env("PAYMUX_DATA_DIR", elsewhere.path())
+            .env("PAYMUX_DATABASE_URL", &db.url)
+            .env("PAYMUX_LOG", "warn");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run paymux")
+    };
+    let none = run(&[]);
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(stderr.contains("no master key"), "{stderr}");
+    assert!(
+        !elsewhere.path().join("master.key").exists(),
+        "no key was made up"
+    );
+    let other_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let wrong = run(&[("PAYMUX_MASTER_KEY", &other_key)]);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("does not open"), "{stderr}");
+
+    // The merchant's key still works with the servers' key.
+    let config = test_config(&db);
+    let app = spawn_with(db, config).await;
+    let client = MerchantClient {
+        base: app.base.clone(),
+        http: app.http.clone(),
+        creds: serde_json::from_value::<CredsJson>(created).unwrap().into(),
+    };
+    let r = client.create_payment(&payment_body("cli-k", 100)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}

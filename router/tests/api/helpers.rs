@@ -118,7 +118,7 @@ impl TestApp {
     /// accounts and routes when the sandboxes are mounted.
     pub async fn merchant(&self, name: &str) -> MerchantClient {
         let db = paymux::startup::open_database(&self.config).await.unwrap();
-        let secrets = secret_box(&self.config).unwrap();
+        let secrets = secret_box(&self.config, &db).await.unwrap();
         let creds = merchants::create_merchant(&db, &secrets, name)
             .await
             .unwrap();

@@ -418,7 +418,7 @@ async fn without_a_qr_merchant_route_a_link_is_paid_through_the_qr_static_route(
     let m = app.merchant("Flower Shop").await;
     // A second Alipay account takes the merchant's qr_static route; its qr_merchant route goes.
     let db = paymux::startup::open_database(&app.config).await.unwrap();
-    let secrets = paymux::startup::secret_box(&app.config).unwrap();
+    let secrets = paymux::startup::secret_box(&app.config, &db).await.unwrap();
     let merchant = m.creds.merchant_id;
     let second = store::create_account(
         &db,
