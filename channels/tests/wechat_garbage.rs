@@ -303,3 +303,51 @@ fn negative_order_and_refund_amounts_are_refused() {
     // -0.00 is zero, not negative.
     assert_eq!(drain(substitute(&bill, 1, &[(16, "-0.00".into())])), Ok(1));
 }
+
+#[test]
+fn rows_are_payments_refunds_or_trades_that_moved_no_money_and_nothing_else() {
+    let parse = |rows: &[BillRow]| -> Result<Vec<_>, String> {
+        parse_trade_bill(write_trade_bill(rows))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    };
+    let paid = one_row(600, 100);
+    let mut revoked = one_row(0, 500);
+    revoked.trade_state = "REVOKED".into();
+    revoked.out_trade_no = "T0002".into();
+    let recs = parse(&[paid.clone(), revoked]).unwrap();
+    assert_eq!(recs.len(), 1, "a revoked trade moved no money: {recs:?}");
+    assert_eq!(recs[0].out_trade_no, "T0001");
+
+    let mut odd = paid.clone();
+    odd.trade_state = "PAID".into();
+    let err = parse(&[odd]).unwrap_err();
+    assert!(err.contains("is not a trade state"), "{err}");
+
+    let mut refund_without_number = paid.clone();
+    refund_without_number.trade_state = "REFUND".into();
+    refund_without_number.refund_fen = 100;
+    refund_without_number.fee_milli_fen = -600;
+    let err = parse(&[refund_without_number]).unwrap_err();
+    assert!(err.contains("without its 商户退款单号"), "{err}");
+
+    let err = parse(&[one_row(-600, 100)]).unwrap_err();
+    assert!(err.contains("wrong sign"), "{err}");
+    let mut refund_charged = paid.clone();
+    refund_charged.trade_state = "REFUND".into();
+    refund_charged.out_refund_no = Some("R0001".into());
+    refund_charged.refund_id = Some("50300000000000000000000000001".into());
+    refund_charged.refund_fen = 100;
+    let err = parse(&[refund_charged]).unwrap_err();
+    assert!(err.contains("wrong sign"), "{err}");
+}
+
+#[test]
+fn a_summary_header_other_than_the_bills_is_refused() {
+    let bill = String::from_utf8(write_trade_bill(&[one_row(600, 100)])).unwrap();
+    let changed = bill.replacen("总交易单数,应结订单总金额", "总交易单数,应结订单金额", 1);
+    assert_ne!(bill, changed);
+    let err = drain(changed.into_bytes()).unwrap_err();
+    assert!(err.contains("summary header"), "{err}");
+}

@@ -134,6 +134,15 @@ struct Totals {
     refund_requested: i64,
 }
 
+/// A field as quoted in an error: at most 32 characters of it.
+fn clip(value: &str) -> String {
+    let mut out: String = value.chars().take(32).collect();
+    if out.len() < value.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Splits a detail/summary row into values, removing the backtick each value starts with.
 fn split_ticked(line: &str, line_no: u64) -> Result<Vec<&str>, BillError> {
     let body = line.strip_prefix('`').ok_or_else(|| BillError::Line {
@@ -174,8 +183,9 @@ impl Parser {
         parse_decimal(raw, scale).ok_or_else(|| BillError::Line {
             line,
             message: format!(
-                "{} `{raw}` is not an amount with at most {scale} decimals",
-                ALL_HEADER[col]
+                "{} `{}` is not an amount with at most {scale} decimals",
+                ALL_HEADER[col],
+                clip(raw)
             ),
         })
     }
@@ -186,13 +196,20 @@ impl Parser {
         if v < 0 {
             return Err(BillError::Line {
                 line,
-                message: format!("{} `{}` is negative", ALL_HEADER[col], values[col].trim()),
+                message: format!(
+                    "{} `{}` is negative",
+                    ALL_HEADER[col],
+                    clip(values[col].trim())
+                ),
             });
         }
         Ok(v)
     }
 
-    fn detail(&mut self, line_no: u64, line: &str) -> Result<BillRecord, BillError> {
+    /// A detail row: a payment (`SUCCESS`) or a refund (`REFUND`, with its refund number) as a
+    /// record; a trade that moved no money (`REVOKED`, `CLOSED`, `NOTPAY`, `PAYERROR`) counts in the
+    /// totals only; any other state is an error.
+    fn detail(&mut self, line_no: u64, line: &str) -> Result<Option<BillRecord>, BillError> {
         let values = split_ticked(line, line_no)?;
         if values.len() != ALL_HEADER.len() {
             return Err(BillError::Line {
@@ -207,7 +224,7 @@ impl Parser {
         let time = NaiveDateTime::parse_from_str(values[COL_TIME].trim(), "%Y-%m-%d %H:%M:%S")
             .map_err(|e| BillError::Line {
                 line: line_no,
-                message: format!("交易时间 `{}`: {e}", values[COL_TIME]),
+                message: format!("交易时间 `{}`: {e}", clip(values[COL_TIME])),
             })?;
         let settlement = Self::amount(&values, COL_SETTLEMENT, 2, line_no)?;
         let refund = Self::non_negative(&values, COL_REFUND, line_no)?;
@@ -236,7 +253,33 @@ impl Parser {
 
         let state = values[COL_TRADE_STATE].trim();
         let out_refund_no = values[COL_OUT_REFUND_NO].trim();
-        let is_refund = state == "REFUND" && !out_refund_no.is_empty() && out_refund_no != "0";
+        let is_refund = match state {
+            "SUCCESS" => false,
+            "REFUND" if !out_refund_no.is_empty() && out_refund_no != "0" => true,
+            "REFUND" => {
+                return Err(BillError::Line {
+                    line: line_no,
+                    message: "a REFUND row without its 商户退款单号".into(),
+                });
+            }
+            "REVOKED" | "CLOSED" | "NOTPAY" | "PAYERROR" => return Ok(None),
+            other => {
+                return Err(BillError::Line {
+                    line: line_no,
+                    message: format!("交易状态 {:?} is not a trade state", clip(other)),
+                });
+            }
+        };
+        // A payment's fee is charged (≥ 0), a refund's returned (≤ 0).
+        if (is_refund && fee > 0) || (!is_refund && fee < 0) {
+            return Err(BillError::Line {
+                line: line_no,
+                message: format!(
+                    "手续费 {} has the wrong sign for a {state} row",
+                    clip(values[COL_FEE].trim())
+                ),
+            });
+        }
         let channel_trade_no = values[COL_TRANSACTION_ID].trim();
         let out_trade_no = values[COL_OUT_TRADE_NO].trim();
         if channel_trade_no.is_empty() || out_trade_no.is_empty() {
@@ -246,7 +289,7 @@ impl Parser {
             });
         }
         let _ = values[COL_REFUND_ID];
-        Ok(BillRecord {
+        Ok(Some(BillRecord {
             channel_trade_no: channel_trade_no.to_string(),
             out_trade_no: out_trade_no.to_string(),
             out_refund_no: is_refund.then(|| out_refund_no.to_string()),
@@ -259,7 +302,7 @@ impl Parser {
             fee_minor: milli_fen_to_fen(fee).abs(),
             status: state.to_string(),
             time,
-        })
+        }))
     }
 
     fn summary(&mut self, header_line: u64) -> Result<(), BillError> {
@@ -283,14 +326,14 @@ impl Parser {
             .parse::<i64>()
             .map_err(|_| BillError::Line {
                 line: line_no,
-                message: format!("总交易单数 `{count_raw}`"),
+                message: format!("总交易单数 `{}`", clip(count_raw)),
             })?;
         let mut amounts = [0i64; 6];
         for (i, a) in amounts.iter_mut().enumerate() {
             let raw = values[i + 1].trim();
             *a = parse_decimal(raw, 2).ok_or_else(|| BillError::Line {
                 line: line_no,
-                message: format!("{} `{raw}`", SUMMARY_HEADER[i + 1]),
+                message: format!("{} `{}`", SUMMARY_HEADER[i + 1], clip(raw)),
             })?;
         }
         let t = self.totals;
@@ -347,16 +390,25 @@ impl Parser {
             }
             if line.starts_with(SUMMARY_HEADER[0]) {
                 self.done = true;
+                if line.trim_end() != SUMMARY_HEADER.join(",") {
+                    return Some(Err(BillError::Line {
+                        line: line_no,
+                        message: format!("the summary header is not {}", SUMMARY_HEADER.join(",")),
+                    }));
+                }
                 return match self.summary(line_no) {
                     Ok(()) => None,
                     Err(e) => Some(Err(e)),
                 };
             }
-            let r = self.detail(line_no, &line);
-            if r.is_err() {
-                self.done = true;
+            match self.detail(line_no, &line) {
+                Ok(Some(record)) => return Some(Ok(record)),
+                Ok(None) => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
             }
-            return Some(r);
         }
     }
 }
