@@ -106,7 +106,8 @@ pub struct Trade {
     pub state: TradeState,
     /// The channel's own state name (`SUCCESS`, `TRADE_SUCCESS`, `00`, …), for logs and operators.
     pub channel_state: String,
-    /// The order amount in minor units, when the channel reported it.
+    /// The order amount in CNY fen, when the channel reported it (a success without it is not
+    /// settled: the amount cannot be checked).
     pub amount_minor: Option<i64>,
     pub paid_at: Option<DateTime<Utc>>,
     /// The payer's id at the channel (openid, buyer_id, …), when reported.

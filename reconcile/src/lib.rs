@@ -330,6 +330,13 @@ impl Tally {
         };
         let (class, resolution) = match p {
             None => (Class::MissingOnPlatform, Some(Resolution::Exception)),
+            // Our refund number, listed under another payment: not our refund.
+            Some(p)
+                if c.kind == BillKind::Refund
+                    && p.trade_no.as_deref().is_some_and(|t| t != c.out_trade_no) =>
+            {
+                (Class::MissingOnPlatform, Some(Resolution::Exception))
+            }
             Some(p) if p.amount_minor != c.amount_minor => {
                 (Class::AmountMismatch, Some(Resolution::Exception))
             }
@@ -351,8 +358,10 @@ impl Tally {
                 ..
             }) if *expected != c.fee_minor => (
                 Class::FeeMismatch,
-                Some(Resolution::FeeAdjustment {
-                    delta_minor: c.fee_minor - expected,
+                // A difference beyond i64 is no fee to adjust: an exception.
+                Some(match c.fee_minor.checked_sub(*expected) {
+                    Some(delta_minor) => Resolution::FeeAdjustment { delta_minor },
+                    None => Resolution::Exception,
                 }),
             ),
             Some(_) => (Class::Matched, None),
@@ -713,6 +722,39 @@ mod tests {
             s.channel_net_minor,
             (1000 - 6) + (1001 - 6) + (500 - 3) * 2 + (1000 - 10) + 50 - (300 - 2)
         );
+    }
+
+    #[test]
+    fn a_refund_under_another_payment_and_a_fee_beyond_i64_are_exceptions() {
+        use PlatformStatus::*;
+        let platform = vec![
+            ours(
+                BillKind::Refund,
+                "p1",
+                Some("r1"),
+                300,
+                Succeeded,
+                Some(2),
+                0,
+            ),
+            ours(BillKind::Payment, "p2", None, 1000, Succeeded, Some(-6), 0),
+        ];
+        let channel = vec![
+            // Our refund number, but on the bill under another payment.
+            bill(BillKind::Refund, "p9", Some("r1"), 300, 2),
+            bill(BillKind::Payment, "p2", None, 1000, i64::MAX),
+        ];
+        let out = reconcile(platform, channel.into_iter().map(Ok), OPTS).unwrap();
+        let item = |no: &str| {
+            out.items
+                .iter()
+                .find(|i| i.out_trade_no == no)
+                .unwrap_or_else(|| panic!("no item {no}: {:?}", out.items))
+        };
+        assert_eq!(item("p9").class, Class::MissingOnPlatform);
+        assert_eq!(item("p9").resolution, Resolution::Exception);
+        assert_eq!(item("p2").class, Class::FeeMismatch);
+        assert_eq!(item("p2").resolution, Resolution::Exception);
     }
 
     #[test]

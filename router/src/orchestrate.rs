@@ -225,7 +225,7 @@ pub async fn code_scan(
     };
     match outcome {
         PayOutcome::Succeeded { trade } => {
-            if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+            if trade.amount_minor != Some(row.amount_minor) {
                 tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount; left processing for operations");
                 return Ok(());
             }
@@ -268,8 +268,9 @@ pub async fn settle_paid(
     route: &Route,
     trade: paymux_channels::Trade,
 ) -> ApiResult<bool> {
-    if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
-        tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount; left for operations");
+    // A success whose amount the channel did not report (or not in CNY) cannot be checked.
+    if trade.amount_minor != Some(row.amount_minor) {
+        tracing::error!(payment_id = %row.id, channel_amount = ?trade.amount_minor, "channel reports another amount, or none; left for operations");
         return Ok(false);
     }
     settle_succeeded(
@@ -368,15 +369,7 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
         match route.query(&no).await {
             Ok(t) => match t.state {
                 TradeState::Succeeded => {
-                    if let Err(e) = settle_succeeded(
-                        &state,
-                        &row,
-                        &route,
-                        t.channel_trade_no,
-                        t.paid_at.map(|p| p.timestamp_micros()),
-                    )
-                    .await
-                    {
+                    if let Err(e) = settle_paid(&state, &row, &route, t).await {
                         tracing::error!(payment_id = %row.id, error = ?e, "settling a paid code payment");
                     }
                     return;
@@ -410,14 +403,7 @@ async fn follow_up(state: AppState, row: PaymentRow, route: Arc<Route>, f: Follo
     };
     match route.query(&no).await {
         Ok(t) if t.state == TradeState::Succeeded => {
-            let _ = settle_succeeded(
-                &state,
-                &row,
-                &route,
-                t.channel_trade_no,
-                t.paid_at.map(|p| p.timestamp_micros()),
-            )
-            .await;
+            let _ = settle_paid(&state, &row, &route, t).await;
         }
         // Still waiting for the payer and not reversed: the payer may yet confirm, so the payment
         // is not closed; the sweeper reverses and settles it later.
@@ -609,7 +595,10 @@ async fn handle_event(
     {
         return Err(format!("payment {id} belongs to another channel account"));
     }
-    if trade.amount_minor.is_some_and(|a| a != row.amount_minor) {
+    // Any report carrying an amount must carry the payment's; a success must carry one.
+    if trade.amount_minor.is_some_and(|a| a != row.amount_minor)
+        || (trade.state == TradeState::Succeeded && trade.amount_minor.is_none())
+    {
         return Err(format!(
             "amount {:?} is not the payment's {}",
             trade.amount_minor, row.amount_minor

@@ -186,6 +186,9 @@ fn top_level_members(body: &[u8]) -> Result<Vec<(String, Range<usize>)>, Respons
     s.ws();
     s.expect(b'{', "expected `{`")?;
     let mut members: Vec<(String, Range<usize>)> = Vec::new();
+    // Keys seen, for the duplicate check in constant time per member (a body of many keys must
+    // not cost their square).
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     s.ws();
     if s.peek() == Some(b'}') {
         s.i += 1;
@@ -203,7 +206,7 @@ fn top_level_members(body: &[u8]) -> Result<Vec<(String, Range<usize>)>, Respons
             s.expect(b':', "expected `:`")?;
             s.ws();
             let value = s.value()?;
-            if members.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 return Err(ResponseError::DuplicateKey(key));
             }
             members.push((key, value));

@@ -211,7 +211,12 @@ impl Transaction {
             channel_trade_no: self.transaction_id.clone().filter(|s| !s.is_empty()),
             state: trade_state(&self.trade_state),
             channel_state: self.trade_state.clone(),
-            amount_minor: self.amount.as_ref().map(|a| a.total),
+            // An amount in another currency is not an amount in fen: as if none were reported.
+            amount_minor: self
+                .amount
+                .as_ref()
+                .filter(|a| a.currency == "CNY")
+                .map(|a| a.total),
             paid_at: self.success_time.as_deref().and_then(parse_time),
             payer_id: self
                 .payer
@@ -921,5 +926,28 @@ mod refund_state_tests {
         // A record without its status (a malformed answer) is not a failed refund.
         let r: RefundRecord = serde_json::from_str(r#"{"out_refund_no":"r1"}"#).unwrap();
         assert_eq!(r.to_info().state, RefundState::Processing);
+    }
+
+    #[test]
+    fn a_transaction_amount_counts_only_in_cny() {
+        let trade = |amount: &str| {
+            let t: Transaction = serde_json::from_str(&format!(
+                r#"{{"out_trade_no":"o1","trade_state":"SUCCESS"{amount}}}"#
+            ))
+            .unwrap();
+            t.to_trade().amount_minor
+        };
+        assert_eq!(trade(r#","amount":{"total":100}"#), Some(100));
+        assert_eq!(
+            trade(r#","amount":{"total":100,"currency":"CNY","payer_currency":"CNY"}"#),
+            Some(100)
+        );
+        assert_eq!(trade(r#","amount":{"total":100,"currency":"USD"}"#), None);
+        // The payer's own currency does not change the order's amount in CNY.
+        assert_eq!(
+            trade(r#","amount":{"total":100,"currency":"CNY","payer_currency":"HKD"}"#),
+            Some(100)
+        );
+        assert_eq!(trade(""), None);
     }
 }
