@@ -444,6 +444,11 @@ impl State {
         };
         tally.sum = sum;
         tally.count += 1;
+        // A payment's fee is charged (written ≤ 0), a refund's returned (≥ 0): another sign is
+        // refused, not flipped.
+        if (kind == BillKind::Payment && fee > 0) || (kind == BillKind::Refund && fee < 0) {
+            return Err(self.err("服务费 has the wrong sign for its 业务类型"));
+        }
         Ok(BillRecord {
             channel_trade_no: channel_trade_no.to_string(),
             out_trade_no: field(C_OUT_TRADE_NO).to_string(),
@@ -806,6 +811,19 @@ mod tests {
             parse_trade_bill(&zip[..zip.len() / 2]),
             Err(BillError::Io(_))
         ));
+    }
+
+    #[test]
+    fn a_fee_with_the_wrong_sign_for_its_row_is_refused() {
+        let text = write_trade_bill(&meta(), &records());
+        // The payment's fee is written -7.41 (charged); as +7.41 it would be a fee paid to us.
+        assert!(text.contains(",-7.41,"), "{text}");
+        let flipped = text.replacen(",-7.41,", ",7.41,", 1);
+        let err = parse(&flipped)
+            .into_iter()
+            .find_map(Result::err)
+            .expect("an error");
+        assert!(err.to_string().contains("wrong sign"), "{err}");
     }
 
     #[test]
