@@ -295,9 +295,15 @@ impl State {
             }
             self.ended = true;
         } else if let Some(rest) = line.strip_prefix(PAYMENT_SUMMARY) {
+            if self.payment_summary.is_some() {
+                return Err(self.err("a second 交易合计 row"));
+            }
             let tally = self.summary(rest, "商家实收共")?;
             self.payment_summary = Some(tally);
         } else if let Some(rest) = line.strip_prefix(REFUND_SUMMARY) {
+            if self.refund_summary.is_some() {
+                return Err(self.err("a second 退款合计 row"));
+            }
             let tally = self.summary(rest, "商家实收退款共")?;
             self.refund_summary = Some(tally);
         } else if line.starts_with(EXPORT_TIME) {
@@ -444,6 +450,9 @@ impl State {
         };
         tally.sum = sum;
         tally.count += 1;
+        if field(C_OUT_TRADE_NO).is_empty() {
+            return Err(self.err("商户订单号 is empty"));
+        }
         // A payment's fee is charged (written ≤ 0), a refund's returned (≥ 0): another sign is
         // refused, not flipped.
         if (kind == BillKind::Payment && fee > 0) || (kind == BillKind::Refund && fee < 0) {
@@ -814,11 +823,25 @@ mod tests {
     }
 
     #[test]
-    fn a_fee_with_the_wrong_sign_for_its_row_is_refused() {
+    fn a_fee_with_the_wrong_sign_or_a_second_summary_is_refused() {
         let text = write_trade_bill(&meta(), &records());
         // The payment's fee is written -7.41 (charged); as +7.41 it would be a fee paid to us.
         assert!(text.contains(",-7.41,"), "{text}");
         let flipped = text.replacen(",-7.41,", ",7.41,", 1);
+        let first_summary = text
+            .lines()
+            .find(|l| l.starts_with(PAYMENT_SUMMARY))
+            .unwrap();
+        let twice = text.replacen(
+            first_summary,
+            &format!("{first_summary}\n{first_summary}"),
+            1,
+        );
+        let err = parse(&twice)
+            .into_iter()
+            .find_map(Result::err)
+            .expect("an error");
+        assert!(err.to_string().contains("a second 交易合计"), "{err}");
         let err = parse(&flipped)
             .into_iter()
             .find_map(Result::err)
