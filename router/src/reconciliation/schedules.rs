@@ -55,6 +55,17 @@ pub async fn set(db: &Db, actor: Actor, account: Uuid, at: Option<NaiveTime>) ->
         if known.is_none() {
             return Err(ApiError::not_found("channel account"));
         }
+        // The same time again (or the default again) changes nothing and writes nothing.
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT at FROM reconciliation_schedules WHERE channel_account_id = $1",
+        )
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current == text {
+            tx.rollback().await?;
+            return Ok(());
+        }
         match &text {
             Some(t) => {
                 sqlx::query(

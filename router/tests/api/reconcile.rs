@@ -787,6 +787,24 @@ async fn each_account_is_reconciled_at_its_own_time_and_merchants_settle_after_t
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    // The same time again is answered the same and writes no second audit row.
+    let again = ops(
+        &app,
+        &admin,
+        Method::PUT,
+        &path(&wechat),
+        Some(json!({"at": "00:00"})),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT COUNT(*) FROM ops_audit_log WHERE action = 'reconciliation.schedule'"
+        )
+        .await,
+        1
+    );
     let completed = |id: &str| {
         format!(
             "SELECT COUNT(*) FROM reconciliation_runs WHERE day = '{yesterday}' AND status = 'completed' AND channel_account_id = {}",
