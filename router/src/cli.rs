@@ -198,10 +198,14 @@ pub enum MerchantCommand {
         #[arg(long)]
         name: String,
     },
-    /// Revoke the merchant's keys and print a new key as JSON.
+    /// Issue a new key and print it as JSON; the merchant's other keys are revoked at once, or
+    /// after `--grace-seconds` (at most 7 days), so that its servers can switch without refused
+    /// requests (webhooks are signed with both keys meanwhile).
     RotateKey {
         #[arg(long)]
         merchant_id: MerchantId,
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u32,
     },
     /// Set the merchant's own fee rate (or go back to `merchant_fee_rate_bps`) and print it.
     FeeRate {
@@ -284,10 +288,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             channel_account,
             json,
         } => reconcile(config, date, channel_account, json).await,
-        Command::Merchant(MerchantCommand::RotateKey { merchant_id }) => {
+        Command::Merchant(MerchantCommand::RotateKey {
+            merchant_id,
+            grace_seconds,
+        }) => {
             let db = open_database(&config).await?;
-            let creds =
-                merchants::rotate_key(&db, &secret_box(&config, &db).await?, merchant_id).await?;
+            let creds = merchants::rotate_key(
+                &db,
+                &secret_box(&config, &db).await?,
+                merchant_id,
+                grace_seconds,
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&creds)?);
             db.close().await;
             Ok(())

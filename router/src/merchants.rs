@@ -96,12 +96,23 @@ pub async fn create_merchant(
     })
 }
 
-/// Revokes the merchant's active keys and issues a new one, atomically.
+/// Most seconds an old key keeps working after a rotation.
+pub const ROTATION_GRACE_SECONDS_MAX: u32 = 7 * 24 * 3600;
+
+/// Issues a new key and revokes the merchant's others, atomically: at once (`grace_seconds` 0), or
+/// after `grace_seconds` (a key's `revoked_at_us` is then in the future: it works until then), so
+/// the merchant's servers can move to the new key without a moment of refused requests. A key
+/// already on its way out keeps the earlier of its end and the new one.
 pub async fn rotate_key(
     db: &Db,
     secrets: &SecretBox,
     merchant_id: MerchantId,
+    grace_seconds: u32,
 ) -> anyhow::Result<Credentials> {
+    anyhow::ensure!(
+        grace_seconds <= ROTATION_GRACE_SECONDS_MAX,
+        "the grace period is at most {ROTATION_GRACE_SECONDS_MAX} seconds (7 days)"
+    );
     let key_id = new_key_id();
     let key_secret = new_key_secret();
     let (nonce, ciphertext) = secrets.seal(key_secret.as_bytes(), key_id.as_bytes())?;
@@ -115,11 +126,17 @@ pub async fn rotate_key(
                 .fetch_optional(&mut *tx)
                 .await?;
             let name = name.with_context(|| format!("no merchant {merchant_id}"))?;
-            sqlx::query("UPDATE merchant_keys SET status = 'revoked', revoked_at_us = $1 WHERE merchant_id = $2 AND status = 'active'")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            let ends = now + i64::from(grace_seconds) * 1_000_000;
+            sqlx::query(
+                "UPDATE merchant_keys SET revoked_at_us = CASE WHEN status = 'revoked' \
+                 AND revoked_at_us < $1 THEN revoked_at_us ELSE $1 END, status = 'revoked' \
+                 WHERE merchant_id = $2 AND (status = 'active' OR revoked_at_us > $3)",
+            )
+            .bind(ends)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO merchant_keys (key_id, merchant_id, secret_nonce, secret_ciphertext, status, created_at_us) \
                  VALUES ($1, $2, $3, $4, 'active', $5)",
@@ -147,25 +164,34 @@ pub async fn rotate_key(
     })
 }
 
-/// The active key with this id, decrypted; `None` when unknown or revoked.
+/// A key that works now: active, or revoked with its revocation still ahead (a rotation's grace).
+pub const KEY_WORKS: &str =
+    "(k.status = 'active' OR (k.status = 'revoked' AND k.revoked_at_us > $2))";
+
+/// The working key with this id, decrypted; `None` when unknown or revoked.
 pub async fn find_active_key(
     db: &Db,
     secrets: &SecretBox,
     key_id: &str,
 ) -> anyhow::Result<Option<ActiveKey>> {
-    const SQL: &str = "SELECT k.merchant_id, k.secret_nonce, k.secret_ciphertext FROM merchant_keys k \
-                       JOIN merchants m ON m.id = k.merchant_id \
-                       WHERE k.key_id = $1 AND k.status = 'active' AND m.status = 'active'";
+    let sql = format!(
+        "SELECT k.merchant_id, k.secret_nonce, k.secret_ciphertext FROM merchant_keys k \
+         JOIN merchants m ON m.id = k.merchant_id \
+         WHERE k.key_id = $1 AND {KEY_WORKS} AND m.status = 'active'"
+    );
+    let now = now_us();
     let row: Option<(Uuid, Vec<u8>, Vec<u8>)> = match db {
         Db::Sqlite(pool) => {
-            sqlx::query_as(SQL)
+            sqlx::query_as(&sql)
                 .bind(key_id)
+                .bind(now)
                 .fetch_optional(pool)
                 .await?
         }
         Db::Postgres(pool) => {
-            sqlx::query_as(SQL)
+            sqlx::query_as(&sql)
                 .bind(key_id)
+                .bind(now)
                 .fetch_optional(pool)
                 .await?
         }

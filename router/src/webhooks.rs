@@ -283,12 +283,23 @@ impl Attempt {
 
 /// `t=<unix seconds>,v1=<lowercase hex HMAC-SHA256(secret, t + "." + body)>`.
 pub fn signature_header(secret: &[u8], t: i64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let mut ctx = ring::hmac::Context::with_key(&key);
-    ctx.update(t.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    format!("t={t},v1={}", hex::encode(ctx.sign().as_ref()))
+    signatures_header(&[secret], t, body)
+}
+
+/// The header with one `v1=` per secret, newest key first (during a key rotation's grace the
+/// receiver verifies whichever of its keys matches).
+pub fn signatures_header(secrets: &[&[u8]], t: i64, body: &[u8]) -> String {
+    let mut header = format!("t={t}");
+    for secret in secrets {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(t.to_string().as_bytes());
+        ctx.update(b".");
+        ctx.update(body);
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(ctx.sign().as_ref()));
+    }
+    header
 }
 
 struct Dispatcher {
@@ -296,7 +307,7 @@ struct Dispatcher {
     secrets: Arc<SecretBox>,
     config: DispatcherConfig,
     http: reqwest::Client,
-    keys: moka::future::Cache<Uuid, Option<Vec<u8>>>,
+    keys: moka::future::Cache<Uuid, Option<Vec<Vec<u8>>>>,
 }
 
 /// Delivers due events until `stop` changes. Safe on every node at once (claims are leases).
@@ -488,35 +499,43 @@ impl Dispatcher {
         }
     }
 
-    /// The merchant's current (newest active) key secret, decrypted; cached briefly.
-    async fn secret(&self, merchant_id: Uuid) -> anyhow::Result<Option<Vec<u8>>> {
+    /// The merchant's working key secrets, newest first, decrypted (several during a rotation's
+    /// grace: the event is signed with each); `None` without any. Cached briefly.
+    async fn secret(&self, merchant_id: Uuid) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
         if let Some(hit) = self.keys.get(&merchant_id).await {
             return Ok(hit);
         }
-        const SQL: &str = "SELECT key_id, secret_nonce, secret_ciphertext FROM merchant_keys \
-            WHERE merchant_id = $1 AND status = 'active' ORDER BY created_at_us DESC LIMIT 1";
-        let row: Option<(String, Vec<u8>, Vec<u8>)> = match &self.db {
+        let sql = format!(
+            "SELECT k.key_id, k.secret_nonce, k.secret_ciphertext FROM merchant_keys k \
+             WHERE k.merchant_id = $1 AND {} ORDER BY k.created_at_us DESC LIMIT 4",
+            crate::merchants::KEY_WORKS
+        );
+        let now = now_us();
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = match &self.db {
             Db::Sqlite(pool) => {
-                sqlx::query_as(SQL)
+                sqlx::query_as(&sql)
                     .bind(merchant_id)
-                    .fetch_optional(pool)
+                    .bind(now)
+                    .fetch_all(pool)
                     .await?
             }
             Db::Postgres(pool) => {
-                sqlx::query_as(SQL)
+                sqlx::query_as(&sql)
                     .bind(merchant_id)
-                    .fetch_optional(pool)
+                    .bind(now)
+                    .fetch_all(pool)
                     .await?
             }
         };
-        let secret = match row {
-            Some((key_id, nonce, ciphertext)) => {
-                Some(self.secrets.open(&nonce, &ciphertext, key_id.as_bytes())?)
-            }
-            None => None,
-        };
-        self.keys.insert(merchant_id, secret.clone()).await;
-        Ok(secret)
+        let secrets = rows
+            .iter()
+            .map(|(key_id, nonce, ciphertext)| {
+                self.secrets.open(nonce, ciphertext, key_id.as_bytes())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let secrets = (!secrets.is_empty()).then_some(secrets);
+        self.keys.insert(merchant_id, secrets.clone()).await;
+        Ok(secrets)
     }
 
     async fn deliver(&self, row: Claimed) {
@@ -537,7 +556,11 @@ impl Dispatcher {
                     .header("Paymux-Event-Id", row.id.to_string())
                     .header(
                         "Paymux-Signature",
-                        signature_header(&secret, t, row.payload.as_bytes()),
+                        signatures_header(
+                            &secret.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+                            t,
+                            row.payload.as_bytes(),
+                        ),
                     )
                     .body(row.payload.clone())
                     .send()

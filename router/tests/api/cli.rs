@@ -339,3 +339,90 @@ async fn a_command_without_the_servers_master_key_is_refused_and_changes_nothing
     let r = client.create_payment(&payment_body("cli-k", 100)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
+
+/// `rotate-key --grace-seconds N`: the old key keeps working for N seconds beside the new one, so
+/// the merchant's servers switch without refused requests; a rotation without grace ends every
+/// other key at once, a grace still running included.
+#[tokio::test]
+async fn a_rotation_with_grace_keeps_the_old_key_working_until_then() {
+    let db = fresh_database().await;
+    let created = paymux(&db, &["merchant", "create", "--name", "Noodle Bar"]);
+    let merchant_id = created["merchant_id"].as_str().unwrap().to_string();
+    let rotated = paymux(
+        &db,
+        &[
+            "merchant",
+            "rotate-key",
+            "--merchant-id",
+            &merchant_id,
+            "--grace-seconds",
+            "3600",
+        ],
+    );
+    let config = test_config(&db);
+    let db_url = db.url.clone();
+    let dir = db.dir.path().to_path_buf();
+    let mut app = spawn_with(db, config).await;
+    let client = |v: &serde_json::Value| MerchantClient {
+        base: app.base.clone(),
+        http: app.http.clone(),
+        creds: serde_json::from_value::<CredsJson>(v.clone())
+            .unwrap()
+            .into(),
+    };
+    for (n, creds) in [&created, &rotated].into_iter().enumerate() {
+        let r = client(creds)
+            .create_payment(&payment_body(&format!("grace-{n}"), 100))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "key {n}: {:?}", r.body);
+    }
+    let too_long = Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["merchant", "rotate-key", "--merchant-id", &merchant_id])
+        .args(["--grace-seconds", "604801"])
+        .env("PAYMUX_DATA_DIR", &dir)
+        .env("PAYMUX_DATABASE_URL", &db_url)
+        .output()
+        .unwrap();
+    assert!(!too_long.status.success());
+
+    // Without grace, every other key ends now (a key the server looked up is cached for up to
+    // 10 s, so the refusals are checked on a fresh server).
+    let last = Command::new(env!("CARGO_BIN_EXE_paymux"))
+        .args(["merchant", "rotate-key", "--merchant-id", &merchant_id])
+        .env("PAYMUX_DATA_DIR", &dir)
+        .env("PAYMUX_DATABASE_URL", &db_url)
+        .env("PAYMUX_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_slice(&last.stdout).unwrap();
+    app.kill().await;
+    let config = crate::helpers::test_config_on(&app.config);
+    let db = std::mem::replace(&mut app.db, fresh_database().await);
+    let fresh = spawn_with(db, config).await;
+    let client = |v: &serde_json::Value| MerchantClient {
+        base: fresh.base.clone(),
+        http: fresh.http.clone(),
+        creds: serde_json::from_value::<CredsJson>(v.clone())
+            .unwrap()
+            .into(),
+    };
+    for (n, creds) in [&created, &rotated].into_iter().enumerate() {
+        let r = client(creds)
+            .create_payment(&payment_body(&format!("ended-{n}"), 100))
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNAUTHORIZED, "auth_unknown_key"),
+            "key {n}"
+        );
+    }
+    let r = client(&last)
+        .create_payment(&payment_body("last", 100))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}

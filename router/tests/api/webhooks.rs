@@ -428,6 +428,12 @@ fn the_retry_schedule_and_the_signature() {
             )
         )
     );
+    // During a key rotation's grace: one v1 per key, newest first.
+    let both = paymux::webhooks::signatures_header(&[b"new", b"key"], 1, b"x");
+    let one = signature_header(b"key", 1, b"x");
+    assert!(both.starts_with("t=1,v1="), "{both}");
+    assert!(both.ends_with(&one["t=1".len()..]), "{both}");
+    assert_eq!(both.matches(",v1=").count(), 2);
 }
 
 /// By default a `notify_url` must be a public address: the platform's own network (loopback,
