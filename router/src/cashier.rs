@@ -349,6 +349,28 @@ fn disabled_code(lang: Lang, large: bool) -> Response {
     )
 }
 
+/// The `429` page of an anonymous payer over the cashier limiter, with `Retry-After`.
+pub(crate) fn too_many_requests(lang: Lang, large: bool, wait: std::time::Duration) -> Response {
+    let mut r = message(
+        StatusCode::TOO_MANY_REQUESTS,
+        lang,
+        large,
+        "error",
+        ("请稍后再试", "付款请求过多，请稍后再试。"),
+        (
+            "Please try again",
+            "Too many payment requests; try again shortly.",
+        ),
+    );
+    if let Ok(v) = crate::ratelimit::retry_after_seconds(wait)
+        .to_string()
+        .parse()
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 pub(crate) fn unavailable(lang: Lang, large: bool) -> Response {
     message(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -694,22 +716,7 @@ pub async fn submit(
     // Anonymous requests write a payment: limited per code (a till's code sees a few payers a
     // minute), apart from the merchant's signed API budget; a refused request above wrote nothing.
     if let Err(wait) = state.cashier_limiter.check(row.id).await {
-        let secs = crate::ratelimit::retry_after_seconds(wait);
-        let mut r = message(
-            StatusCode::TOO_MANY_REQUESTS,
-            lang,
-            large,
-            "error",
-            ("请稍后再试", "付款请求过多，请稍后再试。"),
-            (
-                "Please try again",
-                "Too many payment requests; try again shortly.",
-            ),
-        );
-        if let Ok(v) = secs.to_string().parse() {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+        return too_many_requests(lang, large, wait);
     }
     let mut payment_id = form_payment.map_or_else(|| Uuid::from(PaymentId::new()), |f| f.payment);
     let now = now_us();

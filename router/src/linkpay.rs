@@ -325,24 +325,7 @@ pub async fn start(
     // Anonymous requests: limited per link, apart from the merchant's signed API budget (a
     // payer looping on one link must not stop the merchant's own API calls).
     if let Err(wait) = state.cashier_limiter.check(p.id).await {
-        let mut r = message(
-            StatusCode::TOO_MANY_REQUESTS,
-            lang,
-            large,
-            "error",
-            ("请稍后再试", "付款请求过多，请稍后再试。"),
-            (
-                "Please try again",
-                "Too many payment requests; try again shortly.",
-            ),
-        );
-        if let Ok(v) = crate::ratelimit::retry_after_seconds(wait)
-            .to_string()
-            .parse()
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+        return crate::cashier::too_many_requests(lang, large, wait);
     }
     let sealed = CashierState {
         payment: p.id,

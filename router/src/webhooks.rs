@@ -470,32 +470,35 @@ impl Dispatcher {
         }
     }
 
-    /// Gives back claimed events whose receiver already has all its slots: due again after about
-    /// one delivery's time (not an attempt; a row claimed again or resent meanwhile is left alone).
+    /// Gives back claimed events whose receiver already has all its slots, in one statement: due
+    /// again after about one delivery's time (not an attempt; a row claimed again or resent
+    /// meanwhile no longer holds the claim's lease and is left alone).
     async fn defer(&self, rows: &[Claimed]) {
-        const SQL: &str = "UPDATE webhook_outbox SET next_attempt_at_us = $1 \
-            WHERE id = $2 AND delivered_at_us IS NULL AND next_attempt_at_us = $3";
         let due = now_us() + i64::try_from(self.config.timeout.as_micros()).unwrap_or(0);
-        for row in rows {
-            let done = match &self.db {
-                Db::Sqlite(pool) => sqlx::query(SQL)
-                    .bind(due)
-                    .bind(row.id)
-                    .bind(row.lease_us)
-                    .execute(pool)
-                    .await
-                    .map(drop),
-                Db::Postgres(pool) => sqlx::query(SQL)
-                    .bind(due)
-                    .bind(row.id)
-                    .bind(row.lease_us)
-                    .execute(pool)
-                    .await
-                    .map(drop),
-            };
-            if let Err(err) = done {
-                tracing::warn!(error = %err, event_id = %row.id, "deferring a webhook event; it is due again after its lease");
-            }
+        macro_rules! run {
+            ($pool:expr, $backend:ty) => {{
+                let mut qb = QueryBuilder::<$backend>::new(
+                    "UPDATE webhook_outbox SET next_attempt_at_us = ",
+                );
+                qb.push_bind(due)
+                    .push(" WHERE delivered_at_us IS NULL AND ");
+                let mut any = qb.separated(" OR ");
+                for row in rows {
+                    any.push("(id = ")
+                        .push_bind_unseparated(row.id)
+                        .push_unseparated(" AND next_attempt_at_us = ")
+                        .push_bind_unseparated(row.lease_us)
+                        .push_unseparated(")");
+                }
+                qb.build().execute($pool).await.map(drop)
+            }};
+        }
+        let done = match &self.db {
+            Db::Sqlite(pool) => run!(pool, sqlx::Sqlite),
+            Db::Postgres(pool) => run!(pool, sqlx::Postgres),
+        };
+        if let Err(err) = done {
+            tracing::warn!(error = %err, events = rows.len(), "deferring webhook events; they are due again after their lease");
         }
     }
 

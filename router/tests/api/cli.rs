@@ -41,13 +41,7 @@ async fn merchant_create_and_rotate_key_from_the_command_line() {
 
     let config = test_config(&db);
     let app = spawn_with(db, config).await;
-    let client = |v: &serde_json::Value| MerchantClient {
-        base: app.base.clone(),
-        http: app.http.clone(),
-        creds: serde_json::from_value::<CredsJson>(v.clone())
-            .unwrap()
-            .into(),
-    };
+    let client = |v: &serde_json::Value| client_of(&app, v);
     let old = client(&created)
         .create_payment(&payment_body("cli-1", 100))
         .await;
@@ -61,6 +55,17 @@ async fn merchant_create_and_rotate_key_from_the_command_line() {
         .await;
     assert_eq!(new.status, StatusCode::CREATED);
     assert_eq!(new.body["merchant_id"], merchant_id.as_str());
+}
+
+/// A client of `app` with the credentials `paymux merchant create` / `rotate-key` printed.
+fn client_of(app: &crate::helpers::TestApp, creds: &serde_json::Value) -> MerchantClient {
+    MerchantClient {
+        base: app.base.clone(),
+        http: app.http.clone(),
+        creds: serde_json::from_value::<CredsJson>(creds.clone())
+            .unwrap()
+            .into(),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -331,12 +336,9 @@ async fn a_command_without_the_servers_master_key_is_refused_and_changes_nothing
     // The merchant's key still works with the servers' key.
     let config = test_config(&db);
     let app = spawn_with(db, config).await;
-    let client = MerchantClient {
-        base: app.base.clone(),
-        http: app.http.clone(),
-        creds: serde_json::from_value::<CredsJson>(created).unwrap().into(),
-    };
-    let r = client.create_payment(&payment_body("cli-k", 100)).await;
+    let r = client_of(&app, &created)
+        .create_payment(&payment_body("cli-k", 100))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
@@ -363,13 +365,7 @@ async fn a_rotation_with_grace_keeps_the_old_key_working_until_then() {
     let db_url = db.url.clone();
     let dir = db.dir.path().to_path_buf();
     let mut app = spawn_with(db, config).await;
-    let client = |v: &serde_json::Value| MerchantClient {
-        base: app.base.clone(),
-        http: app.http.clone(),
-        creds: serde_json::from_value::<CredsJson>(v.clone())
-            .unwrap()
-            .into(),
-    };
+    let client = |v: &serde_json::Value| client_of(&app, v);
     for (n, creds) in [&created, &rotated].into_iter().enumerate() {
         let r = client(creds)
             .create_payment(&payment_body(&format!("grace-{n}"), 100))
@@ -404,13 +400,7 @@ async fn a_rotation_with_grace_keeps_the_old_key_working_until_then() {
     let config = crate::helpers::test_config_on(&app.config);
     let db = std::mem::replace(&mut app.db, fresh_database().await);
     let fresh = spawn_with(db, config).await;
-    let client = |v: &serde_json::Value| MerchantClient {
-        base: fresh.base.clone(),
-        http: fresh.http.clone(),
-        creds: serde_json::from_value::<CredsJson>(v.clone())
-            .unwrap()
-            .into(),
-    };
+    let client = |v: &serde_json::Value| client_of(&fresh, v);
     for (n, creds) in [&created, &rotated].into_iter().enumerate() {
         let r = client(creds)
             .create_payment(&payment_body(&format!("ended-{n}"), 100))
